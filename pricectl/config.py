@@ -1,0 +1,599 @@
+"""YAML + environment -> frozen, validated settings (DESIGN 6).
+
+Every setting is a field of a frozen dataclass below, with its default. The shipped
+``config/pricectl.yaml`` holds the same defaults with a comment each (a test checks
+that they agree), so the program runs with no file at all.
+
+Errors name the file, the line, the dotted key, what was expected and what was
+found, and every problem in a file is reported at once::
+
+    config/pricectl.yaml:14: leader.renew_deadline: must be shorter than leader.ttl (15s), got 20s
+
+Environment overrides (applied after the file): ``BINANCE_WS_URL``,
+``BINANCE_REST_URL``, ``REDIS_URL``, ``LOG_LEVEL``,
+``PRICE_STREAM_UPDATE_DEBOUNCE_MS`` and ``PRICECTL_<SECTION>__<KEY>`` for any
+setting (``PRICECTL_LEADER__TTL=20s``, ``PRICECTL_RESILIENCE__BACKOFF__MAX=30s``).
+Values from the environment are read as YAML scalars (``true``, ``5``, ``[a, b]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+from pricectl.core.pairs import PairMap, known_symbols, parse_pair
+from pricectl.errors import ConfigError
+
+__all__ = [
+    "BackoffSettings",
+    "BreakerSettings",
+    "BusSettings",
+    "ExchangeSettings",
+    "FallbackSettings",
+    "HeartbeatSettings",
+    "LeaderSettings",
+    "LoadtestSettings",
+    "LoggingSettings",
+    "ResilienceSettings",
+    "ServerSettings",
+    "Settings",
+    "format_duration",
+    "load_settings",
+    "parse_duration",
+    "redact_url",
+    "settings_to_dict",
+]
+
+StreamKind = Literal["ticker", "miniTicker", "bookTicker", "aggTrade", "trade"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
+
+
+def _dur(default: float) -> Any:
+    """A duration field: seconds as float, written ``250ms``, ``15s``, ``2m``, ``23h``."""
+    return field(default=default, metadata={"duration": True})
+
+
+@dataclass(frozen=True)
+class ExchangeSettings:
+    """Where the exchange is and how we read it."""
+
+    ws_url: str = "wss://stream.binance.com:9443"
+    rest_url: str = "https://api.binance.com"
+    stream: StreamKind = "ticker"
+    check_symbols: bool = True
+    max_connection_age: float = _dur(23 * 3600.0)
+    connect_timeout: float = _dur(10.0)
+    rest_timeout: float = _dur(10.0)
+    rest_weight_budget: int = 1200
+    max_messages_per_second: float = 4.0
+    max_connects_per_5m: int = 300
+
+
+@dataclass(frozen=True)
+class BusSettings:
+    """The bus between ingest and serve."""
+
+    url: str = "memory://"
+    prefix: str = ""
+
+
+@dataclass(frozen=True)
+class LeaderSettings:
+    """The ingest leader lease (DESIGN 3.4), in the spirit of client-go's defaults."""
+
+    ttl: float = _dur(15.0)
+    renew_deadline: float = _dur(10.0)
+    retry: float = _dur(2.0)
+
+
+@dataclass(frozen=True)
+class BackoffSettings:
+    """Reconnect delays: ``initial`` doubling (``multiplier``) to ``max``, full jitter."""
+
+    initial: float = _dur(1.0)
+    max: float = _dur(60.0)
+    multiplier: float = 2.0
+    reset_after: float = _dur(60.0)
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    """Circuit breaker around exchange connects."""
+
+    failure_threshold: int = 5
+    cooldown: float = _dur(30.0)
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    """Idle connection and stale pair detection."""
+
+    idle_timeout: float = _dur(30.0)
+    stale_after: float = _dur(30.0)
+
+
+@dataclass(frozen=True)
+class FallbackSettings:
+    """The per-pair source cascade: WebSocket -> REST polling -> cached and stale."""
+
+    rest_poll_interval: float = _dur(2.0)
+    rest_failures_before_cache: int = 3
+
+
+@dataclass(frozen=True)
+class ResilienceSettings:
+    """The shared resilience core (DESIGN 4)."""
+
+    backoff: BackoffSettings = field(default_factory=BackoffSettings)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
+    fallback: FallbackSettings = field(default_factory=FallbackSettings)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """``pricectl serve``."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    ping_interval: float = _dur(15.0)
+    retry: float = _dur(3.0)
+    retry_jitter: float = _dur(2.0)
+    overload_retry: float = _dur(30.0)
+    history_size: int = 4096
+    max_connections: int = 19900
+    max_connections_per_ip: int = 0
+    max_pairs_per_connection: int = 50
+    high_water: int = 65536
+    write_timeout: float = _dur(30.0)
+    drain_window: float = _dur(5.0)
+    cors_origins: tuple[str, ...] = ()
+    update_debounce_ms: int = 250
+
+
+@dataclass(frozen=True)
+class LoadtestSettings:
+    """Defaults for ``pricectl loadtest``."""
+
+    clients: int = 1000
+    duration: float = _dur(30.0)
+    ramp: int = 2000
+    processes: int = 0
+    max_p99_ms: float = 0.0
+    min_delivery: float = 0.0
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """Log level and format."""
+
+    level: LogLevel = "info"
+    format: LogFormat = "text"
+
+
+_DEFAULT_PAIRS = ("BTC/USD", "ETH/USD", "SOL/USD", "BNB/USD", "XRP/USD")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration, frozen after validation."""
+
+    exchange: ExchangeSettings = field(default_factory=ExchangeSettings)
+    pairs: tuple[str, ...] = _DEFAULT_PAIRS
+    quote_aliases: Mapping[str, str] = field(default_factory=lambda: {"USD": "USDT"})
+    bus: BusSettings = field(default_factory=BusSettings)
+    leader: LeaderSettings = field(default_factory=LeaderSettings)
+    resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    loadtest: LoadtestSettings = field(default_factory=LoadtestSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    #: Where the settings came from (a file path, or "defaults").
+    source: str = field(default="defaults", compare=False)
+
+    @property
+    def pair_map(self) -> PairMap:
+        """The configured pairs with their exchange symbols."""
+        cached = self.__dict__.get("_pair_map")
+        if cached is None:
+            cached = PairMap.build(self.pairs, self.quote_aliases)
+            object.__setattr__(self, "_pair_map", cached)
+        return cached  # type: ignore[no-any-return]
+
+
+# --- durations ---------------------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object) -> float:
+    """``"250ms"`` -> 0.25, ``"15s"`` -> 15.0, ``"2m"`` -> 120.0, ``3`` -> 3.0 (seconds)."""
+    if isinstance(value, bool):
+        raise ValueError("a duration such as 250ms, 15s, 2m")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration >= 0")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _UNIT[m.group(2) or "s"]
+    raise ValueError("a duration such as 250ms, 15s, 2m")
+
+
+def format_duration(seconds: float) -> str:
+    """The inverse of :func:`parse_duration`, shortest exact unit: 0.25 -> ``250ms``."""
+    for unit, scale in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= scale and (seconds / scale).is_integer():
+            return f"{int(seconds / scale)}{unit}"
+    ms = seconds * 1000.0
+    if ms.is_integer():
+        return f"{int(ms)}ms"
+    return f"{seconds}s"
+
+
+# --- YAML with line numbers ----------------------------------------------------------------
+
+
+def _compose(text: str, origin: str) -> tuple[Any, dict[str, int]]:
+    """Parse YAML keeping the line (1-based) of every dotted key."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{origin}{line}: not valid YAML: {problem}") from None
+    lines: dict[str, int] = {}
+
+    def walk(n: yaml.Node, path: str) -> Any:
+        lines.setdefault(path, n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode):
+            out: dict[Any, Any] = {}
+            for k, v in n.value:
+                key_value = k.value if isinstance(k, yaml.ScalarNode) else str(k)
+                sub = f"{path}.{key_value}" if path else str(key_value)
+                lines[sub] = k.start_mark.line + 1
+                out[key_value] = walk(v, sub)
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(n.value)]
+        loader = yaml.SafeLoader("")
+        try:
+            return loader.construct_object(n, deep=True)
+        finally:
+            loader.dispose()
+
+    if node is None:
+        return {}, lines
+    return walk(node, ""), lines
+
+
+# --- validation --------------------------------------------------------------------------
+
+
+class _Problems:
+    def __init__(self, origin: str, lines: dict[str, int]) -> None:
+        self.origin = origin
+        self.lines = lines
+        self.items: list[str] = []
+        self.env_origin: dict[str, str] = {}
+
+    def add(self, path: str, message: str) -> None:
+        where = self.env_origin.get(path)
+        if where is None:
+            line = self.lines.get(path)
+            where = f"{self.origin}:{line}" if line else self.origin
+        self.items.append(f"{where}: {path}: {message}")
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _build(cls: type, raw: Any, path: str, problems: _Problems) -> Any:
+    """Turn a raw mapping into ``cls`` (a settings dataclass), recording every problem."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.add(path or "(top level)", f"expected a mapping of settings, got {_show(raw)}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        sub = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            close = _closest(str(key), names)
+            hint = f" (did you mean {close}?)" if close else ""
+            problems.add(sub, f"unknown key{hint}; expected one of {', '.join(names)}")
+            continue
+        f = names[key]
+        try:
+            kwargs[key] = _convert(hints[key], f, value, sub, problems)
+        except ValueError as exc:
+            problems.add(sub, f"expected {exc}, got {_show(value)}")
+    return cls(**kwargs)
+
+
+def _closest(key: str, names: Mapping[str, Any]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(key, list(names), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _convert(tp: Any, f: dataclasses.Field[Any], value: Any, path: str, problems: _Problems) -> Any:
+    if f.metadata.get("duration"):
+        return parse_duration(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, problems)  # type: ignore[arg-type]
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ValueError("one of " + ", ".join(choices))
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError("a whole number >= 0")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError("a number >= 0")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError("a string")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError("a list of strings")
+        return tuple(value)
+    if origin in (Mapping, dict) or tp is Mapping:
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ValueError("a mapping of strings to strings")
+        return types.MappingProxyType(dict(value))
+    raise ValueError(f"a value of type {tp}")  # pragma: no cover - schema error
+
+
+def _check(s: Settings, problems: _Problems) -> None:
+    """Cross-field rules: impossible combinations, pairs, URLs."""
+    lead = s.leader
+    if lead.renew_deadline >= lead.ttl:
+        problems.add(
+            "leader.renew_deadline",
+            f"must be shorter than leader.ttl ({format_duration(lead.ttl)}), "
+            f"got {format_duration(lead.renew_deadline)}",
+        )
+    if lead.retry >= lead.renew_deadline:
+        problems.add(
+            "leader.retry",
+            f"must be shorter than leader.renew_deadline ({format_duration(lead.renew_deadline)}), "
+            f"got {format_duration(lead.retry)}",
+        )
+    b = s.resilience.backoff
+    if b.initial <= 0:
+        problems.add("resilience.backoff.initial", "must be greater than 0")
+    if b.max < b.initial:
+        problems.add(
+            "resilience.backoff.max",
+            f"must be at least resilience.backoff.initial ({format_duration(b.initial)}), "
+            f"got {format_duration(b.max)}",
+        )
+    if b.multiplier < 1:
+        problems.add("resilience.backoff.multiplier", f"must be >= 1, got {b.multiplier}")
+    if s.resilience.breaker.failure_threshold < 1:
+        problems.add("resilience.breaker.failure_threshold", "must be at least 1")
+    for key in ("idle_timeout", "stale_after"):
+        if getattr(s.resilience.heartbeat, key) <= 0:
+            problems.add(f"resilience.heartbeat.{key}", "must be greater than 0")
+    if s.resilience.fallback.rest_poll_interval <= 0:
+        problems.add("resilience.fallback.rest_poll_interval", "must be greater than 0")
+    if s.exchange.max_messages_per_second <= 0 or s.exchange.max_messages_per_second > 5:
+        problems.add(
+            "exchange.max_messages_per_second",
+            f"must be above 0 and at most 5 (Binance's limit), got {s.exchange.max_messages_per_second}",
+        )
+    if not 0 < s.exchange.max_connects_per_5m <= 300:
+        problems.add(
+            "exchange.max_connects_per_5m",
+            f"must be 1 to 300 (Binance's limit), got {s.exchange.max_connects_per_5m}",
+        )
+    for key, schemes in (("ws_url", ("ws", "wss")), ("rest_url", ("http", "https"))):
+        url = getattr(s.exchange, key)
+        parts = urlsplit(url)
+        if parts.scheme not in schemes or not parts.netloc:
+            problems.add(f"exchange.{key}", f"expected a {'/'.join(schemes)}:// URL, got {url!r}")
+    bus = urlsplit(s.bus.url)
+    if bus.scheme not in ("memory", "redis", "rediss", "unix"):
+        problems.add(
+            "bus.url", f"expected memory://, redis://, rediss:// or unix://, got {s.bus.url!r}"
+        )
+    if not 0 < s.server.port < 65536 and s.server.port != 0:
+        problems.add("server.port", f"must be 0 to 65535, got {s.server.port}")
+    if s.server.workers < 1:
+        problems.add("server.workers", "must be at least 1")
+    if s.server.max_pairs_per_connection < 1:
+        problems.add("server.max_pairs_per_connection", "must be at least 1")
+    if not 0 <= s.loadtest.min_delivery <= 1:
+        problems.add("loadtest.min_delivery", f"must be between 0 and 1, got {s.loadtest.min_delivery}")
+    _check_pairs(s, problems)
+
+
+def _check_pairs(s: Settings, problems: _Problems) -> None:
+    if not s.pairs:
+        problems.add("pairs", "expected at least one pair such as BTC/USD, got an empty list")
+        return
+    universe = known_symbols() if s.exchange.check_symbols else {}
+    seen: set[str] = set()
+    for i, text in enumerate(s.pairs):
+        path = f"pairs[{i}]"
+        try:
+            base, quote = parse_pair(text)
+        except ValueError as exc:
+            problems.add(path, str(exc))
+            continue
+        pair = f"{base}/{quote}"
+        if pair in seen:
+            problems.add(path, f"duplicate pair {pair}")
+            continue
+        seen.add(pair)
+        symbol = base + s.quote_aliases.get(quote, quote)
+        if universe and symbol not in universe:
+            problems.add(
+                path,
+                f"unknown pair {pair}: Binance spot has no symbol {symbol} "
+                "(checked against the bundled symbol list; "
+                "set exchange.check_symbols: false to skip this check)",
+            )
+
+
+# --- environment -------------------------------------------------------------------------
+
+#: The conventional variables, and the dotted key each one sets.
+ENV_ALIASES = {
+    "BINANCE_WS_URL": "exchange.ws_url",
+    "BINANCE_REST_URL": "exchange.rest_url",
+    "REDIS_URL": "bus.url",
+    "LOG_LEVEL": "logging.level",
+    "PRICE_STREAM_UPDATE_DEBOUNCE_MS": "server.update_debounce_ms",
+}
+
+
+def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, Any]]:
+    """``[(variable, dotted.key, value)]`` from the environment, in a stable order."""
+    out: list[tuple[str, str, Any]] = []
+    for name, path in ENV_ALIASES.items():
+        if name in env:
+            value: Any = env[name]
+            if path == "logging.level":
+                value = value.lower()
+            elif path == "server.update_debounce_ms":
+                value = _scalar(value)
+            out.append((name, path, value))
+    for name in sorted(env):
+        if name.startswith("PRICECTL_") and "__" in name:
+            path = name[len("PRICECTL_") :].lower().replace("__", ".")
+            out.append((name, path, _scalar(env[name])))
+    return out
+
+
+def _scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _set_path(raw: dict[str, Any], path: str, value: Any) -> None:
+    keys = path.split(".")
+    node = raw
+    for key in keys[:-1]:
+        nxt = node.get(key)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[key] = nxt
+        node = nxt
+    node[keys[-1]] = value
+
+
+# --- entry points ------------------------------------------------------------------------
+
+
+def default_config_path() -> Path | None:
+    """``$PRICECTL_CONFIG`` if set; else ``None`` (built-in defaults)."""
+    env = os.environ.get("PRICECTL_CONFIG")
+    return Path(env) if env else None
+
+
+def load_settings(
+    path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read ``path`` (or only defaults), apply the environment, validate everything.
+
+    Raises :class:`ConfigError` whose ``problems`` lists every problem found.
+    """
+    env = os.environ if env is None else env
+    origin = "defaults"
+    raw: Any = {}
+    lines: dict[str, int] = {}
+    if path is not None:
+        origin = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{origin}: cannot read the config file: {exc.strerror}") from None
+        raw, lines = _compose(text, origin)
+    problems = _Problems(origin, lines)
+    if not isinstance(raw, dict):
+        problems.add("(top level)", f"expected a mapping of sections, got {_show(raw)}")
+        raw = {}
+    for name, dotted, value in _env_overrides(env):
+        _set_path(raw, dotted, value)
+        problems.env_origin[dotted] = f"environment {name}"
+    settings = _build(Settings, raw, "", problems)
+    if not problems.items:
+        _check(settings, problems)
+    if problems.items:
+        n = len(problems.items)
+        head = problems.items[0] if n == 1 else f"{origin}: {n} problems in the configuration"
+        raise ConfigError(head, problems.items)
+    return dataclasses.replace(settings, source=origin)
+
+
+def redact_url(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+def settings_to_dict(s: Any) -> Any:
+    """Settings as plain YAML-able values: durations written back as ``15s``, URLs redacted."""
+    if dataclasses.is_dataclass(s) and not isinstance(s, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(s):
+            if f.name == "source":
+                continue
+            value = getattr(s, f.name)
+            if f.metadata.get("duration"):
+                out[f.name] = format_duration(value)
+            elif f.name.endswith("url") and isinstance(value, str):
+                out[f.name] = redact_url(value)
+            else:
+                out[f.name] = settings_to_dict(value)
+        return out
+    if isinstance(s, tuple):
+        return list(s)
+    if isinstance(s, Mapping):
+        return dict(s)
+    return s

@@ -1,0 +1,97 @@
+"""A real ``redis-server`` process on a free loopback port, which tests can stop and restart.
+
+Failover and outage tests need to kill Redis and bring it back *on the same port*,
+so the port is chosen once and kept for the life of the object.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+__all__ = ["RedisServer", "free_port"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server in ``folder``; ``url`` stays the same across restarts."""
+
+    def __init__(self, folder: Path, port: int | None = None) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed: run `make test`, which installs it")
+        self.exe = exe
+        self.folder = folder
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and wait until it accepts a PING."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        log = open(self.folder / "redis.log", "ab")  # noqa: SIM115 - kept by the process
+        self.proc = subprocess.Popen(
+            [
+                self.exe,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.folder),
+                "--daemonize", "no",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not self.ping():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: see {self.folder / 'redis.log'}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not answer on port {self.port}")
+            time.sleep(0.02)
+
+    def ping(self) -> bool:
+        """True when the server answers PING."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Stop gracefully (SIGTERM) and wait."""
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Kill at once (SIGKILL), as a crash would."""
+        self._signal(signal.SIGKILL)
+
+    def restart(self) -> None:
+        """Kill and start again on the same port."""
+        self.kill()
+        self.start()
+
+    def _signal(self, sig: int) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.kill(self.proc.pid, sig)
+        self.proc.wait(timeout=10)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
