@@ -11,8 +11,9 @@ found, and every problem in a file is reported at once::
 
 Environment overrides (applied after the file): ``BINANCE_WS_URL``,
 ``BINANCE_REST_URL``, ``REDIS_URL``, ``LOG_LEVEL``,
-``PRICE_STREAM_UPDATE_DEBOUNCE_MS`` and ``PRICECTL_<SECTION>__<KEY>`` for any
-setting (``PRICECTL_LEADER__TTL=20s``, ``PRICECTL_RESILIENCE__BACKOFF__MAX=30s``).
+``PRICE_STREAM_UPDATE_DEBOUNCE_MS``, ``PRICECTL_<SECTION>__<KEY>`` for any
+setting (``PRICECTL_LEADER__TTL=20s``, ``PRICECTL_RESILIENCE__BACKOFF__MAX=30s``),
+and ``PRICECTL_PAIRS`` / ``PRICECTL_QUOTE_ALIASES`` for the two top-level keys.
 Values from the environment are read as YAML scalars (``true``, ``5``, ``[a, b]``).
 """
 
@@ -192,7 +193,9 @@ class Settings:
 
     exchange: ExchangeSettings = field(default_factory=ExchangeSettings)
     pairs: tuple[str, ...] = _DEFAULT_PAIRS
-    quote_aliases: Mapping[str, str] = field(default_factory=lambda: {"USD": "USDT"})
+    quote_aliases: Mapping[str, str] = field(
+        default_factory=lambda: types.MappingProxyType({"USD": "USDT"})
+    )
     bus: BusSettings = field(default_factory=BusSettings)
     leader: LeaderSettings = field(default_factory=LeaderSettings)
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
@@ -205,11 +208,11 @@ class Settings:
     @property
     def pair_map(self) -> PairMap:
         """The configured pairs with their exchange symbols."""
-        cached = self.__dict__.get("_pair_map")
+        cached: PairMap | None = self.__dict__.get("_pair_map")
         if cached is None:
             cached = PairMap.build(self.pairs, self.quote_aliases)
             object.__setattr__(self, "_pair_map", cached)
-        return cached  # type: ignore[no-any-return]
+        return cached
 
 
 # --- durations ---------------------------------------------------------------------------
@@ -417,7 +420,8 @@ def _check(s: Settings, problems: _Problems) -> None:
     if s.exchange.max_messages_per_second <= 0 or s.exchange.max_messages_per_second > 5:
         problems.add(
             "exchange.max_messages_per_second",
-            f"must be above 0 and at most 5 (Binance's limit), got {s.exchange.max_messages_per_second}",
+            "must be above 0 and at most 5 (Binance's limit), "
+            f"got {s.exchange.max_messages_per_second}",
         )
     if not 0 < s.exchange.max_connects_per_5m <= 300:
         problems.add(
@@ -441,7 +445,9 @@ def _check(s: Settings, problems: _Problems) -> None:
     if s.server.max_pairs_per_connection < 1:
         problems.add("server.max_pairs_per_connection", "must be at least 1")
     if not 0 <= s.loadtest.min_delivery <= 1:
-        problems.add("loadtest.min_delivery", f"must be between 0 and 1, got {s.loadtest.min_delivery}")
+        problems.add(
+            "loadtest.min_delivery", f"must be between 0 and 1, got {s.loadtest.min_delivery}"
+        )
     _check_pairs(s, problems)
 
 
@@ -497,7 +503,9 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, Any]]:
                 value = _scalar(value)
             out.append((name, path, value))
     for name in sorted(env):
-        if name.startswith("PRICECTL_") and "__" in name:
+        if name in ("PRICECTL_PAIRS", "PRICECTL_QUOTE_ALIASES") or (
+            name.startswith("PRICECTL_") and "__" in name
+        ):
             path = name[len("PRICECTL_") :].lower().replace("__", ".")
             out.append((name, path, _scalar(env[name])))
     return out
@@ -531,9 +539,7 @@ def default_config_path() -> Path | None:
     return Path(env) if env else None
 
 
-def load_settings(
-    path: str | Path | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Read ``path`` (or only defaults), apply the environment, validate everything.
 
     Raises :class:`ConfigError` whose ``problems`` lists every problem found.
@@ -556,9 +562,8 @@ def load_settings(
     for name, dotted, value in _env_overrides(env):
         _set_path(raw, dotted, value)
         problems.env_origin[dotted] = f"environment {name}"
-    settings = _build(Settings, raw, "", problems)
-    if not problems.items:
-        _check(settings, problems)
+    settings: Settings = _build(Settings, raw, "", problems)
+    _check(settings, problems)  # a field that failed to parse holds its default here
     if problems.items:
         n = len(problems.items)
         head = problems.items[0] if n == 1 else f"{origin}: {n} problems in the configuration"

@@ -16,7 +16,7 @@ _POLL = 0.01
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
+    """Poll ``predicate`` until it is truthy; after ``timeout`` fail naming ``what``."""
     deadline = time.monotonic() + timeout * UNIT
     while True:
         value = predicate()

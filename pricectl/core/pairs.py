@@ -87,11 +87,11 @@ class PairMap:
 
     @property
     def _by_symbol(self) -> dict[str, str]:
-        cache = self.__dict__.get("_sym_cache")
+        cache: dict[str, str] | None = self.__dict__.get("_sym_cache")
         if cache is None:
             cache = {self.symbol_for(p): p for p in self.pairs}
             object.__setattr__(self, "_sym_cache", cache)
-        return cache  # type: ignore[no-any-return]
+        return cache
 
     @property
     def symbols(self) -> tuple[str, ...]:
@@ -110,6 +110,4 @@ def known_symbols() -> dict[str, tuple[str, str, str]]:
     from importlib import resources
 
     text = resources.files("pricectl").joinpath("data/binance-spot-symbols.json").read_text()
-    return {
-        s["symbol"]: (s["baseAsset"], s["quoteAsset"], s["status"]) for s in json.loads(text)
-    }
+    return {s["symbol"]: (s["baseAsset"], s["quoteAsset"], s["status"]) for s in json.loads(text)}
