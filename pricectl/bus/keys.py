@@ -1,0 +1,34 @@
+"""Redis key and channel names (DESIGN 3.3, 3.4), all behind the configurable prefix.
+
+The prefix lets several deployments share one Redis (``bus.prefix: "staging:"``).
+On Redis Cluster, put a hash tag in the prefix (``"{pricectl}:"``) so the lease keys
+and the snapshot hash land in one slot: the fenced-publish script touches all three.
+"""
+
+from __future__ import annotations
+
+__all__ = ["channel", "epoch", "latest", "leader"]
+
+
+def channel(prefix: str, pair: str) -> str:
+    """Pub/sub channel of one pair: payload is one DESIGN 3.2 JSON object per message."""
+    return f"{prefix}prices:{pair}"
+
+
+def latest(prefix: str) -> str:
+    """Hash pair -> latest DESIGN 3.2 JSON: the snapshot a consumer reads on (re)connect."""
+    return f"{prefix}prices:latest"
+
+
+def leader(prefix: str) -> str:
+    """String key holding the current leader's token, with the lease TTL as its expiry."""
+    return f"{prefix}pricectl:leader"
+
+
+def epoch(prefix: str) -> str:
+    """Counter of leadership terms: its value is the current leader's fencing epoch.
+
+    Only a successful acquire moves it, so "the fence's epoch equals this value" means
+    "no one has acquired the lease since that fence was granted".
+    """
+    return f"{prefix}pricectl:epoch"
