@@ -1,0 +1,267 @@
+"""Which source serves each pair now: live WS, REST polling, or the cached value (DESIGN 4).
+
+The cascade, per pair (DESIGN 3.2 ``source``: ``ws`` | ``rest`` | ``cache``):
+
+1. ``WS`` while the WebSocket is healthy (connected, breaker closed) *and* the pair's last
+   WS update is younger than ``stale_after``. A healthy socket that has stopped carrying
+   one pair (a delisted or halted symbol, a lost subscription) drops that pair alone to REST.
+2. ``REST`` otherwise, as long as REST polling works: fewer than
+   ``rest_failures_before_cache`` consecutive failed polls. Each pair off WS is polled at
+   most once per ``rest_poll_interval`` (2 s of one 24 h ticker call keeps far inside
+   Binance's 1200 weight/minute; a ``Retry-After`` pauses polling entirely).
+3. ``CACHE`` when REST is failing too: the last value is re-published, marked stale, at
+   most once per ``rest_poll_interval`` so viewers see it age. REST keeps being polled at
+   the same pace, and the first success brings the pairs back to ``REST``.
+
+A pair is *stale* (:meth:`Cascade.is_stale`) when no fresh WS or REST data came for
+``stale_after``, and always while it is served from ``CACHE``: no working source can vouch
+for the price, so it is never shown as live.
+
+Call pattern (the relay owns the clock and the I/O; this class only decides)::
+
+    cascade = Cascade(pairs, FallbackPolicy.from_settings(settings.resilience))
+    # WS adapter:
+    cascade.ws_state(True, now)            # connected and breaker closed
+    cascade.ws_update("BTC/USD", now)      # each frame; publish it with source="ws"
+    cascade.ws_state(False, now)           # dropped / breaker open
+    # relay loop, woken at least by cascade.next_due(now):
+    for pair in cascade.rest_due(now):     # these count as polled at `now`
+        ...                                # poll them (one batched request)
+    # then, per pair in a good response:  cascade.rest_success(pair, now), publish "rest"
+    # or for a failed request:             cascade.rest_failure(now, retry_after=...)
+    for pair in cascade.cache_due(now):    # these count as re-published at `now`
+        ...                                # re-publish the last value: source="cache", stale
+
+Example::
+
+    c = Cascade(["BTC/USD"], FallbackPolicy(stale_after=30, rest_poll_interval=2,
+                                            rest_failures_before_cache=3))
+    c.ws_state(True, 0.0); c.ws_update("BTC/USD", 0.0)
+    c.source("BTC/USD", 1.0)        # Source.WS
+    c.ws_state(False, 5.0)
+    c.rest_due(5.0)                 # ["BTC/USD"]
+    c.rest_failure(5.0); c.rest_failure(7.0); c.rest_failure(9.0)
+    c.source("BTC/USD", 9.0)        # Source.CACHE
+    c.cache_due(9.0)                # ["BTC/USD"]
+
+Pure: time is ``now``, monotonic seconds.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from pricectl.core.heartbeat import Staleness
+
+__all__ = ["Cascade", "FallbackPolicy", "ResilienceSettingsLike", "Source"]
+
+
+class Source(enum.StrEnum):
+    """Where a pair's price comes from; the value is the DESIGN 3.2 ``source`` field."""
+
+    WS = "ws"
+    REST = "rest"
+    CACHE = "cache"
+
+
+class _HeartbeatLike(Protocol):
+    @property
+    def stale_after(self) -> float: ...
+
+
+class _FallbackLike(Protocol):
+    @property
+    def rest_poll_interval(self) -> float: ...
+    @property
+    def rest_failures_before_cache(self) -> int: ...
+
+
+class ResilienceSettingsLike(Protocol):
+    """What :meth:`FallbackPolicy.from_settings` reads (``settings.resilience``)."""
+
+    @property
+    def heartbeat(self) -> _HeartbeatLike: ...
+    @property
+    def fallback(self) -> _FallbackLike: ...
+
+
+@dataclass(frozen=True)
+class FallbackPolicy:
+    """Thresholds of the cascade; defaults match ``config/pricectl.yaml``."""
+
+    stale_after: float = 30.0
+    rest_poll_interval: float = 2.0
+    rest_failures_before_cache: int = 3
+
+    def __post_init__(self) -> None:
+        if not (self.stale_after > 0 and math.isfinite(self.stale_after)):
+            raise ValueError(f"stale_after must be a finite number > 0, got {self.stale_after}")
+        if not (self.rest_poll_interval > 0 and math.isfinite(self.rest_poll_interval)):
+            raise ValueError(
+                f"rest_poll_interval must be a finite number > 0, got {self.rest_poll_interval}"
+            )
+        if self.rest_failures_before_cache < 1:
+            raise ValueError(
+                f"rest_failures_before_cache must be >= 1, got {self.rest_failures_before_cache}"
+            )
+
+    @classmethod
+    def from_settings(cls, resilience: ResilienceSettingsLike) -> FallbackPolicy:
+        """Build from ``settings.resilience`` (heartbeat.stale_after + the fallback section)."""
+        return cls(
+            stale_after=float(resilience.heartbeat.stale_after),
+            rest_poll_interval=float(resilience.fallback.rest_poll_interval),
+            rest_failures_before_cache=int(resilience.fallback.rest_failures_before_cache),
+        )
+
+
+class Cascade:
+    """The per-pair source decision for a fixed set of pairs; see the module docstring."""
+
+    def __init__(self, pairs: Iterable[str], policy: FallbackPolicy | None = None) -> None:
+        self.pairs: tuple[str, ...] = tuple(dict.fromkeys(pairs))
+        self._known = frozenset(self.pairs)
+        self.policy = policy if policy is not None else FallbackPolicy()
+        self._ws_healthy = False
+        self._ws_last: dict[str, float] = {}
+        self._fresh = Staleness(self.policy.stale_after)
+        self._rest_failures = 0
+        self._rest_paused_until = -math.inf
+        self._polled_at: dict[str, float] = {}
+        self._cached_at: dict[str, float] = {}
+
+    # -- observability -------------------------------------------------------------------
+
+    @property
+    def ws_healthy(self) -> bool:
+        """The last :meth:`ws_state` report."""
+        return self._ws_healthy
+
+    @property
+    def rest_failures(self) -> int:
+        """Consecutive failed REST polls (reset by any success)."""
+        return self._rest_failures
+
+    def age(self, pair: str, now: float) -> float | None:
+        """Seconds since the last fresh WS or REST data for ``pair`` (``None`` if never)."""
+        self._check(pair)
+        return self._fresh.age(pair, now)
+
+    def sources(self, now: float) -> dict[str, Source]:
+        """Every pair's source at ``now`` (for ``/health``)."""
+        return {p: self.source(p, now) for p in self.pairs}
+
+    # -- events --------------------------------------------------------------------------
+
+    def ws_state(self, healthy: bool, now: float) -> None:
+        """Report the WebSocket as usable (connected, breaker closed) or not, from ``now``."""
+        self._ws_healthy = healthy
+
+    def ws_update(self, pair: str, now: float) -> None:
+        """A WS update of ``pair`` arrived at ``now`` (and is being published as ``ws``)."""
+        self._check(pair)
+        self._ws_last[pair] = now
+        self._fresh.seen(pair, now)
+
+    def rest_success(self, pair: str, now: float) -> None:
+        """A REST poll returned fresh data for ``pair`` at ``now``; REST counts as working."""
+        self._check(pair)
+        self._rest_failures = 0
+        self._fresh.seen(pair, now)
+
+    def rest_failure(self, now: float, retry_after: float = 0.0) -> None:
+        """One REST poll failed at ``now``; ``retry_after`` (a 429's header) pauses polling."""
+        self._rest_failures += 1
+        if retry_after > 0:
+            self._rest_paused_until = max(self._rest_paused_until, now + retry_after)
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def source(self, pair: str, now: float) -> Source:
+        """Which source serves ``pair`` at ``now`` (the cascade in the module docstring)."""
+        self._check(pair)
+        if self._on_ws(pair, now):
+            return Source.WS
+        if self._rest_failures < self.policy.rest_failures_before_cache:
+            return Source.REST
+        return Source.CACHE
+
+    def is_stale(self, pair: str, now: float) -> bool:
+        """No fresh WS/REST data for ``stale_after`` (or never), or served from the cache."""
+        return self._fresh.is_stale(pair, now) or self.source(pair, now) is Source.CACHE
+
+    def rest_due(self, now: float) -> list[str]:
+        """Pairs off WS whose REST poll is due at ``now``; they count as polled at ``now``.
+
+        Empty while a ``retry_after`` pause runs. A pair that just left WS is due at once.
+        """
+        if now < self._rest_paused_until:
+            return []
+        due = [
+            p
+            for p in self.pairs
+            if not self._on_ws(p, now) and self._elapsed(self._polled_at.get(p), now)
+        ]
+        for p in due:
+            self._polled_at[p] = now
+        return due
+
+    def cache_due(self, now: float) -> list[str]:
+        """``CACHE`` pairs to re-publish (stale) at ``now``; they count as re-published.
+
+        Each pair at most once per ``rest_poll_interval``; a pair entering ``CACHE`` is due
+        at once. The relay re-publishes its last value of the pair, if it has one.
+        """
+        due = [
+            p
+            for p in self.pairs
+            if self.source(p, now) is Source.CACHE and self._elapsed(self._cached_at.get(p), now)
+        ]
+        for p in due:
+            self._cached_at[p] = now
+        return due
+
+    def next_due(self, now: float) -> float:
+        """The earliest instant at which a decision may change without new events.
+
+        A relay loop sleeps until ``min(next_due(now), <next I/O event>)``; never before
+        ``now``. Covers WS pairs going stale, REST polls and cache re-publishes coming due.
+        """
+        interval = self.policy.rest_poll_interval
+        candidates: list[float] = []
+        caching = self._rest_failures >= self.policy.rest_failures_before_cache
+        for p in self.pairs:
+            if self._on_ws(p, now):
+                candidates.append(self._ws_last[p] + self.policy.stale_after)
+                continue
+            polled = self._polled_at.get(p)
+            poll_at = -math.inf if polled is None else polled + interval
+            candidates.append(max(self._rest_paused_until, poll_at))
+            if caching:
+                cached = self._cached_at.get(p)
+                candidates.append(-math.inf if cached is None else cached + interval)
+            else:
+                # Only a future flip: a past one needs no action and would make this ``now``.
+                stale_at = self._fresh.stale_at(p)
+                if stale_at is not None and stale_at > now:
+                    candidates.append(stale_at)
+        if not candidates:
+            return now + interval
+        return max(now, min(candidates))
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _on_ws(self, pair: str, now: float) -> bool:
+        last = self._ws_last.get(pair)
+        return self._ws_healthy and last is not None and now < last + self.policy.stale_after
+
+    def _elapsed(self, last: float | None, now: float) -> bool:
+        return last is None or now >= last + self.policy.rest_poll_interval
+
+    def _check(self, pair: str) -> None:
+        if pair not in self._known:
+            raise KeyError(f"unknown pair {pair!r}; the cascade tracks {', '.join(self.pairs)}")

@@ -1,0 +1,176 @@
+"""Leader lease timing: when to renew, when to step down, how long standbys wait (DESIGN 3.4).
+
+The lease lives in Redis (``SET pricectl:leader <token> NX PX <ttl>``, renewed by
+compare-and-extend); this module only decides *when*. Defaults follow client-go's leader
+election: ``ttl`` 15 s, ``renew_deadline`` 10 s, ``retry`` 2 s.
+
+- The leader tries to renew every ``retry`` seconds, whether the last try worked or not.
+- If no renewal has succeeded for ``renew_deadline`` (measured on the local monotonic
+  clock), it steps down: stop publishing, close the exchange socket. Because
+  ``renew_deadline < ttl``, it has stopped before Redis can let the key expire and a
+  standby can take over, so two leaders never publish at once by the timers alone (the
+  fenced publish in Redis is the second line of defence, DESIGN 3.3).
+- A standby tries to acquire every ``retry`` seconds, jittered by up to 50% so standbys
+  started together do not hit Redis in lock-step.
+
+Pass the monotonic time taken *before* sending the acquire or renew command: Redis starts
+the TTL when it runs the command, which is no earlier, so the local deadline stays on the
+safe side of the real expiry::
+
+    clock = LeaseClock(LeasePolicy())
+    clock.acquired(now=0.0)
+    clock.should_renew(1.0), clock.should_renew(2.0)   # (False, True)
+    clock.renew_failed(2.0); clock.renew_failed(4.0)   # Redis unreachable ...
+    clock.must_step_down(9.9), clock.must_step_down(10.0)  # (False, True)
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["LeaderSettingsLike", "LeaseClock", "LeasePolicy"]
+
+
+class LeaderSettingsLike(Protocol):
+    """What :meth:`LeasePolicy.from_settings` reads (``pricectl.config.LeaderSettings``)."""
+
+    @property
+    def ttl(self) -> float: ...
+    @property
+    def renew_deadline(self) -> float: ...
+    @property
+    def retry(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class LeasePolicy:
+    """Lease timings in seconds; requires ``0 < retry < renew_deadline < ttl``.
+
+    ``retry < renew_deadline`` leaves room for several renew attempts before stepping down
+    (five with the defaults), so one lost round trip never costs the leadership.
+    """
+
+    ttl: float = 15.0
+    renew_deadline: float = 10.0
+    retry: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("ttl", "renew_deadline", "retry"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"lease {name} must be a finite number > 0, got {value}")
+        if not self.renew_deadline < self.ttl:
+            raise ValueError(
+                f"lease renew_deadline ({self.renew_deadline}) must be shorter than ttl "
+                f"({self.ttl})"
+            )
+        if not self.retry < self.renew_deadline:
+            raise ValueError(
+                f"lease retry ({self.retry}) must be shorter than renew_deadline "
+                f"({self.renew_deadline})"
+            )
+
+    @classmethod
+    def from_settings(cls, s: LeaderSettingsLike) -> LeasePolicy:
+        """Build from ``settings.leader``."""
+        return cls(ttl=float(s.ttl), renew_deadline=float(s.renew_deadline), retry=float(s.retry))
+
+    @property
+    def ttl_ms(self) -> int:
+        """The TTL as Redis ``PX`` wants it."""
+        return max(1, round(self.ttl * 1000))
+
+
+class LeaseClock:
+    """One process's view of its lease; every method takes ``now`` in monotonic seconds."""
+
+    def __init__(self, policy: LeasePolicy | None = None) -> None:
+        self.policy = policy if policy is not None else LeasePolicy()
+        self._since: float | None = None
+        self._last_ok: float | None = None
+        self._last_attempt: float | None = None
+        self._failures = 0
+
+    # -- observability -------------------------------------------------------------------
+
+    @property
+    def held(self) -> bool:
+        """True between :meth:`acquired` and :meth:`released`."""
+        return self._since is not None
+
+    @property
+    def since(self) -> float | None:
+        """When leadership was acquired (``None`` as a standby)."""
+        return self._since
+
+    @property
+    def last_renew_ok(self) -> float | None:
+        """When the lease was last acquired or successfully renewed."""
+        return self._last_ok
+
+    @property
+    def renew_failures(self) -> int:
+        """Failed renew attempts since the last success."""
+        return self._failures
+
+    def step_down_at(self) -> float | None:
+        """The instant the leader must step down unless a renewal succeeds first."""
+        return None if self._last_ok is None else self._last_ok + self.policy.renew_deadline
+
+    # -- events --------------------------------------------------------------------------
+
+    def acquired(self, now: float) -> None:
+        """This process became leader at ``now``."""
+        self._since = now
+        self._last_ok = now
+        self._last_attempt = now
+        self._failures = 0
+
+    def renewed(self, now: float) -> None:
+        """A renew attempt started at ``now`` succeeded."""
+        self._last_ok = now
+        self._last_attempt = now
+        self._failures = 0
+
+    def renew_failed(self, now: float) -> None:
+        """A renew attempt at ``now`` failed (Redis error or timeout; not a lost lease)."""
+        self._last_attempt = now
+        self._failures += 1
+
+    def released(self) -> None:
+        """Leadership ended (stepped down, released, or found lost): back to standby."""
+        self._since = None
+        self._last_ok = None
+        self._last_attempt = None
+        self._failures = 0
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def should_renew(self, now: float) -> bool:
+        """Leader only: ``retry`` seconds have passed since the last renew attempt."""
+        return self._last_attempt is not None and now >= self._last_attempt + self.policy.retry
+
+    def must_step_down(self, now: float) -> bool:
+        """Leader only: no successful renewal within ``renew_deadline`` of the last one."""
+        deadline = self.step_down_at()
+        return deadline is not None and now >= deadline
+
+    def next_wakeup(self, now: float) -> float:
+        """When the leader loop should next look: the next renew or the step-down deadline.
+
+        Never earlier than ``now``; a standby gets ``now + retry`` (use
+        :meth:`standby_delay` for the jittered wait between acquire attempts).
+        """
+        if self._last_attempt is None or self._last_ok is None:
+            return now + self.policy.retry
+        renew_at = self._last_attempt + self.policy.retry
+        return max(now, min(renew_at, self._last_ok + self.policy.renew_deadline))
+
+    def standby_delay(self, rand: Callable[[], float] = random.random) -> float:
+        """Wait before the next acquire attempt: ``retry * (1 + 0.5 * rand())``."""
+        jitter = min(1.0, max(0.0, rand()))
+        return self.policy.retry * (1.0 + 0.5 * jitter)
