@@ -1,0 +1,1 @@
+"""Exchange adapters: the Binance WebSocket and REST clients, and the local simulator."""
