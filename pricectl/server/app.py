@@ -1,0 +1,430 @@
+"""The aiohttp application: routes, security defaults, access log, and the serve process.
+
+In-process use (tests, embedding)::
+
+    bus = MemoryBus()
+    app = create_app(settings, bus)              # optional: upstream=relay, hub=Hub(...)
+    runner, port = await start_server(app, "127.0.0.1", 0)
+    hub = app[HUB]                                # counters: hub.clients, hub.events_sent ...
+    ...
+    await runner.cleanup()
+
+``serve_forever`` is the whole ``pricectl serve`` process (bus, embedded relay,
+graceful SIGTERM); ``run_workers`` forks N of them on one port with SO_REUSEPORT.
+
+Security defaults: bind 127.0.0.1; CORS only for ``server.cors_origins`` (empty:
+same origin only); errors are JSON without stack traces or addresses; request
+bodies are refused (no endpoint takes one) and header sizes are aiohttp's 8 KiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from pricectl import __version__
+from pricectl.bus.base import Bus
+from pricectl.config import Settings
+from pricectl.server.health import UpstreamStatus, health_report
+from pricectl.server.hub import Hub
+from pricectl.server.metrics import CONTENT_TYPE, render_metrics
+from pricectl.server.stream import STREAM_PATH, error_json, parse_pairs, stream_handler
+
+__all__ = [
+    "BUS",
+    "FAULTS",
+    "HUB",
+    "SETTINGS",
+    "UPSTREAM",
+    "AccessLogger",
+    "create_app",
+    "run_workers",
+    "serve_forever",
+    "start_server",
+]
+
+log = logging.getLogger("pricectl.server")
+
+HUB = web.AppKey("hub", Hub)
+SETTINGS = web.AppKey("settings", Settings)
+BUS = web.AppKey("bus", Bus)
+UPSTREAM = web.AppKey("upstream", object)
+#: Test-only fault switches, a mutable set: ``"stream"`` makes the stream endpoint answer 503.
+FAULTS = web.AppKey("faults", set)
+
+STATIC = Path(__file__).parent / "static"
+
+
+# --- middlewares and signals ---------------------------------------------------------------
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error as JSON; an unexpected one is logged here and never shown to the client."""
+    try:
+        if request.method == "OPTIONS":
+            return _preflight(request)
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        resp = error_json(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        for name in ("Allow", "Retry-After"):
+            if name in exc.headers:
+                resp.headers[name] = exc.headers[name]
+        return resp
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_json(500, "internal", "internal server error")
+
+
+def _allowed_origin(request: web.Request) -> str | None:
+    origin = request.headers.get("Origin")
+    if not origin:
+        return None
+    allowed = request.app[SETTINGS].server.cors_origins
+    if origin in allowed or "*" in allowed:
+        return origin
+    return None
+
+
+def _preflight(request: web.Request) -> web.Response:
+    if _allowed_origin(request) is None:
+        return error_json(403, "forbidden", "origin not allowed")
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+            "Access-Control-Allow-Headers": "Last-Event-ID, Cache-Control",
+            "Access-Control-Max-Age": "600",
+        },
+    )
+
+
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """CORS for allowed origins and a few safe headers on every response (streams included)."""
+    origin = _allowed_origin(request)
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One structured line per request on ``pricectl.access``.
+
+    Streams log once, when they end (never per event), at debug level when they
+    were served normally: at 10,000 clients a line per connection is noise.
+    """
+
+    def log(self, request: Any, response: Any, time: float) -> None:
+        stream = request.path == STREAM_PATH and response.status == 200
+        level = logging.DEBUG if stream else logging.INFO
+        if not self.logger.isEnabledFor(level):
+            return
+        extra = {
+            "method": request.method,
+            "path": request.path,
+            "status": response.status,
+            "duration_ms": round(time * 1000, 1),
+            "remote": request.remote,
+            "bytes": response.body_length,
+        }
+        self.logger.log(
+            level,
+            "%s %s %s %.1fms",
+            request.method,
+            request.path,
+            response.status,
+            time * 1000,
+            extra=extra,
+        )
+
+
+# --- handlers ------------------------------------------------------------------------------
+
+
+def _no_store(resp: web.Response) -> web.Response:
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    resp = web.FileResponse(STATIC / "index.html")
+    resp.headers["Cache-Control"] = "no-cache"
+    return resp
+
+
+async def _config(request: web.Request) -> web.Response:
+    """What the dashboard needs to know: pairs, debounce, staleness threshold."""
+    s = request.app[SETTINGS]
+    return _no_store(
+        web.json_response(
+            {
+                "pairs": list(s.pair_map.pairs),
+                "update_debounce_ms": s.server.update_debounce_ms,
+                "stale_after_ms": int(s.resilience.heartbeat.stale_after * 1000),
+                "stream": STREAM_PATH,
+                "version": __version__,
+            }
+        )
+    )
+
+
+async def _prices(request: web.Request) -> web.Response:
+    """REST snapshot (the browser's fallback): the latest 3.2 object per pair.
+
+    ``stale`` is true when ingest said so or the update is older than stale_after.
+    """
+    hub = request.app[HUB]
+    pairs = parse_pairs(hub, request)
+    if isinstance(pairs, web.Response):
+        return pairs
+    from pricectl.server.health import pair_states
+
+    states = pair_states(hub)
+    out = []
+    for pair in hub.pairs:
+        raw = hub.latest_raw.get(pair)
+        if pair in pairs and raw is not None:
+            obj = json.loads(raw)
+            obj["stale"] = bool(obj.get("stale") or states[pair]["stale"])
+            out.append(obj)
+    return _no_store(web.json_response({"prices": out, "position": f"{hub.epoch}-{hub.gseq}"}))
+
+
+async def _health(request: web.Request) -> web.Response:
+    report = health_report(request.app[HUB], request.app[UPSTREAM])  # type: ignore[arg-type]
+    status = 503 if report["status"] == "down" else 200
+    return _no_store(web.json_response(report, status=status))
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    text = render_metrics(request.app[HUB], request.app[UPSTREAM])  # type: ignore[arg-type]
+    resp = web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+    return _no_store(resp)
+
+
+# --- the application -----------------------------------------------------------------------
+
+
+def create_app(
+    settings: Settings,
+    bus: Bus,
+    upstream: UpstreamStatus | None = None,
+    *,
+    hub: Hub | None = None,
+) -> web.Application:
+    """The serve application. The hub's bus subscription runs while the app runs
+    (``bus.start()`` is the caller's job; the hub waits for the bus by itself)."""
+    app = web.Application(middlewares=[_errors], client_max_size=1024)
+    the_hub = hub if hub is not None else Hub(settings, bus)
+    app[HUB] = the_hub
+    app[SETTINGS] = settings
+    app[BUS] = bus
+    app[UPSTREAM] = upstream
+    app[FAULTS] = set()
+    app.router.add_get("/", _index)
+    app.router.add_get(STREAM_PATH, stream_handler)
+    app.router.add_get("/api/market-data/prices", _prices)
+    app.router.add_get("/api/market-data/health", _health)
+    app.router.add_get("/api/market-data/config", _config)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_static("/static/", STATIC, append_version=False)
+    app.on_response_prepare.append(_on_prepare)
+    app.cleanup_ctx.append(_hub_context)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+async def _hub_context(app: web.Application) -> AsyncIterator[None]:
+    hub = app[HUB]
+    task = asyncio.create_task(hub.run(), name="pricectl-hub")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[HUB].draining = True
+    app[HUB].disconnect_all("shutdown")
+
+
+async def start_server(
+    app: web.Application, host: str, port: int, *, reuse_port: bool = False
+) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``host:port`` (0 picks a free port); returns the runner and the port.
+
+    Handlers are cancelled when their client goes away, so a closed stream is
+    unregistered at once rather than at the next heartbeat.
+    """
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger("pricectl.access"),
+        shutdown_timeout=5.0,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=4096)
+    await site.start()
+    bound = runner.addresses[0][1]
+    return runner, int(bound)
+
+
+# --- the serve process -------------------------------------------------------------------
+
+
+async def serve_forever(
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """``pricectl serve``: bus, embedded relay (memory://), server; graceful on SIGTERM.
+
+    Shutdown order: stop listening, send every client a jittered ``retry:``, close
+    streams over ``server.drain_window``, stop the relay, close the bus.
+    """
+    from pricectl.bus import open_bus
+
+    bus = open_bus(settings.bus.url, prefix=settings.bus.prefix)
+    await bus.start()
+    upstream: UpstreamStatus | None = None
+    relay_coro: Awaitable[None] | None = None
+    if settings.bus.url.startswith("memory://"):
+        relay_coro, upstream = _embedded_relay(settings, bus)
+    app = create_app(settings, bus, upstream)
+    hub = app[HUB]
+    runner, bound = await start_server(app, host, port, reuse_port=reuse_port)
+    log.info(
+        "serving on http://%s:%d (bus %s%s)",
+        host,
+        bound,
+        settings.bus.url,
+        ", embedded relay" if relay_coro is not None else "",
+    )
+    if on_ready is not None:
+        on_ready(bound)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    relay_task = (
+        asyncio.create_task(_guard_relay(relay_coro), name="pricectl-relay")
+        if relay_coro is not None
+        else None
+    )
+    try:
+        await stop.wait()
+        log.info(
+            "shutting down: draining %d clients over %.1fs",
+            hub.clients,
+            settings.server.drain_window,
+        )
+        for site in list(runner.sites):
+            await site.stop()
+        await hub.drain(settings.server.drain_window)
+    finally:
+        if relay_task is not None:
+            relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay_task
+        await runner.cleanup()
+        await bus.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+
+
+def _embedded_relay(
+    settings: Settings, bus: Bus
+) -> tuple[Awaitable[None] | None, UpstreamStatus | None]:
+    """The in-process relay for memory:// (``pricectl.relay.run_embedded``), if installed."""
+    try:
+        from pricectl import relay
+    except ImportError:
+        log.warning("embedded mode: pricectl.relay is not available; serving an empty bus")
+        return None, None
+    run = getattr(relay, "run_embedded", None)
+    if run is None:
+        log.warning("embedded mode: pricectl.relay has no run_embedded; serving an empty bus")
+        return None, None
+    upstream = getattr(relay, "embedded_status", None)
+    return run(settings, bus), upstream
+
+
+async def _guard_relay(coro: Awaitable[None]) -> None:
+    try:
+        await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("embedded relay stopped with an error; serving the last known prices")
+
+
+def run_workers(settings: Settings, host: str, port: int, workers: int) -> int:
+    """Fork ``workers`` serve processes sharing ``host:port`` (SO_REUSEPORT); wait for them.
+
+    SIGTERM/SIGINT to the parent is passed to every worker, which drains as usual.
+    Returns the exit status (0 when every worker exited cleanly).
+    """
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child process
+            code = 0
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                asyncio.run(serve_forever(settings, host, port, reuse_port=True))
+            except BaseException:
+                log.exception("worker failed")
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children.append(pid)
+    log.info("started %d workers on %s:%d: %s", workers, host, port, children)
+
+    def forward(sig: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    remaining = set(children)
+    while remaining:
+        try:
+            pid, st = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:  # pragma: no cover - PEP 475 retries os.wait itself
+            continue
+        remaining.discard(pid)
+        code = os.waitstatus_to_exitcode(st)
+        if code != 0:
+            status = 1
+            log.warning("worker %d exited with %d", pid, code)
+            if remaining and code != -signal.SIGTERM:
+                forward(signal.SIGTERM, None)
+    return status

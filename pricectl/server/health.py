@@ -1,0 +1,115 @@
+"""``GET /api/market-data/health`` (DESIGN 3.6): is the data people see fresh, and why not.
+
+``status`` is decided from what serve itself holds, not from what ingest claims:
+
+* ``down``: the bus is unreachable, or no pair has fresh data (every pair is
+  missing, marked stale by ingest, or older than ``stale_after``);
+* ``degraded``: some pair is stale or missing, or served from REST or the cache;
+* ``ok``: every pair is fresh and live from the WebSocket.
+
+The HTTP status is 200 for ``ok`` and ``degraded`` and 503 for ``down``, so a load
+balancer's plain health check takes a server without data out of rotation.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from pricectl import __version__
+from pricectl.config import redact_url
+from pricectl.server.hub import Hub
+
+__all__ = ["UpstreamStatus", "health_report", "pair_states"]
+
+
+class UpstreamStatus(Protocol):
+    """What the relay exposes to serve: ``status()`` -> a JSON-able dict.
+
+    Recognised keys: ``state`` (connection state), ``breaker``, ``last_frame_age_s``,
+    and ``leader`` (``{"identity", "epoch", "since"}``); any others are passed through.
+    """
+
+    def status(self) -> dict[str, Any]: ...
+
+
+def pair_states(hub: Hub, now: float | None = None) -> dict[str, dict[str, Any]]:
+    """Per pair: age in seconds, source, stale (ingest's flag or older than stale_after)."""
+    now = time.time() if now is None else now
+    stale_after = hub.settings.resilience.heartbeat.stale_after
+    out: dict[str, dict[str, Any]] = {}
+    for pair in hub.pairs:
+        update = hub.latest.get(pair)
+        if update is None:
+            out[pair] = {"age_s": None, "source": None, "stale": True, "price": None}
+            continue
+        stamp = update.ingest_ns / 1e9 if update.ingest_ns else hub.received_at.get(pair, now)
+        age = max(0.0, now - stamp)
+        out[pair] = {
+            "age_s": round(age, 3),
+            "source": update.source,
+            "stale": bool(update.stale or age > stale_after),
+            "price": update.price,
+            "epoch": update.epoch,
+            "seq": update.seq,
+        }
+    return out
+
+
+def health_report(
+    hub: Hub, upstream: UpstreamStatus | None = None, now: float | None = None
+) -> dict[str, Any]:
+    """The health document; see the module docstring for how ``status`` is chosen."""
+    pairs = pair_states(hub, now)
+    bus = hub.bus
+    fresh = [p for p, st in pairs.items() if not st["stale"]]
+    degraded = len(fresh) < len(pairs) or any(pairs[p]["source"] != "ws" for p in fresh)
+    reasons: list[str] = []
+    if not bus.connected:
+        reasons.append("bus unreachable")
+    if not fresh:
+        reasons.append("no fresh data")
+    if reasons:
+        status = "down"
+    elif degraded:
+        status = "degraded"
+        stale = [p for p, st in pairs.items() if st["stale"]]
+        fallback = [p for p in fresh if pairs[p]["source"] != "ws"]
+        if stale:
+            reasons.append("stale: " + ", ".join(stale))
+        if fallback:
+            reasons.append("not live: " + ", ".join(fallback))
+    else:
+        status = "ok"
+    up: dict[str, Any] | None = None
+    if upstream is not None:
+        try:
+            up = dict(upstream.status())
+        except Exception as exc:  # health must answer even if the relay is confused
+            up = {"state": "unknown", "error": type(exc).__name__}
+    leader = (up or {}).pop("leader", None) if up is not None else None
+    if leader is None:
+        leader = {"identity": None, "epoch": hub.epoch or None, "since": None}
+    return {
+        "status": status,
+        "reasons": reasons,
+        "pairs": pairs,
+        "leader": leader,
+        "upstream": up,
+        "bus": {
+            "url": redact_url(bus.url),
+            "connected": bool(bus.connected),
+            "resubscribes": getattr(bus, "reconnects", 0),
+            "resyncs": hub.resyncs,
+            "epoch_drops": hub.epoch_drops + getattr(bus, "epoch_drops", 0),
+        },
+        "clients": {
+            "connected": hub.clients,
+            "peak": hub.peak_clients,
+            "total": hub.connections_total,
+            "dropped_slow": hub.slow_dropped,
+            "conflating": len(hub._slow),
+        },
+        "stale_after_s": hub.settings.resilience.heartbeat.stale_after,
+        "version": __version__,
+    }

@@ -1,0 +1,518 @@
+"""The fan-out hub: one bus subscription per serve process, bytes built once, written straight out.
+
+Why it looks like this (shared/bench/README.md): on this machine a server that
+gives each client an ``asyncio.Queue`` and a task falls over at 10,000 clients,
+while one that serialises each update once and writes the *same bytes* to every
+client's transport delivers everything. So on the per-event path:
+
+* an update becomes its SSE bytes once (``id: <epoch>-<gseq>``, ``event: price``,
+  ``data: <the raw JSON from the bus>``, never re-encoded);
+* clients are grouped by their exact pair set (and by framing: HTTP/1.1 streams
+  are chunked), so updates that arrive in the same loop iteration are joined and
+  framed once per group, and each client gets exactly one ``transport.write``;
+* there is no queue and no task per client. A client whose transport is above
+  its high-water mark (``server.high_water``; asyncio's flow control calls
+  ``pause_writing``) stops getting writes: its updates wait in one pending slot
+  per pair, newest wins (conflation), and go out in one write when it drains. A
+  client unwritable for longer than ``server.write_timeout`` is aborted and counted.
+
+Consumers fence by epoch (DESIGN 3.3): an update whose epoch is below the highest
+seen for its pair is dropped and counted. After a bus :class:`~pricectl.bus.base.Gap`
+the hub re-reads the snapshot and sends every client an ``event: snapshot`` for each
+of its pairs, so a broker blip never leaves a silent gap.
+
+A timer per hub (not per client) sends ``: ping`` every ``server.ping_interval``
+and notices closed connections; a second, short timer runs only while some client
+is conflating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pricectl.bus.base import Bus, Gap, Update
+from pricectl.config import Settings
+from pricectl.core.history import HistoryRing, parse_event_id
+from pricectl.core.sse import encode_comment, encode_event
+from pricectl.core.ticks import PriceUpdate
+
+__all__ = ["Client", "Hub", "frame"]
+
+log = logging.getLogger("pricectl.server.hub")
+
+#: How often conflating clients are checked for having drained (seconds).
+_SWEEP_INTERVAL = 0.01
+_PING = encode_comment("ping")
+
+
+def frame(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk holding ``data`` (the stream response is chunked)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+class _Group:
+    """Clients with the same pair set and framing: they get byte-identical writes."""
+
+    __slots__ = ("chunked", "clients", "pairs")
+
+    def __init__(self, pairs: frozenset[str], chunked: bool) -> None:
+        self.pairs = pairs
+        self.chunked = chunked
+        self.clients: dict[Client, None] = {}
+
+
+class Client:
+    """One open stream: its transport, its group, and the conflation slots when it lags."""
+
+    __slots__ = (
+        "blocked_since",
+        "done",
+        "group",
+        "ip",
+        "pending",
+        "protocol",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        protocol: Any,
+        group: _Group,
+        ip: str,
+        done: asyncio.Future[str],
+    ) -> None:
+        self.transport = transport
+        #: aiohttp's RequestHandler: ``writing_paused`` is asyncio flow control, and its
+        #: ``transport`` becomes None once the connection is lost.
+        self.protocol = protocol
+        self.group = group
+        self.ip = ip
+        #: Resolved (with the reason) when the hub ends the stream; the handler awaits it.
+        self.done = done
+        #: None while writable; else the newest event bytes per pair, waiting for a drain.
+        self.pending: dict[str, bytes] | None = None
+        self.blocked_since = 0.0
+
+    @property
+    def pairs(self) -> frozenset[str]:
+        """The pairs this client watches."""
+        return self.group.pairs
+
+
+class Hub:
+    """Latest snapshot, resume ring and fan-out for one serve process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bus: Bus,
+        *,
+        rand: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.pairs: tuple[str, ...] = settings.pair_map.pairs
+        self._rand = rand
+        self._clock = clock
+        s = settings.server
+        self.high_water = s.high_water
+        self.write_timeout = s.write_timeout
+        self.ring = HistoryRing(s.history_size)
+        #: Latest update and its raw JSON per pair, with the wall time it was received.
+        self.latest: dict[str, PriceUpdate] = {}
+        self.latest_raw: dict[str, str] = {}
+        self.received_at: dict[str, float] = {}
+        self._pair_epoch: dict[str, int] = {}
+        #: Stream position: the highest (epoch, gseq) seen; snapshot events carry it as id.
+        self.epoch = 0
+        self.gseq = 0
+        self._groups: dict[tuple[frozenset[str], bool], _Group] = {}
+        self._by_pair: dict[str, list[_Group]] = {}
+        self._slow: dict[Client, None] = {}
+        self._per_ip: dict[str, int] = {}
+        self._batch: list[tuple[str, bytes]] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._ping_handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.draining = False
+        #: True once the first snapshot has been read from the bus.
+        self.ready = False
+        # Counters (exported by /metrics and /health).
+        self.clients = 0
+        self.peak_clients = 0
+        self.connections_total = 0
+        self.rejected: dict[str, int] = {}
+        self.events_sent = 0
+        self.bytes_sent = 0
+        self.updates_received = 0
+        self.epoch_drops = 0
+        self.slow_conflated = 0
+        self.slow_dropped = 0
+        self.resyncs = 0
+        self.last_gap: str | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume the bus until cancelled: updates fan out, gaps resync every client."""
+        self._loop = asyncio.get_running_loop()
+        self._schedule_ping()
+        sub = self.bus.subscribe(self.pairs)
+        try:
+            async for event in sub:
+                if isinstance(event, Update):
+                    self.on_update(event.update, event.raw)
+                elif isinstance(event, Gap):
+                    await self.resync(event.reason)
+        finally:
+            aclose = getattr(sub, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+            self._cancel_timers()
+
+    def _cancel_timers(self) -> None:
+        for handle in (self._ping_handle, self._sweep_handle, self._flush_handle):
+            if handle is not None:
+                handle.cancel()
+        self._ping_handle = self._sweep_handle = self._flush_handle = None
+
+    # --- the per-event path --------------------------------------------------------------
+
+    def on_update(self, update: PriceUpdate, raw: str) -> None:
+        """Record one update and queue its bytes for this loop iteration's fan-out."""
+        pair = update.pair
+        epoch = update.epoch
+        if epoch < self._pair_epoch.get(pair, 0):
+            self.epoch_drops += 1
+            return
+        self._pair_epoch[pair] = epoch
+        self.updates_received += 1
+        self.latest[pair] = update
+        self.latest_raw[pair] = raw
+        self.received_at[pair] = time.time()
+        gseq = update.gseq
+        if epoch > self.epoch or (epoch == self.epoch and gseq > self.gseq):
+            self.epoch, self.gseq = epoch, gseq
+        if "\n" in raw or "\r" in raw:
+            payload = encode_event(raw, event="price", id=f"{epoch}-{gseq}")
+        else:
+            payload = b"id: %d-%d\nevent: price\ndata: %s\n\n" % (epoch, gseq, raw.encode())
+        if epoch == self.epoch:
+            self.ring.append(epoch, gseq, pair, payload)
+        else:
+            # An older epoch still current for this pair: the ring cannot vouch for order.
+            self.ring.reset()
+        self._batch.append((pair, payload))
+        if self._flush_handle is None:
+            loop = self._loop or asyncio.get_running_loop()
+            self._flush_handle = loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write this iteration's updates: one write per client, bytes shared per group."""
+        self._flush_handle = None
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = []
+        if len(batch) == 1:
+            pair, payload = batch[0]
+            groups = self._by_pair.get(pair)
+            if groups:
+                framed = frame(payload)
+                for group in groups:
+                    self._send(group, framed if group.chunked else payload, batch)
+            return
+        touched: dict[int, _Group] = {}
+        for pair, _ in batch:
+            for group in self._by_pair.get(pair, ()):
+                touched[id(group)] = group
+        joined: dict[tuple[int, ...], bytes] = {}
+        for group in touched.values():
+            pairs = group.pairs
+            key = tuple(i for i, (p, _) in enumerate(batch) if p in pairs)
+            data = joined.get(key)
+            if data is None:
+                data = b"".join(batch[i][1] for i in key)
+                joined[key] = data
+            items = [batch[i] for i in key]
+            self._send(group, frame(data) if group.chunked else data, items)
+
+    def _send(self, group: _Group, data: bytes, items: list[tuple[str, bytes]]) -> None:
+        sent = 0
+        dead: list[Client] | None = None
+        for client in group.clients:
+            pending = client.pending
+            if pending is None:
+                protocol = client.protocol
+                if protocol.transport is None:
+                    if dead is None:
+                        dead = []
+                    dead.append(client)
+                    continue
+                if not protocol.writing_paused:
+                    client.transport.write(data)
+                    sent += 1
+                    continue
+                pending = client.pending = {}
+                client.blocked_since = self._clock()
+                self.slow_conflated += 1
+                self._slow[client] = None
+                self._schedule_sweep()
+            for pair, payload in items:
+                pending[pair] = payload
+        if sent:
+            self.events_sent += sent * len(items)
+            self.bytes_sent += sent * len(data)
+        if dead:
+            for client in dead:
+                self.finish(client, "connection lost")
+
+    # --- slow clients and heartbeats -----------------------------------------------------
+
+    def _schedule_sweep(self) -> None:
+        if self._sweep_handle is None and self._loop is not None:
+            self._sweep_handle = self._loop.call_later(_SWEEP_INTERVAL, self._sweep)
+
+    def _sweep(self) -> None:
+        """Flush conflating clients that drained; abort those blocked past write_timeout."""
+        self._sweep_handle = None
+        now = self._clock()
+        for client in list(self._slow):
+            protocol = client.protocol
+            if protocol.transport is None or client.pending is None:
+                self._slow.pop(client, None)
+                if protocol.transport is None:
+                    self.finish(client, "connection lost")
+                continue
+            if not protocol.writing_paused:
+                data = b"".join(client.pending.values())
+                n = len(client.pending)
+                client.pending = None
+                self._slow.pop(client, None)
+                if data:
+                    out = frame(data) if client.group.chunked else data
+                    client.transport.write(out)
+                    self.events_sent += n
+                    self.bytes_sent += len(out)
+            elif now - client.blocked_since > self.write_timeout:
+                self._slow.pop(client, None)
+                self.slow_dropped += 1
+                log.info(
+                    "closing a client unwritable for %.1fs (%s)", self.write_timeout, client.ip
+                )
+                client.transport.abort()
+                self.finish(client, "write timeout")
+        if self._slow:
+            self._schedule_sweep()
+
+    def _schedule_ping(self) -> None:
+        interval = self.settings.server.ping_interval
+        if interval > 0 and self._loop is not None:
+            self._ping_handle = self._loop.call_later(interval, self._ping)
+
+    def _ping(self) -> None:
+        """``: ping`` to every writable client; also reaps connections that went away."""
+        self._schedule_ping()
+        framed = frame(_PING)
+        for group in list(self._groups.values()):
+            dead: list[Client] = []
+            for client in group.clients:
+                protocol = client.protocol
+                if protocol.transport is None:
+                    dead.append(client)
+                elif client.pending is None and not protocol.writing_paused:
+                    client.transport.write(framed if group.chunked else _PING)
+            for client in dead:
+                self.finish(client, "connection lost")
+
+    # --- clients -------------------------------------------------------------------------
+
+    def admit(self, ip: str, npairs: int) -> str | None:
+        """Why a new stream must be turned away (a short reason), or None to accept it."""
+        s = self.settings.server
+        if self.draining:
+            return "draining"
+        if s.max_connections and self.clients >= s.max_connections:
+            return "max_connections"
+        if s.max_connections_per_ip and self._per_ip.get(ip, 0) >= s.max_connections_per_ip:
+            return "max_connections_per_ip"
+        return None
+
+    def count_rejected(self, reason: str) -> None:
+        """Count a stream turned away, by reason (for /metrics)."""
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def retry_ms(self, base: float | None = None) -> int:
+        """``retry:`` value with jitter, so a fleet of browsers does not come back at once."""
+        s = self.settings.server
+        base = s.retry if base is None else base
+        return int((base + self._rand() * s.retry_jitter) * 1000)
+
+    def opening(self, pairs: frozenset[str], last_event_id: str | None) -> bytes:
+        """What a new stream gets first: replay from the ring if it covers ``last_event_id``,
+        else one ``event: snapshot`` per pair. Raises ``ValueError`` for a malformed id."""
+        if self._batch:
+            # Updates already in latest/ring must not be sent again after the opening.
+            self.flush()
+        if last_event_id:
+            epoch, gseq = parse_event_id(last_event_id)
+            replay = self.ring.since(epoch, gseq, pairs)
+            if replay is not None:
+                return b"".join(replay)
+        return self.snapshot_events(pairs)
+
+    def snapshot_events(self, pairs: Iterable[str]) -> bytes:
+        """``event: snapshot`` for each pair with data, in configured order, id = position."""
+        position = f"{self.epoch}-{self.gseq}"
+        out: list[bytes] = []
+        for pair in self.pairs:
+            if pair in pairs and pair in self.latest_raw:
+                out.append(encode_event(self.latest_raw[pair], event="snapshot", id=position))
+        return b"".join(out)
+
+    def attach(
+        self,
+        transport: asyncio.Transport,
+        protocol: Any,
+        pairs: frozenset[str],
+        chunked: bool,
+        ip: str,
+        first: bytes,
+    ) -> Client:
+        """Register a stream and write ``first`` to it in the same step (no update in between)."""
+        key = (pairs, chunked)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _Group(pairs, chunked)
+            for pair in pairs:
+                self._by_pair.setdefault(pair, []).append(group)
+        loop = self._loop or asyncio.get_running_loop()
+        client = Client(transport, protocol, group, ip, loop.create_future())
+        transport.set_write_buffer_limits(high=self.high_water)
+        if first:
+            transport.write(frame(first) if chunked else first)
+        group.clients[client] = None
+        self.clients += 1
+        self.connections_total += 1
+        self.peak_clients = max(self.peak_clients, self.clients)
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
+        return client
+
+    def finish(self, client: Client, reason: str) -> None:
+        """End a stream (idempotent): unregister it and wake its handler."""
+        group = client.group
+        if client not in group.clients:
+            return
+        del group.clients[client]
+        self._slow.pop(client, None)
+        client.pending = None
+        self.clients -= 1
+        left = self._per_ip.get(client.ip, 1) - 1
+        if left:
+            self._per_ip[client.ip] = left
+        else:
+            self._per_ip.pop(client.ip, None)
+        if not group.clients:
+            del self._groups[(group.pairs, group.chunked)]
+            for pair in group.pairs:
+                groups = self._by_pair.get(pair)
+                if groups is not None:
+                    groups.remove(group)
+                    if not groups:
+                        del self._by_pair[pair]
+        if not client.done.done():
+            client.done.set_result(reason)
+
+    def all_clients(self) -> list[Client]:
+        """Every open stream (a copy)."""
+        return [c for g in self._groups.values() for c in g.clients]
+
+    def disconnect_all(self, reason: str = "disconnect") -> int:
+        """Close every stream now (tests force reconnects with this); returns how many."""
+        clients = self.all_clients()
+        for client in clients:
+            self.finish(client, reason)
+        return len(clients)
+
+    # --- resync and shutdown -------------------------------------------------------------
+
+    async def resync(self, reason: str) -> None:
+        """Re-read the snapshot after a bus gap and send every client its pairs afresh."""
+        self.last_gap = reason
+        snap: dict[str, PriceUpdate] | None = None
+        delay = 0.2
+        while snap is None:
+            try:
+                snap = await self.bus.snapshot(self.pairs)
+            except Exception as exc:  # the bus reconnects by itself; keep trying
+                log.warning("snapshot after %s failed (%s); retrying", reason, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self.flush()
+        for pair, update in snap.items():
+            if update.epoch < self._pair_epoch.get(pair, 0):
+                self.epoch_drops += 1
+                continue
+            current = self.latest.get(pair)
+            if current is not None and (current.epoch, current.seq) > (update.epoch, update.seq):
+                continue
+            self._pair_epoch[pair] = update.epoch
+            self.latest[pair] = update
+            self.latest_raw[pair] = update.to_json()
+            self.received_at[pair] = time.time()
+            if (update.epoch, update.gseq) > (self.epoch, self.gseq):
+                self.epoch, self.gseq = update.epoch, update.gseq
+        # Events between our last one and the snapshot are lost to us: resume from here only.
+        self.ring.reset(self.epoch or None, self.gseq)
+        if self.ready:
+            self.resyncs += 1
+            log.info("resync after bus gap (%s): %d clients", reason, self.clients)
+        else:
+            log.info("hub ready: %d of %d pairs have a snapshot", len(snap), len(self.pairs))
+        self.ready = True
+        for group in list(self._groups.values()):
+            data = self.snapshot_events(group.pairs)
+            if not data:
+                continue
+            out = frame(data) if group.chunked else data
+            for client in list(group.clients):
+                if client.protocol.transport is None:
+                    self.finish(client, "connection lost")
+                elif client.pending is not None:
+                    # A lagging client gets the snapshot as its pending slots.
+                    for pair in group.pairs:
+                        raw = self.latest_raw.get(pair)
+                        if raw is not None:
+                            client.pending[pair] = encode_event(
+                                raw, event="snapshot", id=f"{self.epoch}-{self.gseq}"
+                            )
+                else:
+                    client.transport.write(out)
+
+    async def drain(self, window: float) -> None:
+        """Graceful shutdown: refuse new streams, tell every client when to come back
+        (jittered ``retry:``), and close the streams spread over ``window`` seconds."""
+        self.draining = True
+        clients = self.all_clients()
+        for client in clients:
+            if client.protocol.transport is None:
+                continue
+            goodbye = b": server restarting\nretry: %d\n\n" % self.retry_ms()
+            client.transport.write(frame(goodbye) if client.group.chunked else goodbye)
+        steps = max(1, min(len(clients), 20))
+        per_step = -(-len(clients) // steps) if clients else 0
+        for i in range(steps):
+            for client in clients[i * per_step : (i + 1) * per_step]:
+                self.finish(client, "draining")
+            if i + 1 < steps:
+                await asyncio.sleep(window / steps)

@@ -1,0 +1,166 @@
+"""``GET /metrics``: Prometheus text exposition, written by hand (no client library needed).
+
+Counters come straight from the hub's plain integers, so the per-event path pays
+nothing for metrics: a scrape reads them.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pricectl import __version__
+from pricectl.server.health import UpstreamStatus, health_report
+from pricectl.server.hub import Hub
+
+__all__ = ["CONTENT_TYPE", "render_metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class _Out:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def metric(
+        self, name: str, kind: str, help_: str, samples: list[tuple[dict[str, str], float]]
+    ) -> None:
+        self.lines.append(f"# HELP {name} {help_}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            if labels:
+                inner = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
+                self.lines.append(f"{name}{{{inner}}} {value:g}")
+            else:
+                self.lines.append(f"{name} {value:g}")
+
+
+def render_metrics(hub: Hub, upstream: UpstreamStatus | None = None) -> str:
+    """The exposition text (ends with a newline)."""
+    now = time.time()
+    report = health_report(hub, upstream, now)
+    o = _Out()
+    o.metric("pricectl_info", "gauge", "Build information.", [({"version": __version__}, 1)])
+    o.metric(
+        "pricectl_health_status",
+        "gauge",
+        "1 for the current health status.",
+        [({"status": s}, 1 if report["status"] == s else 0) for s in ("ok", "degraded", "down")],
+    )
+    o.metric("pricectl_clients", "gauge", "Open SSE streams.", [({}, hub.clients)])
+    o.metric(
+        "pricectl_clients_peak", "gauge", "Most streams open at once.", [({}, hub.peak_clients)]
+    )
+    o.metric(
+        "pricectl_connections_total",
+        "counter",
+        "SSE streams accepted.",
+        [({}, hub.connections_total)],
+    )
+    o.metric(
+        "pricectl_rejected_total",
+        "counter",
+        "SSE streams turned away, by limit.",
+        [({"reason": r}, n) for r, n in sorted(hub.rejected.items())] or [({"reason": "none"}, 0)],
+    )
+    o.metric(
+        "pricectl_events_sent_total",
+        "counter",
+        "Events written to clients.",
+        [({}, hub.events_sent)],
+    )
+    o.metric(
+        "pricectl_bytes_sent_total",
+        "counter",
+        "Event bytes written to clients.",
+        [({}, hub.bytes_sent)],
+    )
+    o.metric(
+        "pricectl_updates_received_total",
+        "counter",
+        "Price updates read from the bus.",
+        [({}, hub.updates_received)],
+    )
+    o.metric(
+        "pricectl_slow_clients",
+        "gauge",
+        "Clients being conflated right now.",
+        [({}, len(hub._slow))],
+    )
+    o.metric(
+        "pricectl_slow_conflated_total",
+        "counter",
+        "Times a client fell behind and started conflating.",
+        [({}, hub.slow_conflated)],
+    )
+    o.metric(
+        "pricectl_slow_dropped_total",
+        "counter",
+        "Clients closed after being unwritable past write_timeout.",
+        [({}, hub.slow_dropped)],
+    )
+    o.metric(
+        "pricectl_epoch_drops_total",
+        "counter",
+        "Updates dropped for an older epoch.",
+        [({}, report["bus"]["epoch_drops"])],
+    )
+    o.metric(
+        "pricectl_bus_connected",
+        "gauge",
+        "1 while the bus is reachable.",
+        [({}, 1 if hub.bus.connected else 0)],
+    )
+    o.metric(
+        "pricectl_bus_reconnects_total",
+        "counter",
+        "Bus resubscriptions.",
+        [({}, report["bus"]["resubscribes"])],
+    )
+    o.metric(
+        "pricectl_resyncs_total",
+        "counter",
+        "Snapshot resyncs sent after a bus gap.",
+        [({}, hub.resyncs)],
+    )
+    pairs = report["pairs"]
+    o.metric(
+        "pricectl_pair_age_seconds",
+        "gauge",
+        "Age of the latest update per pair.",
+        [({"pair": p}, st["age_s"]) for p, st in pairs.items() if st["age_s"] is not None],
+    )
+    o.metric(
+        "pricectl_pair_stale",
+        "gauge",
+        "1 when the pair is stale.",
+        [({"pair": p}, 1 if st["stale"] else 0) for p, st in pairs.items()],
+    )
+    up = report["upstream"]
+    if up is not None:
+        state = str(up.get("state", "unknown"))
+        o.metric(
+            "pricectl_upstream_state",
+            "gauge",
+            "1 for the upstream connection state.",
+            [({"state": state}, 1)],
+        )
+        if up.get("breaker") is not None:
+            o.metric(
+                "pricectl_upstream_breaker",
+                "gauge",
+                "1 for the breaker state.",
+                [({"state": str(up["breaker"])}, 1)],
+            )
+        age = up.get("last_frame_age_s")
+        if isinstance(age, (int, float)):
+            o.metric(
+                "pricectl_upstream_last_frame_age_seconds",
+                "gauge",
+                "Seconds since the last exchange frame.",
+                [({}, float(age))],
+            )
+    return "\n".join(o.lines) + "\n"

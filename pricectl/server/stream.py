@@ -1,0 +1,143 @@
+"""``GET /api/market-data/stream``: the SSE endpoint, exactly as DESIGN 3.5 (see docs/protocol.md).
+
+The handler validates the request, checks the limits, sends the headers and the
+opening (comment, jittered ``retry:``, a snapshot or a replay), then hands the
+transport to the :class:`~pricectl.server.hub.Hub` and sleeps on one future until
+the hub ends the stream. It is never woken per event: the hub writes to the
+transport itself.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http import HttpVersion11
+
+from pricectl.core.history import parse_event_id
+from pricectl.core.pairs import parse_pair_list
+from pricectl.server.hub import Hub
+
+__all__ = ["STREAM_PATH", "bad_request", "parse_pairs", "stream_handler"]
+
+STREAM_PATH = "/api/market-data/stream"
+
+#: Longest ``pairs=`` query value accepted (50 pairs of up to 25 characters).
+_MAX_PAIRS_PARAM = 1300
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-store",
+    "X-Accel-Buffering": "no",
+}
+
+
+def bad_request(error: str, detail: str, **extra: Any) -> web.Response:
+    """400 with the JSON error body every endpoint uses."""
+    body = {"error": error, "detail": detail, **extra}
+    return web.json_response(body, status=400)
+
+
+def parse_pairs(hub: Hub, request: web.Request) -> frozenset[str] | web.Response:
+    """The requested pairs (all configured pairs when ``pairs`` is absent), or a 400."""
+    text = request.query.get("pairs")
+    if text is None or not text.strip():
+        pairs = list(hub.pairs)
+    else:
+        if len(text) > _MAX_PAIRS_PARAM:
+            return bad_request(
+                "too_many_pairs",
+                f"at most {hub.settings.server.max_pairs_per_connection} pairs per connection",
+            )
+        try:
+            pairs = parse_pair_list(text)
+        except ValueError as exc:
+            return bad_request("malformed_pair", str(exc), allowed=list(hub.pairs))
+        unknown = [p for p in pairs if p not in hub.pairs]
+        if unknown:
+            return bad_request(
+                "unknown_pair",
+                f"unknown pair {', '.join(unknown)}; allowed: {', '.join(hub.pairs)}",
+                allowed=list(hub.pairs),
+            )
+    limit = hub.settings.server.max_pairs_per_connection
+    if len(pairs) > limit:
+        return bad_request(
+            "too_many_pairs", f"{len(pairs)} pairs requested; at most {limit} per connection"
+        )
+    return frozenset(pairs)
+
+
+def _wants_event_stream(request: web.Request) -> bool:
+    return "text/event-stream" in request.headers.get("Accept", "")
+
+
+async def _turn_away(hub: Hub, request: web.Request, reason: str) -> web.StreamResponse:
+    """Over a limit: EventSource gets 200 + a long jittered retry (a 503 would make the
+    browser give up for good); any other client gets 503 with Retry-After."""
+    hub.count_rejected(reason)
+    overload = hub.settings.server.overload_retry
+    if not _wants_event_stream(request):
+        return web.json_response(
+            {"error": "overloaded", "detail": f"{reason}: try again later"},
+            status=503,
+            headers={"Retry-After": str(max(1, round(overload)))},
+        )
+    body = b": %s\nretry: %d\n\n" % (reason.encode(), hub.retry_ms(overload))
+    resp = web.Response(body=body, headers=SSE_HEADERS)
+    resp.force_close()
+    return resp
+
+
+async def stream_handler(request: web.Request) -> web.StreamResponse:
+    """The SSE stream; see the module docstring and docs/protocol.md."""
+    from pricectl.server.app import FAULTS, HUB
+
+    hub = request.app[HUB]
+    if "stream" in request.app[FAULTS]:
+        return web.json_response(
+            {"error": "unavailable", "detail": "stream disabled (test fault)"}, status=503
+        )
+    pairs = parse_pairs(hub, request)
+    if isinstance(pairs, web.Response):
+        return pairs
+    last_id = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or None
+    try:
+        if last_id:
+            parse_event_id(last_id)
+    except ValueError as exc:
+        return bad_request("malformed_event_id", str(exc))
+    ip = request.remote or "?"
+    reason = hub.admit(ip, len(pairs))
+    if reason is not None:
+        return await _turn_away(hub, request, reason)
+
+    resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
+    chunked = request.version >= HttpVersion11
+    if chunked:
+        resp.enable_chunked_encoding()
+    resp.force_close()
+    await resp.prepare(request)
+    transport = request.transport
+    protocol = request.protocol
+    if transport is None or transport.is_closing() or protocol.transport is None:
+        return resp
+    # From here to attach nothing awaits, so no update can fall between opening and live.
+    opening = hub.opening(pairs, last_id)
+    first = b": ok\nretry: %d\n\n%b" % (hub.retry_ms(), opening)
+    client = hub.attach(transport, protocol, pairs, chunked, ip, first)
+    try:
+        await client.done
+    finally:
+        hub.finish(client, "handler ended")
+    return resp
+
+
+def error_json(status: int, error: str, detail: str) -> web.Response:
+    """A JSON error response (used for 404/405/500 so no page or trace leaks)."""
+    return web.Response(
+        text=json.dumps({"error": error, "detail": detail}),
+        status=status,
+        content_type="application/json",
+    )
