@@ -1,0 +1,367 @@
+"""Ingest: the exchange feeds, the per-pair source cascade, stamping and the fenced publish.
+
+One :class:`Relay` runs where the exchange connection lives: in ``pricectl serve`` with
+``memory://`` (:func:`run_embedded`), or in the elected leader of ``pricectl ingest``.
+
+Per pair, the source is decided by :class:`~pricectl.core.fallback.Cascade` (DESIGN 4):
+
+1. ``ws``: the live WebSocket (:class:`~pricectl.exchange.binance_ws.BinanceWS`) while
+   its breaker is closed and the pair had a WS update within ``heartbeat.stale_after``;
+2. ``rest``: when the breaker is open or the pair went stale, REST polling
+   (:class:`~pricectl.exchange.binance_rest.BinanceRest`) every
+   ``fallback.rest_poll_interval``, within the weight budget;
+3. ``cache``: when REST fails too (``fallback.rest_failures_before_cache`` polls in a
+   row), the last value re-published with ``source: cache, stale: true``.
+
+The first WS update of a pair brings it straight back to ``ws``. Each transition is one
+log line.
+
+Every update leaving the relay is stamped ``(epoch, seq, gseq)``: ``epoch`` from the
+fence, ``seq`` +1 per pair, ``gseq`` +1 across pairs (DESIGN 3.2, 3.5). Publishes are
+serialised (one at a time, in stamping order) and go out in batches, so a Redis bus can
+pipeline everything that arrived together. A :class:`~pricectl.errors.FencedError` from
+the bus stops the relay at once and is re-raised: the caller has lost the lease and
+must step down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from pricectl.bus.base import Bus, Fence
+from pricectl.config import Settings
+from pricectl.core.backoff import Backoff, BackoffPolicy
+from pricectl.core.fallback import Cascade, FallbackPolicy, Source
+from pricectl.core.ticks import PriceUpdate
+from pricectl.errors import BusError, FeedError, FencedError, PricectlError, RateLimitedError
+from pricectl.exchange.binance_rest import BinanceRest
+from pricectl.exchange.binance_ws import BatchCallback, BinanceWS
+from pricectl.logs import RateLimitedLog
+
+__all__ = ["Relay", "WSFactory", "run_embedded"]
+
+log = logging.getLogger("pricectl.relay")
+
+#: Builds the WebSocket feed: ``(settings, on_batch, on_state) -> BinanceWS``.
+WSFactory = Callable[[Settings, BatchCallback, Callable[[], None]], BinanceWS]
+
+
+def _default_ws(
+    settings: Settings, on_batch: BatchCallback, on_state: Callable[[], None]
+) -> BinanceWS:
+    return BinanceWS(settings, on_batch, on_state=on_state)
+
+
+class Relay:
+    """The source cascade of every configured pair, publishing into ``bus`` under ``fence``.
+
+    ``await run()`` until cancelled; :meth:`publish_rest_snapshot` first on a takeover;
+    :meth:`status` for ``/api/market-data/health``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        bus: Bus,
+        fence: Fence,
+        *,
+        ws_factory: WSFactory | None = None,
+        rest: BinanceRest | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.fence = fence
+        self.pairs = settings.pair_map.pairs
+        self.cascade = Cascade(self.pairs, FallbackPolicy.from_settings(settings.resilience))
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self.ws = (ws_factory or _default_ws)(settings, self._on_ws_batch, self._wake.set)
+        self.rest = rest if rest is not None else BinanceRest(settings)
+        self._own_rest = rest is None
+        self._seq: dict[str, int] = {}
+        self._gseq = 0
+        self._last: dict[str, PriceUpdate] = {}
+        self._shown: dict[str, Source] = {}
+        self._publish_lock = asyncio.Lock()
+        self._rlog = RateLimitedLog(log, 10.0)
+        #: Updates handed to the bus, and batches the bus failed to take (not fenced).
+        self.published = 0
+        self.publish_errors = 0
+        self.by_source: dict[str, int] = {"ws": 0, "rest": 0, "cache": 0}
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the WebSocket and the cascade until cancelled; re-raise FencedError at once."""
+        log.info(
+            "relay: starting for %d pairs (%s stream, epoch %d)",
+            len(self.pairs),
+            self.settings.exchange.stream,
+            self.fence.epoch,
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.ws.run(), name="relay-ws")
+                tg.create_task(self._cascade_loop(), name="relay-cascade")
+        except BaseExceptionGroup as group:
+            raise _unwrap(group) from None
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Release what the relay owns (the REST session)."""
+        if self._own_rest:
+            await self.rest.close()
+
+    async def publish_rest_snapshot(self) -> int:
+        """Fetch every pair from REST and publish it (a takeover, or start-up); the count.
+
+        A failing REST is logged and skipped (the live feed follows anyway); a
+        FencedError propagates.
+        """
+        try:
+            updates = await self.rest.fetch_prices()
+        except FeedError as exc:
+            log.warning("relay: REST snapshot failed (%s); going live without it", exc)
+            return 0
+        now = self._clock()
+        for u in updates:
+            self.cascade.rest_success(u.pair, now)
+        await self._publish(updates)
+        log.info("relay: published a REST snapshot of %d pairs", len(updates))
+        return len(updates)
+
+    async def _cascade_loop(self) -> None:
+        cascade = self.cascade
+        while True:
+            self._wake.clear()
+            now = self._clock()
+            cascade.ws_state(self.ws.healthy, now)
+            self._note_sources(now)
+            due = cascade.rest_due(now)
+            if due:
+                await self._poll_rest(due)
+            now = self._clock()
+            cached = cascade.cache_due(now)
+            if cached:
+                await self._publish_cache(cached)
+            now = self._clock()
+            self._note_sources(now)
+            await self._sleep_until(cascade.next_due(now))
+
+    async def _sleep_until(self, at: float) -> None:
+        try:
+            async with asyncio.timeout(max(0.0, at - self._clock())):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    # -- the three sources ---------------------------------------------------------------
+
+    async def _on_ws_batch(self, updates: list[PriceUpdate]) -> None:
+        now = self._clock()
+        self.cascade.ws_state(self.ws.healthy, now)
+        known = self.cascade.pairs
+        batch = [u for u in updates if u.pair in known]
+        for u in batch:
+            self.cascade.ws_update(u.pair, now)
+        self._note_sources(now)
+        await self._publish(batch)
+
+    async def _poll_rest(self, pairs: list[str]) -> None:
+        started = self._clock()
+        try:
+            updates = await self.rest.fetch_prices(pairs)
+        except RateLimitedError as exc:
+            self.cascade.rest_failure(started, retry_after=exc.retry_after)
+            self._rlog.warning("rest-limit", "relay: REST polling paused: %s", exc)
+            return
+        except FeedError as exc:
+            self.cascade.rest_failure(started)
+            self._rlog.warning(
+                "rest-fail", "relay: REST poll of %d pairs failed: %s", len(pairs), exc
+            )
+            return
+        now = self._clock()
+        if not updates:
+            self.cascade.rest_failure(started)
+            return
+        # A pair that went back to WS while the request was out keeps its live price.
+        fresh = [u for u in updates if self.cascade.source(u.pair, now) is not Source.WS]
+        for u in fresh:
+            self.cascade.rest_success(u.pair, now)
+        await self._publish(fresh)
+
+    async def _publish_cache(self, pairs: list[str]) -> None:
+        ingest_ns = time.time_ns()
+        batch = [
+            replace(self._last[p], source="cache", stale=True, ingest_ns=ingest_ns)
+            for p in pairs
+            if p in self._last
+        ]
+        await self._publish(batch)
+
+    # -- stamping and publishing ---------------------------------------------------------
+
+    async def _publish(self, updates: Sequence[PriceUpdate]) -> None:
+        """Stamp and publish one batch, in order; FencedError propagates, BusError is logged."""
+        if not updates:
+            return
+        async with self._publish_lock:
+            epoch = self.fence.epoch
+            seqs = self._seq
+            gseq = self._gseq
+            stamped: list[PriceUpdate] = []
+            for u in updates:
+                seq = seqs.get(u.pair, 0) + 1
+                seqs[u.pair] = seq
+                gseq += 1
+                s = u.stamped(epoch, seq, gseq)
+                stamped.append(s)
+                self._last[u.pair] = s
+                self.by_source[s.source] = self.by_source.get(s.source, 0) + 1
+            self._gseq = gseq
+            try:
+                await self.bus.publish(stamped, self.fence)
+            except FencedError as exc:
+                log.error("relay: publish refused, the lease is gone (epoch %d): %s", epoch, exc)
+                raise
+            except BusError as exc:
+                self.publish_errors += 1
+                self._rlog.warning(
+                    "bus", "relay: publish of %d updates failed: %s", len(stamped), exc
+                )
+                return
+            self.published += len(stamped)
+
+    def _note_sources(self, now: float) -> None:
+        """One log line per pair whose source changed since the last look."""
+        for pair in self.pairs:
+            src = self.cascade.source(pair, now)
+            old = self._shown.get(pair)
+            if src is old:
+                continue
+            self._shown[pair] = src
+            if old is None and src is not Source.WS:
+                log.info("relay: %s: starting on %s", pair, src.value)
+            elif src is Source.WS:
+                log.info("relay: %s: %s -> ws (live again)", pair, old.value if old else "start")
+            elif old is not None:
+                why = (
+                    "WebSocket breaker open"
+                    if not self.ws.healthy
+                    else f"no WS update for {self.cascade.policy.stale_after:g}s"
+                )
+                if src is Source.CACHE:
+                    why = f"{self.cascade.rest_failures} REST polls failed"
+                log.warning("relay: %s: %s -> %s (%s)", pair, old.value, src.value, why)
+
+    # -- observability -------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Upstream state for ``/api/market-data/health`` (JSON-ready)."""
+        now = self._clock()
+        pairs: dict[str, Any] = {}
+        for p in self.pairs:
+            age = self.cascade.age(p, now)
+            pairs[p] = {
+                "source": self.cascade.source(p, now).value,
+                "stale": self.cascade.is_stale(p, now),
+                "age": None if age is None else round(age, 3),
+                "seq": self._seq.get(p, 0),
+            }
+        ws = self.ws.status()
+        return {
+            "epoch": self.fence.epoch,
+            "ws": ws,
+            "rest": self.rest.status(),
+            "pairs": pairs,
+            "parser_skips": ws["skips"],
+            "published": self.published,
+            "published_by_source": dict(self.by_source),
+            "publish_errors": self.publish_errors,
+        }
+
+
+def _unwrap(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The error that matters from a TaskGroup's group: a FencedError first, then any
+    PricectlError, else the group itself."""
+    for kind in (FencedError, PricectlError):
+        match: BaseExceptionGroup[Any] | None = group.subgroup(kind)
+        while match is not None:
+            first: BaseException = match.exceptions[0]
+            if isinstance(first, BaseExceptionGroup):
+                match = first
+                continue
+            return first
+    return group
+
+
+async def _validate_until_ok(rest: BinanceRest, settings: Settings, first_error: str) -> None:
+    """Retry the exchangeInfo check with backoff; UnknownPairError ends everything."""
+    backoff = Backoff(BackoffPolicy.from_settings(settings.resilience.backoff), rand=random.random)
+    error = first_error
+    while True:
+        delay = backoff.next_delay(time.monotonic())
+        log.warning(
+            "relay: cannot check the pairs against the exchange (%s); serving cached/stale "
+            "data and retrying in %.1fs",
+            error,
+            delay,
+        )
+        await asyncio.sleep(delay)
+        try:
+            await rest.validate_pairs()
+            return
+        except RateLimitedError as exc:
+            error = str(exc)
+            await asyncio.sleep(exc.retry_after)
+        except FeedError as exc:
+            error = str(exc)
+
+
+async def run_embedded(
+    settings: Settings, bus: Bus, on_relay: Callable[[Relay], None] | None = None
+) -> None:
+    """Ingest inside ``pricectl serve`` with a ``memory://`` bus; runs until cancelled.
+
+    Takes the in-process lease (``bus.local_fence()``), checks the pairs against the
+    exchange's ``exchangeInfo`` (an unknown or non-trading pair stops start-up with
+    :class:`~pricectl.errors.UnknownPairError`), publishes a REST snapshot, then runs the
+    relay. An exchange that cannot be reached at start is not fatal: it is logged and
+    checked again in the background while the relay runs (serving cache/stale).
+    ``on_relay(relay)`` hands the relay to serve for ``/health``.
+    """
+    local_fence = getattr(bus, "local_fence", None)
+    if local_fence is None:
+        raise PricectlError(f"run_embedded needs the memory:// bus, got {bus.url}")
+    fence: Fence = local_fence()
+    relay = Relay(settings, bus, fence)
+    if on_relay is not None:
+        on_relay(relay)
+    try:
+        pending_error: str | None = None
+        try:
+            await relay.rest.validate_pairs()
+        except RateLimitedError as exc:
+            pending_error = str(exc)
+        except FeedError as exc:
+            pending_error = str(exc)
+        else:
+            await relay.publish_rest_snapshot()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                if pending_error is not None:
+                    tg.create_task(_validate_until_ok(relay.rest, settings, pending_error))
+                tg.create_task(relay.run(), name="relay")
+        except BaseExceptionGroup as group:
+            raise _unwrap(group) from None
+    finally:
+        await relay.close()
