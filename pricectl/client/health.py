@@ -1,0 +1,330 @@
+"""What ``pricectl health`` asks: a serve instance, Redis directly, or a proxy in front of serve.
+
+- :func:`serve_health`: GET ``/api/market-data/health`` (DESIGN 3.6). serve answers 503
+  with the same JSON when it is down, so both 200 and 503 are read as a report.
+- :func:`redis_health`: the same document built from Redis alone (leader key, epoch, the
+  ``prices:latest`` hash and each entry's age), for when no serve is up or to check the
+  bus independently of serve. Its status follows the rule serve uses
+  (:func:`status_for`): ``down`` when Redis is unreachable or no pair is fresh,
+  ``degraded`` when a pair is stale, missing or not live from the WebSocket (or no one
+  holds the lease), else ``ok``.
+- :func:`probe_through`: opens the stream directly and through a proxy at the same time
+  and compares when the bytes arrive. A buffering proxy (nginx without
+  ``proxy_buffering off``, a CDN, a compressing middlebox) holds the opening comment
+  and batches events, which turns "sub-second" into "whenever a buffer fills"; the
+  per-event delay (same event id, proxy arrival minus direct arrival) shows it plainly.
+
+Exit codes (:func:`exit_code_for_status`): 0 ok, 1 degraded, 2 down or unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import statistics
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from pricectl import __version__
+from pricectl.client.sse import (
+    StreamRefused,
+    StreamUnreachable,
+    base_url,
+    describe_error,
+    stream_url,
+)
+from pricectl.core.sse import SSEDecoder
+from pricectl.core.ticks import PriceUpdate, decode_update
+
+__all__ = [
+    "HEALTH_PATH",
+    "StreamTiming",
+    "exit_code_for_status",
+    "judge_proxy",
+    "pair_states",
+    "probe_through",
+    "redis_health",
+    "serve_health",
+    "status_for",
+    "time_stream",
+]
+
+HEALTH_PATH = "/api/market-data/health"
+
+#: The proxy adds more than this to the first byte or to the median event: it buffers.
+#: Loopback and a same-host proxy add milliseconds; a buffer adds a flush interval or
+#: waits for kilobytes, which at our event sizes is seconds.
+BUFFERING_THRESHOLD_S = 0.5
+
+
+def exit_code_for_status(status: str) -> int:
+    """0 ok, 1 degraded, 2 anything else (down, unknown)."""
+    return {"ok": 0, "degraded": 1}.get(status, 2)
+
+
+async def serve_health(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The health document of the serve instance at ``url`` (base URL or the health URL).
+
+    Raises :class:`StreamUnreachable` when nothing answers and :class:`StreamRefused`
+    when something answers that is not serve's health endpoint.
+    """
+    base = base_url(url)
+    target = base + HEALTH_PATH
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=client_timeout) as session,
+            session.get(target, headers={"Accept": "application/json"}) as resp,
+        ):
+            body = await resp.text()
+            status = resp.status
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise StreamUnreachable(f"cannot reach {target}: {describe_error(exc)}") from None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if status not in (200, 503) or not isinstance(doc, dict) or "status" not in doc:
+        raise StreamRefused(f"{target} answered HTTP {status} but not with a health report", status)
+    doc.setdefault("origin", base)
+    return doc
+
+
+def pair_states(
+    latest: Mapping[str, PriceUpdate | None], stale_after: float, now: float
+) -> dict[str, dict[str, Any]]:
+    """Per pair: age (seconds, from ``ingest_ns``/``event_ms`` to wall-clock ``now``),
+    source, stale (the update's flag or older than ``stale_after``), price, epoch, seq."""
+    out: dict[str, dict[str, Any]] = {}
+    for pair, update in latest.items():
+        if update is None:
+            out[pair] = {"age_s": None, "source": None, "stale": True, "price": None}
+            continue
+        stamp = update.ingest_ns / 1e9 if update.ingest_ns else update.event_ms / 1000.0
+        age = max(0.0, now - stamp)
+        out[pair] = {
+            "age_s": round(age, 3),
+            "source": update.source,
+            "stale": bool(update.stale or age > stale_after),
+            "price": update.price,
+            "epoch": update.epoch,
+            "seq": update.seq,
+        }
+    return out
+
+
+def status_for(
+    pairs: Mapping[str, Mapping[str, Any]], *, bus_connected: bool, leader: bool = True
+) -> tuple[str, list[str]]:
+    """``(status, reasons)`` by DESIGN 3.6, the same rule serve's health endpoint applies."""
+    fresh = [p for p, st in pairs.items() if not st["stale"]]
+    reasons: list[str] = []
+    if not bus_connected:
+        reasons.append("bus unreachable")
+    if not fresh:
+        reasons.append("no fresh data")
+    if reasons:
+        return "down", reasons
+    stale = [p for p, st in pairs.items() if st["stale"]]
+    fallback = [p for p in fresh if pairs[p]["source"] != "ws"]
+    if stale:
+        reasons.append("stale: " + ", ".join(stale))
+    if fallback:
+        reasons.append("not live: " + ", ".join(fallback))
+    if not leader:
+        reasons.append("no ingest leader holds the lease")
+    return ("degraded" if reasons else "ok"), reasons
+
+
+async def redis_health(
+    url: str,
+    pairs: Iterable[str],
+    *,
+    prefix: str = "",
+    stale_after: float = 30.0,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """The health document from Redis alone; ``status`` is ``down`` if Redis is unreachable."""
+    from redis.exceptions import RedisError
+
+    from pricectl.bus import keys
+    from pricectl.bus.leader import read_leader
+    from pricectl.bus.redis import connect_redis
+    from pricectl.config import redact_url
+    from pricectl.errors import BusError
+
+    wanted = list(pairs)
+    where = redact_url(url)
+    doc: dict[str, Any] = {"origin": where, "version": __version__}
+    try:
+        leader = await read_leader(url, prefix)
+        client = connect_redis(url, timeout=2.0)
+        try:
+            raw = await client.hmget(keys.latest(prefix), wanted) if wanted else []
+            epoch = await client.get(keys.epoch(prefix))
+        finally:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+    except (BusError, RedisError, OSError, TimeoutError) as exc:
+        doc.update(
+            status="down",
+            reasons=[f"redis unreachable at {where}: {exc}"],
+            bus={"url": where, "connected": False},
+        )
+        return doc
+    latest: dict[str, PriceUpdate | None] = {}
+    bad: list[str] = []
+    for pair, text in zip(wanted, raw, strict=True):
+        try:
+            latest[pair] = decode_update(text) if text is not None else None
+        except ValueError:
+            latest[pair] = None
+            bad.append(pair)
+    states = pair_states(latest, stale_after, time.time() if now is None else now)
+    status, reasons = status_for(states, bus_connected=True, leader=leader is not None)
+    reasons.extend(f"{p}: unreadable snapshot entry" for p in bad)
+    doc.update(
+        status=status,
+        reasons=reasons,
+        pairs=states,
+        leader=leader or {"identity": None, "epoch": int(epoch) if epoch else None},
+        bus={"url": where, "connected": True, "epoch": int(epoch) if epoch else None},
+        stale_after_s=stale_after,
+    )
+    return doc
+
+
+@dataclass
+class StreamTiming:
+    """When the bytes and events of one stream arrived (monotonic seconds since request)."""
+
+    url: str
+    ttfb: float | None = None
+    first_event: float | None = None
+    arrivals: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    def gaps(self) -> list[float]:
+        """Seconds between consecutive price events, in arrival order."""
+        times = sorted(self.arrivals.values())
+        return [b - a for a, b in itertools.pairwise(times)]
+
+
+async def time_stream(
+    session: aiohttp.ClientSession, url: str, pairs: Sequence[str], window: float
+) -> StreamTiming:
+    """Read the stream at ``url`` for ``window`` seconds, timing the first byte and each event."""
+    timing = StreamTiming(url=stream_url(url, pairs))
+    start = time.monotonic()
+    deadline = start + window
+    try:
+        async with session.get(
+            timing.url, headers={"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        ) as resp:
+            if resp.status != 200:
+                timing.error = f"HTTP {resp.status}"
+                return timing
+            decoder = SSEDecoder()
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    chunk = await asyncio.wait_for(resp.content.readany(), left)
+                except TimeoutError:
+                    break
+                if not chunk:
+                    break
+                now = time.monotonic() - start
+                if timing.ttfb is None:
+                    timing.ttfb = now
+                for event in decoder.feed(chunk):
+                    if timing.first_event is None:
+                        timing.first_event = now
+                    if event.event == "price" and event.id:
+                        timing.arrivals.setdefault(event.id, now)
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        timing.error = str(exc) or type(exc).__name__
+    return timing
+
+
+def judge_proxy(direct: StreamTiming, proxy: StreamTiming, window: float) -> dict[str, Any]:
+    """Whether the proxy buffers, with the numbers behind the verdict (pure)."""
+    report: dict[str, Any] = {
+        "direct": direct.url,
+        "through": proxy.url,
+        "window_s": window,
+        "ttfb_direct_s": direct.ttfb,
+        "ttfb_through_s": proxy.ttfb,
+        "events_direct": len(direct.arrivals),
+        "events_through": len(proxy.arrivals),
+    }
+    reasons: list[str] = []
+    if direct.error or direct.ttfb is None:
+        report.update(
+            buffers=None,
+            ok=False,
+            summary=f"the direct stream failed ({direct.error or 'no bytes'}): nothing to compare",
+        )
+        return report
+    if proxy.error:
+        report.update(
+            buffers=None, ok=False, summary=f"the stream through the proxy failed: {proxy.error}"
+        )
+        return report
+    common = [i for i in direct.arrivals if i in proxy.arrivals]
+    lags = [proxy.arrivals[i] - direct.arrivals[i] for i in common]
+    median_lag = statistics.median(lags) if lags else None
+    max_lag = max(lags) if lags else None
+    report.update(matched=len(common), median_delay_s=median_lag, max_delay_s=max_lag)
+    gd, gp = direct.gaps(), proxy.gaps()
+    report.update(max_gap_direct_s=max(gd, default=None), max_gap_through_s=max(gp, default=None))
+    if proxy.ttfb is None:
+        reasons.append(f"no byte came through the proxy in {window:g}s")
+    elif proxy.ttfb - direct.ttfb > BUFFERING_THRESHOLD_S:
+        reasons.append(
+            f"first byte {_ms(proxy.ttfb)} through the proxy vs {_ms(direct.ttfb)} direct"
+        )
+    if len(direct.arrivals) >= 2 and len(common) < len(direct.arrivals) / 2:
+        reasons.append(
+            f"only {len(proxy.arrivals)} of {len(direct.arrivals)} events came through in time"
+        )
+    if median_lag is not None and median_lag > BUFFERING_THRESHOLD_S:
+        reasons.append(f"events arrive {_ms(median_lag)} later through the proxy (median)")
+    buffers = bool(reasons)
+    numbers = (
+        f"first byte {_ms(direct.ttfb)} direct, "
+        f"{_ms(proxy.ttfb) if proxy.ttfb is not None else 'never'} through the proxy; "
+        f"{len(direct.arrivals)} events direct, {len(proxy.arrivals)} through"
+    )
+    if median_lag is not None and max_lag is not None:
+        numbers += f"; delay per event median {_ms(median_lag)}, max {_ms(max_lag)}"
+    if buffers:
+        summary = "; ".join(reasons) + f" ({numbers})"
+        summary += ". Turn buffering off for this path (nginx: proxy_buffering off)."
+    else:
+        summary = numbers
+    report.update(buffers=buffers, ok=not buffers, reasons=reasons, summary=summary)
+    return report
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+async def probe_through(
+    direct_url: str, proxy_url: str, pairs: Sequence[str], window: float = 5.0
+) -> dict[str, Any]:
+    """Stream directly and through ``proxy_url`` at once for ``window`` seconds; judge it."""
+    timeout = aiohttp.ClientTimeout(total=None, connect=min(10.0, window), sock_connect=window)
+    async with aiohttp.ClientSession(timeout=timeout, auto_decompress=True) as session:
+        async with asyncio.TaskGroup() as tg:
+            d = tg.create_task(time_stream(session, direct_url, pairs, window))
+            p = tg.create_task(time_stream(session, proxy_url, pairs, window))
+        return judge_proxy(d.result(), p.result(), window)

@@ -1,0 +1,112 @@
+"""``pricectl tail PAIR...``: live prices in the terminal from serve, Redis or Binance."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+__all__ = ["command"]
+
+
+@click.command(name="tail")
+@click.argument("pairs", nargs=-1, required=True, metavar="PAIR...")
+@click.option(
+    "--from",
+    "source",
+    type=click.Choice(["serve", "redis", "binance"]),
+    default="serve",
+    show_default=True,
+    help="Which hop to read: serve's SSE stream, the Redis bus, or the exchange directly.",
+)
+@click.option("--url", help="serve address (default: http://server.host:server.port).")
+@click.option("--redis", "redis_url", help="Redis URL for --from redis (default: bus.url).")
+@click.option("--plain", is_flag=True, help="One line per update (the default when piped).")
+@click.option("--json", "as_json", is_flag=True, help="One DESIGN 3.2 JSON object per line.")
+@click.option("--once", is_flag=True, help="Print the current snapshot and exit.")
+@click.option("--count", type=click.IntRange(min=1), help="Exit after N updates.")
+@click.option("--duration", help="Exit after this long (30s, 2m).")
+@click.pass_obj
+def command(
+    obj: Any,
+    pairs: tuple[str, ...],
+    source: str,
+    url: str | None,
+    redis_url: str | None,
+    plain: bool,
+    as_json: bool,
+    once: bool,
+    count: int | None,
+    duration: str | None,
+) -> int:
+    """Live prices in the terminal from serve, Redis or Binance.
+
+    A live table on a terminal, one line per update when piped (or --plain), JSON lines
+    with --json. Exit 0 when done, 1 on a runtime failure (server unreachable), 2 on a
+    usage error (unknown pair, wrong URL), 130 on Ctrl-C.
+    """
+    import asyncio
+
+    from pricectl.client.tail import TailOptions, TailResult, run_tail
+    from pricectl.config import load_settings, parse_duration
+    from pricectl.core.backoff import BackoffPolicy
+    from pricectl.core.pairs import parse_pair
+    from pricectl.errors import UsageError
+
+    settings = obj.settings if obj is not None else load_settings()
+    wanted: list[str] = []
+    for arg in pairs:
+        for text in arg.split(","):
+            if not text.strip():
+                continue
+            try:
+                base, quote = parse_pair(text)
+            except ValueError as exc:
+                raise UsageError(f"{exc}; configured pairs: {', '.join(settings.pairs)}") from None
+            if f"{base}/{quote}" not in wanted:
+                wanted.append(f"{base}/{quote}")
+    if source != "serve":
+        unknown = [p for p in wanted if p not in settings.pairs]
+        if unknown:
+            raise UsageError(
+                f"unknown pair {', '.join(unknown)}; configured pairs: {', '.join(settings.pairs)}"
+            )
+    if plain and as_json:
+        raise UsageError("choose one of --plain and --json")
+    seconds: float | None = None
+    if duration is not None:
+        try:
+            seconds = parse_duration(duration)
+        except ValueError as exc:
+            raise UsageError(f"--duration: expected {exc}, got {duration!r}") from None
+    mode = "json" if as_json else "plain" if plain or not sys.stdout.isatty() else "table"
+    host = settings.server.host if settings.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    opts = TailOptions(
+        pairs=tuple(wanted),
+        source=source,
+        url=url or f"http://{host}:{settings.server.port}",
+        redis_url=redis_url or settings.bus.url,
+        prefix=settings.bus.prefix,
+        mode=mode,
+        once=once,
+        count=count,
+        duration=seconds,
+        stale_after=settings.resilience.heartbeat.stale_after,
+        idle_timeout=max(2.5 * settings.server.ping_interval, 5.0),
+        backoff=BackoffPolicy.from_settings(settings.resilience.backoff),
+    )
+    if source == "redis" and opts.redis_url.startswith("memory://"):
+        raise UsageError(
+            "--from redis needs a Redis URL: pass --redis redis://HOST:6379/0 or set bus.url"
+        )
+    result = TailResult()
+    try:
+        asyncio.run(run_tail(opts, settings, result=result))
+    except KeyboardInterrupt:
+        if not once:
+            click.echo(result.summary(), err=True)
+        return 130
+    if not once:
+        click.echo(result.summary(), err=True)
+    return result.exit_code
