@@ -355,21 +355,34 @@ async def serve_forever(
     log.info("stopped")
 
 
+class _RelayStatus:
+    """Upstream status for /health while the embedded relay runs (before it starts: starting)."""
+
+    def __init__(self) -> None:
+        self.relay: Any = None
+
+    def set(self, relay: Any) -> None:
+        self.relay = relay
+
+    def status(self) -> dict[str, Any]:
+        if self.relay is None:
+            return {"state": "starting"}
+        st = dict(self.relay.status())
+        st.setdefault("leader", {"identity": "embedded", "epoch": st.get("epoch"), "since": None})
+        return st
+
+
 def _embedded_relay(
     settings: Settings, bus: Bus
 ) -> tuple[Awaitable[None] | None, UpstreamStatus | None]:
-    """The in-process relay for memory:// (``pricectl.relay.run_embedded``), if installed."""
+    """The in-process relay for memory:// (``pricectl.relay.run_embedded``)."""
     try:
-        from pricectl import relay
-    except ImportError:
+        from pricectl.relay import run_embedded
+    except ImportError:  # pragma: no cover - the relay ships with pricectl
         log.warning("embedded mode: pricectl.relay is not available; serving an empty bus")
         return None, None
-    run = getattr(relay, "run_embedded", None)
-    if run is None:
-        log.warning("embedded mode: pricectl.relay has no run_embedded; serving an empty bus")
-        return None, None
-    upstream = getattr(relay, "embedded_status", None)
-    return run(settings, bus), upstream
+    holder = _RelayStatus()
+    return run_embedded(settings, bus, on_relay=holder.set), holder
 
 
 async def _guard_relay(coro: Awaitable[None]) -> None:

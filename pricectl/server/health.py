@@ -56,6 +56,16 @@ def pair_states(hub: Hub, now: float | None = None) -> dict[str, dict[str, Any]]
     return out
 
 
+def _normalise_upstream(up: dict[str, Any]) -> None:
+    """Lift the relay's WebSocket status to the documented keys: state, breaker,
+    last_frame_age_s (the relay nests them under ``ws``)."""
+    ws = up.get("ws")
+    if isinstance(ws, dict):
+        up.setdefault("state", "connected" if ws.get("connected") else "disconnected")
+        up.setdefault("breaker", ws.get("breaker"))
+        up.setdefault("last_frame_age_s", ws.get("last_frame_age"))
+
+
 def health_report(
     hub: Hub, upstream: UpstreamStatus | None = None, now: float | None = None
 ) -> dict[str, Any]:
@@ -87,7 +97,9 @@ def health_report(
             up = dict(upstream.status())
         except Exception as exc:  # health must answer even if the relay is confused
             up = {"state": "unknown", "error": type(exc).__name__}
-    leader = (up or {}).pop("leader", None) if up is not None else None
+    if up is not None:
+        _normalise_upstream(up)
+    leader = up.pop("leader", None) if up is not None else None
     if leader is None:
         leader = {"identity": None, "epoch": hub.epoch or None, "since": None}
     return {

@@ -133,6 +133,7 @@ class SSEConn:
         self.chunked = False
         self._raw = b""
         self.eof = False
+        self.base = 0
 
     @classmethod
     async def open(
