@@ -30,14 +30,14 @@ async def _flood_until(r, predicate, what: str, fast=None, batch: int = 200) -> 
         sent += len(ups)
         if fast is not None:
             target = fast.base + sent
-            await until(lambda: len(fast.events) >= target, 10, "fast client keeping up")
+            await until(lambda t=target: len(fast.events) >= t, 10, "fast client keeping up")
         else:
             await asyncio.sleep(0)
     return sent
 
 
 async def test_slow_client_is_conflated_then_closed_fast_client_gets_everything():
-    """A reader that stops is conflated then closed after write_timeout; a fast reader misses nothing."""
+    """A stopped reader is conflated, then closed after write_timeout; a fast one misses nothing."""
     settings = make_settings(high_water=4096, write_timeout=0.5)
     async with running(settings) as r:
         fast = await SSEConn.open(r.port, STREAM)
@@ -73,7 +73,7 @@ async def test_slow_client_is_conflated_then_closed_fast_client_gets_everything(
 
 
 async def test_lagging_client_gets_newest_per_pair_when_it_drains():
-    """While a client lags, only the newest update per pair waits; it arrives when the client reads."""
+    """While a client lags only the newest update per pair waits; it arrives once the client reads."""
     settings = make_settings(high_water=4096, write_timeout=60.0)
     async with running(settings) as r:
         slow = await SSEConn.open(r.port, STREAM, rcvbuf=4096)
