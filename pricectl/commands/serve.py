@@ -1,0 +1,68 @@
+"""``pricectl serve``: the SSE server (and, with ``memory://``, the relay in-process)."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["command"]
+
+
+@click.command(name="serve")
+@click.option("--host", default=None, help="Bind address (default: server.host, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default: server.port, 8000).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes sharing the port with SO_REUSEPORT (default: server.workers). "
+    "More than one needs a shared bus (redis://).",
+)
+@click.pass_context
+def command(ctx: click.Context, host: str | None, port: int | None, workers: int | None) -> None:
+    """Serve live prices over SSE, with health, metrics and the dashboard.
+
+    With bus.url memory:// (the default) the relay runs in this process, so this one
+    command gives a working system. With redis:// it only reads the bus: run
+    `pricectl ingest` for the exchange side and as many serve processes as you like.
+    SIGTERM drains: clients are told when to reconnect and streams close over
+    server.drain_window.
+    """
+    import asyncio
+
+    from pricectl.errors import UsageError
+
+    settings = ctx.obj.settings if ctx.obj is not None else _load()
+    s = settings.server
+    host = host or s.host
+    port = s.port if port is None else port
+    workers = workers or s.workers
+    if workers > 1:
+        if settings.bus.url.startswith("memory://"):
+            raise UsageError(
+                "--workers > 1 needs a shared bus: with memory:// every worker would open its "
+                "own exchange connection and number events on its own, so a browser that "
+                "reconnects to another worker could not resume. Set bus.url (or REDIS_URL) to "
+                "redis://... and run `pricectl ingest` beside the serve workers."
+            )
+        if port == 0:
+            raise UsageError("--workers > 1 needs a fixed --port (the workers share it)")
+        from pricectl.server.app import run_workers
+
+        code = run_workers(settings, host, port, workers)
+        if code:
+            ctx.exit(code)
+        return
+    from pricectl.server.app import serve_forever
+
+    asyncio.run(serve_forever(settings, host, port, on_ready=_announce))
+
+
+def _announce(port: int) -> None:
+    # One machine-readable line on stdout so scripts (and tests) learn the port.
+    click.echo(f"serving on port {port}", err=False)
+
+
+def _load() -> object:
+    from pricectl.config import load_settings
+
+    return load_settings()
