@@ -52,18 +52,22 @@ class SlidingWindow:
         self._times: deque[float] = deque(maxlen=self.limit)
 
     @classmethod
-    def per_second(cls, rate: float) -> SlidingWindow:
+    def per_second(cls, rate: float, slack: float = 0.0) -> SlidingWindow:
         """A limiter for "``rate`` messages per second" that never exceeds it in any second.
 
         ``rate`` >= 1 becomes ``floor(rate)`` per 1 s (4.5/s -> 4 per second: a fractional
         allowance would let a second hold one more than ``rate``); ``rate`` < 1 becomes one
-        event per ``1 / rate`` seconds.
+        event per ``1 / rate`` seconds. ``slack`` seconds are added to the window because
+        the server counts *arrival* times: a burst sent at ``t`` and the next at ``t + 1``
+        can arrive bunched within one second when the first was delayed in the network.
         """
         if not (rate > 0 and math.isfinite(rate)):
             raise ValueError(f"rate must be a finite number > 0, got {rate}")
+        if not (slack >= 0 and math.isfinite(slack)):
+            raise ValueError(f"slack must be a finite number >= 0, got {slack}")
         if rate >= 1:
-            return cls(int(rate), 1.0)
-        return cls(1, 1.0 / rate)
+            return cls(int(rate), 1.0 + slack)
+        return cls(1, 1.0 / rate + slack)
 
     def wait_time(self, now: float) -> float:
         """Seconds from ``now`` until an event would be allowed (0.0 if it is now)."""

@@ -71,6 +71,10 @@ BatchCallback = Callable[[list[PriceUpdate]], Awaitable[None]]
 #: Binance counts connection attempts per IP per 5 minutes (protocol §3).
 CONNECT_WINDOW_S = 300.0
 
+#: Added to the 1 s send window: Binance counts messages as they *arrive*, so a burst
+#: delayed in the network must not land in the same second as the next one.
+SEND_SLACK_S = 0.25
+
 #: Parser counter keys that are not skips (see pricectl.core.binance).
 _NOT_SKIPS = ("parsed:", "control", "shutdown")
 
@@ -129,7 +133,7 @@ class BinanceWS:
         self.backoff = Backoff(BackoffPolicy.from_settings(res.backoff), rand=rand)
         self.breaker = Breaker(BreakerPolicy.from_settings(res.breaker), self._breaker_moved)
         self._connects = SlidingWindow(ex.max_connects_per_5m, CONNECT_WINDOW_S)
-        self._sends = SlidingWindow.per_second(ex.max_messages_per_second)
+        self._sends = SlidingWindow.per_second(ex.max_messages_per_second, slack=SEND_SLACK_S)
         self._idle_timeout = res.heartbeat.idle_timeout
         self._max_age = ex.max_connection_age
         self._log_gate = LogGate(10.0)
@@ -147,6 +151,8 @@ class BinanceWS:
         self.connect_attempts = 0
         #: Updates dropped because their order key was not newer (overlap, replays).
         self.duplicates = 0
+        #: Times a connect had to wait for the 5-minute connection limit.
+        self.connect_limited = 0
         #: Control messages sent (SUBSCRIBE/UNSUBSCRIBE).
         self.messages_sent = 0
         self.last_frame_at: float | None = None
@@ -201,6 +207,7 @@ class BinanceWS:
             ),
             "reconnects": self.reconnects,
             "connect_attempts": self.connect_attempts,
+            "connect_limited": self.connect_limited,
             "duplicates_dropped": self.duplicates,
             "last_disconnect": self.last_disconnect,
             "parsed": sum(v for k, v in self.parser.counts.items() if k.startswith("parsed:")),
@@ -312,6 +319,7 @@ class BinanceWS:
             now = self._clock()
             wait = self._connects.wait_time(now)
             if wait > 0:
+                self.connect_limited += 1
                 log.warning(
                     "ws: %d connection attempts in the last 5 minutes (limit %d); "
                     "waiting %.1fs before the next",
@@ -390,13 +398,13 @@ class BinanceWS:
 
     async def _read(self, conn: _Conn) -> None:
         """Read frames until the connection ends; never raises for a closed connection."""
-        parse = self.parser.parse
         try:
             async for text in conn.ws:
                 now = self._clock()
                 conn.idle.seen(now)
                 self.last_frame_at = now
-                self._handle(conn, parse(text, time.time_ns()), now)
+                # self.parser, not a local: add_pairs/remove_pairs swap it at run time.
+                self._handle(conn, self.parser.parse(text, time.time_ns()), now)
             reason = f"closed by the server ({_close_info(conn.ws)})"
         except ConnectionClosed as exc:
             reason = f"connection lost ({_describe(exc)})"

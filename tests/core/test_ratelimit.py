@@ -26,6 +26,14 @@ def test_per_second_rounds_down_and_handles_slow_rates():
     assert slow.try_acquire(0.0) and not slow.try_acquire(1.9) and slow.try_acquire(2.0)
 
 
+def test_per_second_slack_widens_the_window():
+    """Slack absorbs arrival jitter: the next burst waits 1 s plus the slack."""
+    w = SlidingWindow.per_second(4.0, slack=0.25)
+    assert all(w.try_acquire(0.0) for _ in range(4))
+    assert not w.try_acquire(1.0)
+    assert w.wait_time(1.0) == pytest.approx(0.25)
+
+
 def test_connects_limit_300_per_5_minutes():
     """300 connection attempts in 5 minutes, then the 301st waits for the window to slide."""
     w = SlidingWindow(300, 300.0)
