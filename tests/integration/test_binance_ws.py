@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -95,13 +97,11 @@ class Running:
         self.ws = ws
 
     async def __aenter__(self) -> BinanceWS:
-        import asyncio
 
         self._task = asyncio.get_running_loop().create_task(self.ws.run())
         return self.ws
 
     async def __aexit__(self, *exc: object) -> None:
-        import asyncio
 
         self._task.cancel()
         try:
@@ -114,7 +114,7 @@ def assert_consecutive(updates: list[PriceUpdate]) -> None:
     """Trade ids of one pair go up by exactly one: nothing lost, nothing twice."""
     keys = [u.order_key for u in updates]
     assert keys, "no updates"
-    gaps = [(a, b) for a, b in zip(keys, keys[1:], strict=False) if b != a + 1]
+    gaps = [(a, b) for a, b in itertools.pairwise(keys) if b != a + 1]
     assert not gaps, f"gaps or duplicates in order keys: {gaps[:5]}"
 
 
