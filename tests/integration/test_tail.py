@@ -211,6 +211,7 @@ async def test_unknown_pair_is_one_line_and_exit_2(tmp_path: Path) -> None:
 async def test_malformed_pair_is_a_usage_error(tmp_path: Path) -> None:
     """A malformed pair never reaches the network: one line, exit 2."""
     code, out, err = await run_cli("--config", str(write_config(tmp_path)), "tail", "BTCUSD")
+    assert out == ""
     assert code == 2 and err.count("\n") == 1 and "expected BASE/QUOTE" in err
 
 
