@@ -284,18 +284,38 @@ class FrameParser:
         exchange's own percentage, 3 decimals), volume=v (base asset),
         event_ms=E; order_key=E (one event per second, so the time orders them).
         """
-        event_ms = _i(d, "E")
+        # The hot path (one per pair per second, every pair): fetch the fields in one
+        # go and only look for the culprit when something is wrong.
+        try:
+            event_ms, c, b, a = d["E"], d["c"], d["b"], d["a"]
+            o, h, lo, pct, v = d["o"], d["h"], d["l"], d["P"], d["v"]
+        except KeyError as exc:
+            raise _Bad("missing_field", str(exc.args[0])) from None
+        if not (
+            type(event_ms) is int
+            and type(c) is str
+            and type(b) is str
+            and type(a) is str
+            and type(o) is str
+            and type(h) is str
+            and type(lo) is str
+            and type(pct) is str
+            and type(v) is str
+        ):
+            _i(d, "E")
+            for key in "cbaohlPv":
+                _s(d, key)
         return PriceUpdate(
             pair=pair,
             symbol=d["s"],
-            price=_s(d, "c"),
-            bid=_s(d, "b"),
-            ask=_s(d, "a"),
-            open=_s(d, "o"),
-            high=_s(d, "h"),
-            low=_s(d, "l"),
-            change_pct=_s(d, "P"),
-            volume=_s(d, "v"),
+            price=c,
+            bid=b,
+            ask=a,
+            open=o,
+            high=h,
+            low=lo,
+            change_pct=pct,
+            volume=v,
             event_ms=event_ms,
             ingest_ns=recv_ns,
             order_key=event_ms,

@@ -410,7 +410,8 @@ def test_recording_symbols_outside_the_pair_map_are_counted() -> None:
         ('{"e":["x"]}', "unknown_event"),
         ('{"e":"24hrTicker","E":1,"s":"BNBBTC"}', "missing_field"),
         ('{"e":"24hrTicker","E":1,"c":"1"}', "missing_field"),
-        ('{"e":"24hrTicker","E":"1","s":"BNBBTC"}', "bad_field"),
+        ('{"e":"24hrTicker","E":"1","s":"BNBBTC"}', "missing_field"),
+        ('{"e":"24hrTicker","E":1,"s":5}', "bad_field"),
         ('{"e":"24hrTicker","E":1,"s":"XYZABC"}', "unknown_symbol"),
         ('{"e":"serverShutdown"}', "missing_field"),
         ('{"error":{"code":"x"},"id":1}', "missing_field"),
@@ -433,6 +434,8 @@ def test_ticker_with_numeric_price_is_rejected() -> None:
     d["c"] = 0.0025
     parser = FrameParser(SAMPLE_PAIRS, "ticker")
     assert parser.parse(json.dumps(d), RECV_NS) == [Skipped("bad_field", "ticker.c")]
+    d["c"], d["E"] = "0.0025", "1672515782136"
+    assert parser.parse(json.dumps(d), RECV_NS) == [Skipped("bad_field", "ticker.E")]
 
 
 def test_unknown_kind_is_refused() -> None:
