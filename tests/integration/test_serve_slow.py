@@ -73,7 +73,7 @@ async def test_slow_client_is_conflated_then_closed_fast_client_gets_everything(
 
 
 async def test_lagging_client_gets_newest_per_pair_when_it_drains():
-    """While a client lags only the newest update per pair waits; it arrives once the client reads."""
+    """While a client lags only the newest update per pair waits, sent once the client reads."""
     settings = make_settings(high_water=4096, write_timeout=60.0)
     async with running(settings) as r:
         slow = await SSEConn.open(r.port, STREAM, rcvbuf=4096)
