@@ -81,14 +81,14 @@ def _price(row: Row) -> Text:
 
 def render_board(board: Board, now: float) -> Group:
     """The live table: one row per pair, then the connection line."""
-    table = Table(expand=False, pad_edge=False, header_style="bold")
+    table = Table(expand=False, header_style="bold")
     table.add_column("pair", no_wrap=True)
     table.add_column("price", justify="right", no_wrap=True)
     table.add_column("24h", justify="right", no_wrap=True)
     table.add_column("bid / ask", justify="right", no_wrap=True)
     table.add_column("age", justify="right", no_wrap=True)
     table.add_column("src", no_wrap=True)
-    table.add_column("trend", no_wrap=True)
+    table.add_column("trend", no_wrap=True, min_width=20)
     for pair in board.pairs:
         row = board.rows[pair]
         u = row.update
