@@ -12,7 +12,8 @@ WebSocket (``shared/reference/binance-protocol.md`` §1-§4)
     matching pong within ``pong_timeout`` s (60); unsolicited pongs do not count. More
     than ``max_incoming_per_s`` (5) incoming frames - text, ping and pong alike - in any
     1 s window closes the connection. A connection is cut at ``max_connection_age``
-    (24 h) after a ``serverShutdown`` event ``shutdown_notice`` seconds before.
+    (24 h) after a ``serverShutdown`` event ``shutdown_notice`` seconds before. More than
+    ``max_connects`` (300) handshakes per IP in ``connect_window_s`` (5 min) get HTTP 429.
 
 REST (§5)
     ``/api/v3/ping``, ``time``, ``exchangeInfo``, ``ticker/price``, ``ticker/24hr``
@@ -119,6 +120,10 @@ class SimulatorConfig:
     shutdown_notice: float | None = None
     max_incoming_per_s: int = 5
     max_streams: int = 1024
+    #: WebSocket connection attempts per IP per ``connect_window_s`` (300 per 5 min);
+    #: above it the handshake gets HTTP 429 (Binance does not document the status).
+    max_connects: int = 300
+    connect_window_s: float = 300.0
     weight_limit: int = 6000
     weight_window_s: float = 60.0
     #: Over-budget requests answered 429 before the IP is banned (418).
@@ -245,6 +250,7 @@ class Simulator:
         self._weights: dict[str, list[int]] = {}
         self._bans: dict[str, float] = {}
         self._exchange_symbols: list[dict[str, Any]] | None = None
+        self._connects: dict[str, collections.deque[float]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -377,6 +383,14 @@ class Simulator:
         if self.faults.refuse:
             self.stats.refused += 1
             return web.Response(status=503, text="Service Unavailable")
+        now = time.monotonic()
+        attempts = self._connects.setdefault(request.remote or "?", collections.deque())
+        while attempts and attempts[0] <= now - self.config.connect_window_s:
+            attempts.popleft()
+        if len(attempts) >= self.config.max_connects:
+            self.stats.refused += 1
+            return web.Response(status=429, text="Too many connection attempts")
+        attempts.append(now)
         combined = request.path.startswith("/stream")
         if combined:
             names = [s for s in request.query.get("streams", "").split("/") if s]

@@ -253,6 +253,22 @@ async def test_stream_cap_refuses_extra_subscriptions() -> None:
 # -- connection rules ----------------------------------------------------------------------
 
 
+async def test_connection_attempts_over_the_limit_are_refused() -> None:
+    """Past max_connects handshakes per window from one IP the server answers 429."""
+    s = await _sim(max_connects=2, connect_window_s=60.0)
+    try:
+        for _ in range(2):
+            async with _ws(s.ws_url + "/ws"):
+                pass
+        with pytest.raises(InvalidStatus) as info:
+            async with _ws(s.ws_url + "/ws"):
+                pass
+        assert info.value.response.status_code == 429
+        assert s.stats.total_connects == 2 and s.stats.refused == 1
+    finally:
+        await s.stop()
+
+
 async def test_server_pings_and_cuts_a_client_that_never_pongs() -> None:
     """Pings come every ping_interval; without a pong the server cuts after pong_timeout."""
     s = await _sim(ping_interval=0.2, pong_timeout=0.5)
