@@ -111,7 +111,10 @@ def test_decoder_no_space_and_colon_in_value():
 
 @given(
     st.lists(
-        st.text(alphabet=st.characters(blacklist_characters="\r\n\x00", blacklist_categories=("Cs",)), max_size=20),
+        st.text(
+            alphabet=st.characters(blacklist_characters="\r\n\x00", blacklist_categories=("Cs",)),
+            max_size=20,
+        ),
         min_size=1,
         max_size=4,
     ),
