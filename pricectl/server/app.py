@@ -180,6 +180,8 @@ async def _config(request: web.Request) -> web.Response:
                 "update_debounce_ms": s.server.update_debounce_ms,
                 "stale_after_ms": int(s.resilience.heartbeat.stale_after * 1000),
                 "stream": STREAM_PATH,
+                # How long the stream may be down before the page polls REST (ms).
+                "failover_ms": 3000,
                 "version": __version__,
             }
         )

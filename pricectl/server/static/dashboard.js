@@ -1,0 +1,204 @@
+/* The dashboard: a table of live prices, honest about staleness.
+ *
+ * One price stream per page for the page's whole life: a SharedWorker holds it for
+ * every tab of this origin (feed-worker.js); without SharedWorker the page holds
+ * it itself (feed.js). It is replaced only when the set of pairs changes and is
+ * closed on pagehide. Rendering is debounced by the server's
+ * PRICE_STREAM_UPDATE_DEBOUNCE_MS (`update_debounce_ms` from /api/market-data/config).
+ * A value is Stale when ingest says so or when it is older than stale_after; values
+ * that came from REST polling (the stream being down) are shown as Cached.
+ */
+(function () {
+  "use strict";
+
+  var SOURCE = { ws: "Live", rest: "REST", cache: "Cached" };
+  var rows = {}; // pair -> {tr, cells, data, via}
+  var cfg = null;
+  var feed = null; // {send(msg), stats(): Promise, close()}
+  var renderTimer = null;
+  var dirty = {};
+  var pending = {};
+  var statsSeq = 0;
+  window.pricectl = { renders: 0, mode: null, stats: null, pairs: [] };
+
+  function el(tag, cls, text) {
+    var e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+
+  function buildTable(pairs) {
+    var body = document.querySelector("#prices tbody");
+    body.textContent = "";
+    rows = {};
+    pairs.forEach(function (pair) {
+      var tr = el("tr");
+      tr.dataset.pair = pair;
+      var cells = {
+        pair: el("td", "pair", pair), price: el("td", "num price", "—"),
+        change: el("td", "num change", ""), bid: el("td", "num bid", ""),
+        ask: el("td", "num ask", ""), age: el("td", "num age", ""), source: el("td", "src"),
+      };
+      cells.badge = el("span", "badge", "");
+      cells.stale = el("span", "stale", "Stale");
+      cells.stale.hidden = true;
+      cells.source.appendChild(cells.badge);
+      cells.source.appendChild(cells.stale);
+      ["pair", "price", "change", "bid", "ask", "age", "source"].forEach(function (k) {
+        tr.appendChild(cells[k]);
+      });
+      body.appendChild(tr);
+      rows[pair] = { tr: tr, cells: cells, data: null, via: null };
+    });
+  }
+
+  function stampMs(d) {
+    if (d.ingest_ns) return d.ingest_ns / 1e6;
+    return d.event_ms || 0;
+  }
+
+  function isStale(row) {
+    var d = row.data;
+    if (!d) return true;
+    return !!d.stale || Date.now() - stampMs(d) > cfg.stale_after_ms;
+  }
+
+  function fmtAge(ms) {
+    if (ms < 0) ms = 0;
+    if (ms < 10000) return (ms / 1000).toFixed(1) + "s";
+    if (ms < 120000) return Math.round(ms / 1000) + "s";
+    return Math.round(ms / 60000) + "m";
+  }
+
+  function renderRow(row) {
+    var d = row.data;
+    var c = row.cells;
+    if (!d) return;
+    c.price.textContent = d.price;
+    var pct = d.change_pct;
+    c.change.textContent = pct == null ? "" : (pct.charAt(0) === "-" ? pct : "+" + pct) + "%";
+    c.change.className = "num change " + (pct == null ? "" : pct.charAt(0) === "-" ? "down" : "up");
+    c.bid.textContent = d.bid == null ? "" : d.bid;
+    c.ask.textContent = d.ask == null ? "" : d.ask;
+    var label = row.via === "rest" ? "Cached" : SOURCE[d.source] || d.source;
+    c.badge.textContent = label;
+    c.badge.dataset.source = label;
+    renderAge(row);
+  }
+
+  function renderAge(row) {
+    if (!row.data) return;
+    row.cells.age.textContent = fmtAge(Date.now() - stampMs(row.data));
+    var stale = isStale(row);
+    row.cells.stale.hidden = !stale;
+    row.tr.classList.toggle("is-stale", stale);
+  }
+
+  function render() {
+    renderTimer = null;
+    Object.keys(pending).forEach(function (pair) {
+      var row = rows[pair];
+      if (row) {
+        row.data = pending[pair].data;
+        row.via = pending[pair].via;
+        renderRow(row);
+      }
+    });
+    pending = {};
+    window.pricectl.renders += 1;
+  }
+
+  function schedule(pair, data, via) {
+    if (!rows[pair]) return;
+    var cur = pending[pair] || rows[pair];
+    // never let an older update replace a newer one of the same epoch
+    if (cur.data && via === "stream" && cur.via === "stream" && cur.data.epoch === data.epoch &&
+        cur.data.seq > data.seq) return;
+    pending[pair] = { data: data, via: via };
+    if (!renderTimer) renderTimer = setTimeout(render, cfg.update_debounce_ms);
+  }
+
+  var CONN_TEXT = { live: "Live", connecting: "Connecting…", reconnecting: "Reconnecting…",
+                    offline: "Offline · showing cached prices", idle: "Idle" };
+
+  function onMessage(msg) {
+    if (msg.type === "update") {
+      schedule(msg.data.pair, msg.data, "stream");
+    } else if (msg.type === "rest") {
+      msg.prices.forEach(function (d) { schedule(d.pair, d, "rest"); });
+    } else if (msg.type === "status") {
+      var conn = document.getElementById("conn");
+      conn.dataset.state = msg.state;
+      conn.textContent = CONN_TEXT[msg.state] || msg.state;
+    } else if (msg.type === "stats") {
+      window.pricectl.stats = msg.stats;
+    }
+  }
+
+  function connectShared(pairs) {
+    var worker = new SharedWorker("/static/feed-worker.js", { name: "pricectl-feed" });
+    var port = worker.port;
+    port.onmessage = function (m) { onMessage(m.data); };
+    port.start();
+    port.postMessage({ type: "subscribe", pairs: pairs, failoverMs: cfg.failover_ms });
+    return {
+      mode: "shared",
+      close: function () { port.postMessage({ type: "close" }); },
+      refresh: function () { port.postMessage({ type: "stats", id: ++statsSeq }); },
+    };
+  }
+
+  function connectDirect(pairs) {
+    var f = new PriceFeed({ emit: onMessage, failoverMs: cfg.failover_ms });
+    f.setPairs(pairs);
+    return {
+      mode: "direct",
+      close: function () { f.close(); },
+      refresh: function () {
+        var st = f.stats();
+        st.mode = "direct";
+        st.tabs = 1;
+        window.pricectl.stats = st;
+      },
+    };
+  }
+
+  function start() {
+    var q = new URLSearchParams(location.search);
+    var pairs = cfg.pairs;
+    if (q.get("pairs")) {
+      pairs = q.get("pairs").split(",").map(function (p) { return p.trim().toUpperCase(); })
+        .filter(function (p) { return cfg.pairs.indexOf(p) >= 0; });
+    }
+    window.pricectl.pairs = pairs;
+    buildTable(pairs);
+    var shared = typeof SharedWorker === "function" && q.get("shared") !== "0";
+    try {
+      feed = shared ? connectShared(pairs) : connectDirect(pairs);
+    } catch (err) {
+      feed = connectDirect(pairs);
+    }
+    window.pricectl.mode = feed.mode;
+    window.pricectl.refreshStats = function () { feed.refresh(); };
+    setInterval(function () {
+      Object.keys(rows).forEach(function (p) { renderAge(rows[p]); });
+    }, 1000);
+  }
+
+  window.addEventListener("pagehide", function () {
+    if (feed) feed.close();
+    feed = null;
+  });
+  window.addEventListener("pageshow", function (e) {
+    if (e.persisted && !feed && cfg) start(); // back from the bfcache
+  });
+
+  fetch("/api/market-data/config", { cache: "no-store" })
+    .then(function (r) { return r.json(); })
+    .then(function (c) {
+      cfg = c;
+      cfg.failover_ms = cfg.failover_ms || 3000;
+      start();
+    });
+})();
