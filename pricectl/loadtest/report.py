@@ -1,0 +1,465 @@
+"""The load-test report: worker counts added up, server resources, thresholds, text and JSON.
+
+The report is plain data (:meth:`Report.to_dict` is the ``--json`` document); the
+text form is a handful of aligned lines that read the same in a terminal and a CI log.
+Thresholds (:class:`Thresholds`) turn it into an exit status: every breach is named.
+
+Server resources come from ``/proc/<pid>`` (``--server-pid``, the process and its
+children, read directly: no psutil) or, failing that, from the server's ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from pricectl.core.histogram import Histogram
+
+__all__ = [
+    "ProcessSample",
+    "Report",
+    "ServerProbe",
+    "Thresholds",
+    "build_report",
+    "read_metrics",
+    "sample_process_tree",
+]
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+# --- the server side -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    """CPU seconds (user + system) and resident memory of a process tree at one moment."""
+
+    at: float
+    cpu_s: float
+    rss_bytes: int
+    pids: int
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _stat(pid: int) -> tuple[float, int] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        with open(f"/proc/{pid}/status") as f:
+            status = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
+    rss = 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) * 1024
+            break
+    return cpu, rss
+
+
+def sample_process_tree(pid: int) -> ProcessSample | None:
+    """CPU and RSS of ``pid`` plus its descendants (``serve --workers N`` forks), or None."""
+    seen = 0
+    cpu = 0.0
+    rss = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        got = _stat(p)
+        if got is None:
+            if p == pid:
+                return None
+            continue
+        seen += 1
+        cpu += got[0]
+        rss += got[1]
+        todo.extend(_children(p))
+    return ProcessSample(time.monotonic(), cpu, rss, seen)
+
+
+def read_metrics(url: str, timeout: float = 2.0) -> dict[str, float]:
+    """Prometheus text from ``url`` as ``{metric name: sum over its label sets}``."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        text = resp.read().decode("utf-8", "replace")
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0]
+        try:
+            out[name] = out.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return out
+
+
+@dataclass
+class ServerProbe:
+    """Samples the server at the start of the ramp, the window's start and its end."""
+
+    pid: int | None = None
+    metrics_url: str | None = None
+    baseline: ProcessSample | None = None
+    start: ProcessSample | None = None
+    end: ProcessSample | None = None
+    metrics_start: dict[str, float] = field(default_factory=dict)
+    metrics_end: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    def _sample(self) -> ProcessSample | None:
+        if self.pid is None:
+            return None
+        got = sample_process_tree(self.pid)
+        if got is None and not self.problems:
+            self.problems.append(f"server pid {self.pid} not readable in /proc")
+        return got
+
+    def _metrics(self) -> dict[str, float]:
+        if self.metrics_url is None:
+            return {}
+        try:
+            return read_metrics(self.metrics_url)
+        except OSError as exc:
+            self.problems.append(f"{self.metrics_url}: {exc}")
+            return {}
+
+    def at_baseline(self) -> None:
+        """Before any client connects: the memory that is not per connection."""
+        self.baseline = self._sample()
+
+    def at_start(self) -> None:
+        """When the measurement window opens."""
+        self.start = self._sample()
+        self.metrics_start = self._metrics()
+
+    def at_end(self) -> None:
+        """When the measurement window closes."""
+        self.end = self._sample()
+        self.metrics_end = self._metrics()
+
+
+# --- thresholds ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Limits that make the run fail (exit 1); ``None`` means not checked."""
+
+    max_p99_ms: float | None = None
+    min_delivery: float | None = None
+    max_gaps: int | None = None
+    max_errors: int | None = None
+
+    def breaches(self, report: Report) -> list[str]:
+        """One line per limit the report breaks, naming the limit and the value."""
+        out: list[str] = []
+        if self.max_p99_ms is not None and report.latency_ms["p99"] > self.max_p99_ms:
+            out.append(
+                f"p99 latency {report.latency_ms['p99']:.1f} ms > --max-p99-ms {self.max_p99_ms:g}"
+            )
+        if self.min_delivery is not None and report.delivery < self.min_delivery:
+            out.append(
+                f"delivery {report.delivery:.5f} < --min-delivery {self.min_delivery:g} "
+                f"({report.events_window} of {report.events_expected} events)"
+            )
+        if self.max_gaps is not None and report.gaps > self.max_gaps:
+            out.append(
+                f"gaps {report.gaps} ({report.missing} events missing) > --max-gaps {self.max_gaps}"
+            )
+        if self.max_errors is not None and report.error_count > self.max_errors:
+            out.append(
+                f"errors {report.error_count} (failed connections, stream errors, server "
+                f"closes) > --max-errors {self.max_errors}"
+            )
+        return out
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def _ms(h: Histogram, scale: float) -> dict[str, float]:
+    return {
+        "n": h.count,
+        "p50": h.quantile(0.5) / scale,
+        "p90": h.quantile(0.9) / scale,
+        "p99": h.quantile(0.99) / scale,
+        "p999": h.quantile(0.999) / scale,
+        "max": h.max / scale,
+        "mean": h.mean / scale,
+    }
+
+
+def _add(into: dict[str, int], more: dict[str, int]) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0) + v
+
+
+@dataclass
+class Report:
+    """Everything a run measured (see :func:`build_report`)."""
+
+    target: str
+    clients: int
+    pairs: list[str]
+    processes: int
+    duration_s: float
+    ramp_per_s: float
+    scenario: str | None
+    ready_after_s: float
+    attempted: int
+    established: int
+    failed: dict[str, int]
+    server_closes: int
+    reconnects: int
+    stream_errors: dict[str, int]
+    open_at_end: int
+    events: int
+    events_window: int
+    events_expected: int
+    events_per_s: float
+    delivery: float
+    latency_ms: dict[str, float]
+    connect_ms: dict[str, float]
+    snapshot_ms: dict[str, float]
+    longest_silence_ms: dict[str, float]
+    storm_reconnect_ms: dict[str, float] | None
+    gaps: int
+    missing: int
+    duplicates: int
+    resyncs: int
+    epoch_changes: int
+    slow_clients: int
+    loader: dict[str, float]
+    server: dict[str, Any] | None
+    lost_workers: int
+    notes: list[str] = field(default_factory=list)
+    breaches: list[str] = field(default_factory=list)
+
+    @property
+    def error_count(self) -> int:
+        """Failed attempts, errors on open streams and server closes (slow readers excluded)."""
+        return (
+            sum(self.failed.values())
+            + sum(self.stream_errors.values())
+            + self.server_closes
+            + self.lost_workers
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` document."""
+        out = dict(self.__dict__)
+        out["error_count"] = self.error_count
+        out["ok"] = not self.breaches
+        return out
+
+    def lines(self) -> list[str]:
+        """The text report, one aligned line per topic."""
+        lat = self.latency_ms
+        silence = self.longest_silence_ms
+        failed = ", ".join(f"{k}={v}" for k, v in sorted(self.failed.items())) or "none"
+        errs = ", ".join(f"{k}={v}" for k, v in sorted(self.stream_errors.items())) or "none"
+        out = [
+            f"target        {self.target}  clients={self.clients} pairs={','.join(self.pairs)} "
+            f"processes={self.processes} ramp={self.ramp_per_s:g}/s window={self.duration_s:g}s"
+            + (f" scenario={self.scenario}" if self.scenario else ""),
+            f"connections   attempted={self.attempted} established={self.established} "
+            f"failed={sum(self.failed.values())} ({failed}) ready after {self.ready_after_s:.2f}s",
+            f"              server closes={self.server_closes} reconnects={self.reconnects} "
+            f"stream errors={errs} open at end={self.open_at_end}",
+            f"connect       p50={self.connect_ms['p50']:.0f} ms p99={self.connect_ms['p99']:.0f} ms"
+            f"  time to snapshot p50={self.snapshot_ms['p50']:.0f} ms "
+            f"p99={self.snapshot_ms['p99']:.0f} ms",
+            f"events        {self.events_window} in window ({self.events_per_s:,.0f}/s) of "
+            f"{self.events_expected} expected: delivery {self.delivery:.5f}",
+            f"latency       p50={lat['p50']:.2f} p90={lat['p90']:.2f} p99={lat['p99']:.2f} "
+            f"p99.9={lat['p999']:.2f} max={lat['max']:.2f} ms (n={int(lat['n'])})",
+            f"sequence      gaps={self.gaps} (missing {self.missing}) duplicates={self.duplicates}"
+            f" resyncs={self.resyncs} epoch changes={self.epoch_changes}",
+            f"silence       longest gap between events per client: "
+            f"p50={silence['p50']:.0f} ms max={silence['max']:.0f} ms",
+        ]
+        if self.storm_reconnect_ms is not None and self.storm_reconnect_ms["n"]:
+            s = self.storm_reconnect_ms
+            out.append(
+                f"storm         back with a snapshot after drop: p50={s['p50']:.0f} "
+                f"p99={s['p99']:.0f} max={s['max']:.0f} ms (n={int(s['n'])})"
+            )
+        if self.slow_clients:
+            out.append(f"slow readers  {self.slow_clients} clients stopped reading (not counted)")
+        ld = self.loader
+        out.append(
+            f"loader        cpu {ld['cpu_window_s']:.2f}s in window = {ld['cpu_pct']:.1f}% of one "
+            f"core ({ld['us_per_event']:.1f} us/event), maxrss {ld['maxrss_kb'] / 1024:.0f} MB"
+        )
+        if self.server:
+            sv = self.server
+            parts = []
+            if "cpu_pct" in sv:
+                parts.append(f"cpu {sv['cpu_pct']:.1f}% of one core")
+            if "us_per_event" in sv:
+                parts.append(f"{sv['us_per_event']:.2f} us/delivered event")
+            if "rss_mb" in sv:
+                parts.append(f"rss {sv['rss_mb']:.1f} MB")
+            if "bytes_per_connection" in sv:
+                parts.append(f"{sv['bytes_per_connection'] / 1024:.1f} KB/connection")
+            if "events_sent" in sv:
+                parts.append(f"events sent {int(sv['events_sent'])}")
+            out.append("server        " + ", ".join(parts))
+        for note in self.notes:
+            out.append(f"note          {note}")
+        for b in self.breaches:
+            out.append(f"BREACH        {b}")
+        return out
+
+
+def build_report(
+    result: Any,
+    *,
+    scenario: str | None = None,
+    probe: ServerProbe | None = None,
+    notes: list[str] | None = None,
+) -> Report:
+    """Add up a :class:`~pricectl.loadtest.runner.RunResult` into a :class:`Report`."""
+    plan = result.plan
+    finals: list[dict[str, Any]] = result.finals
+    lat = Histogram()
+    conn = Histogram()
+    snap = Histogram()
+    storm = Histogram()
+    silence = Histogram()
+    failed: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    spans: dict[tuple[str, int], list[int]] = {}
+    tot: dict[str, int] = {}
+    seq: dict[str, int] = {}
+    cpu_window = 0.0
+    maxrss = 0
+    for f in finals:
+        lat.merge(Histogram.from_dict(f["latency"]))
+        conn.merge(Histogram.from_dict(f["connect_ms"]))
+        snap.merge(Histogram.from_dict(f["snapshot_ms"]))
+        storm.merge(Histogram.from_dict(f["storm_ms"]))
+        silence.merge(Histogram.from_dict(f["silence_ms"]))
+        _add(failed, f["failed"])
+        _add(errors, f["errors"])
+        _add(seq, f["sequence"])
+        for key in (
+            "attempted",
+            "established",
+            "server_closes",
+            "reconnects",
+            "events",
+            "events_window",
+            "fast_clients",
+            "slow_clients",
+            "fast_events_window",
+            "open_at_end",
+        ):
+            tot[key] = tot.get(key, 0) + int(f[key])
+        for pair, epoch, lo, hi in f["ranges"]:
+            r = spans.setdefault((pair, epoch), [lo, hi])
+            r[0] = min(r[0], lo)
+            r[1] = max(r[1], hi)
+        cpu_window += float(f["cpu_window_s"])
+        maxrss += int(f["maxrss_kb"])
+    per_client = sum(hi - lo + 1 for lo, hi in spans.values())
+    expected = per_client * tot.get("fast_clients", 0)
+    delivered = tot.get("fast_events_window", 0)
+    delivery = delivered / expected if expected else 0.0
+    duration = plan.duration
+    events_window = tot.get("events_window", 0)
+    server: dict[str, Any] | None = None
+    all_notes = list(notes or [])
+    if result.lost_workers:
+        all_notes.append(f"{result.lost_workers} loader process(es) ended without a report")
+    if expected == 0:
+        all_notes.append("no price events in the window: is the server publishing?")
+    if probe is not None:
+        server = _server_figures(probe, events_window, tot.get("open_at_end", 0))
+        all_notes.extend(probe.problems)
+    return Report(
+        target=f"http://{plan.host}:{plan.port}{plan.target}",
+        clients=plan.clients,
+        pairs=list(plan.pairs),
+        processes=plan.processes,
+        duration_s=duration,
+        ramp_per_s=plan.ramp,
+        scenario=scenario,
+        ready_after_s=result.ready_after_s,
+        attempted=tot.get("attempted", 0),
+        established=tot.get("established", 0),
+        failed=failed,
+        server_closes=tot.get("server_closes", 0),
+        reconnects=tot.get("reconnects", 0),
+        stream_errors=errors,
+        open_at_end=tot.get("open_at_end", 0),
+        events=tot.get("events", 0),
+        events_window=events_window,
+        events_expected=expected,
+        events_per_s=events_window / duration if duration else 0.0,
+        delivery=delivery,
+        latency_ms=_ms(lat, 1e6),
+        connect_ms=_ms(conn, 1.0),
+        snapshot_ms=_ms(snap, 1.0),
+        longest_silence_ms=_ms(silence, 1.0),
+        storm_reconnect_ms=_ms(storm, 1.0) if storm.count else None,
+        gaps=seq.get("gaps", 0),
+        missing=seq.get("missing", 0),
+        duplicates=seq.get("duplicates", 0),
+        resyncs=seq.get("resyncs", 0),
+        epoch_changes=seq.get("epoch_changes", 0),
+        slow_clients=tot.get("slow_clients", 0),
+        loader={
+            "cpu_window_s": cpu_window,
+            "cpu_pct": 100.0 * cpu_window / duration if duration else 0.0,
+            "us_per_event": 1e6 * cpu_window / events_window if events_window else 0.0,
+            "maxrss_kb": maxrss,
+        },
+        server=server,
+        lost_workers=result.lost_workers,
+        notes=all_notes,
+    )
+
+
+def _server_figures(probe: ServerProbe, events: int, connections: int) -> dict[str, Any] | None:
+    out: dict[str, Any] = {}
+    if probe.start is not None and probe.end is not None:
+        wall = probe.end.at - probe.start.at
+        cpu = probe.end.cpu_s - probe.start.cpu_s
+        out["pid"] = probe.pid
+        out["processes"] = probe.end.pids
+        out["cpu_s"] = cpu
+        out["cpu_pct"] = 100.0 * cpu / wall if wall > 0 else 0.0
+        if events:
+            out["us_per_event"] = 1e6 * cpu / events
+        out["rss_mb"] = probe.end.rss_bytes / 2**20
+        if probe.baseline is not None and connections:
+            out["bytes_per_connection"] = (
+                probe.end.rss_bytes - probe.baseline.rss_bytes
+            ) / connections
+    m0, m1 = probe.metrics_start, probe.metrics_end
+    if m1:
+        for name, key in (
+            ("pricectl_events_sent_total", "events_sent"),
+            ("pricectl_updates_received_total", "updates_received"),
+            ("pricectl_slow_dropped_total", "slow_dropped"),
+        ):
+            if name in m1:
+                out[key] = m1[name] - m0.get(name, 0.0)
+        if "pricectl_clients" in m1:
+            out["clients"] = m1["pricectl_clients"]
+    return out or None

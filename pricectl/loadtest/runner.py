@@ -1,0 +1,853 @@
+"""Many SSE clients over several processes: ramp, measurement window, drain, merge.
+
+Each loader process runs one asyncio loop holding a few thousand :class:`Client`
+objects. A client is an :class:`asyncio.Protocol` with a socket, a byte-level
+:class:`~pricectl.loadtest.wire.StreamReader` and a
+:class:`~pricectl.core.sequence.SequenceTracker`: no HTTP client object, no task and no
+queue per connection, so one loader core keeps up with a server's fan-out.
+
+The phases, coordinated by the parent (:func:`run`), mirror ``shared/bench/sseload.c``:
+
+1. *ramp*: each worker opens its share of the clients at its share of the ramp rate
+   and reports ``ready`` once every client has connected or failed once;
+2. *window*: when all workers are ready (or ``ready_timeout`` passed) the parent picks
+   the window ``[t0, t1]`` in wall-clock nanoseconds; an event belongs to the window
+   when its ``ingest_ns`` falls in it, so the window is defined at the publisher and
+   events still in flight at ``t1`` are waited for rather than lost;
+3. *drain*: after ``t1`` a worker waits until each reading client has seen an update
+   ingested after ``t1`` on every pair (so everything before has arrived), at most
+   ``drain_timeout``, then sends its final counts and exits.
+
+Latency is ``receive wall time - ingest_ns`` (same host). Delivery is events received in
+the window over events expected: per pair, the number of sequence numbers ``(epoch,
+seq)`` that any client saw in the window, times the clients that should have seen them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import multiprocessing
+import os
+import resource
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+from urllib.parse import quote
+
+from pricectl.core.histogram import Histogram
+from pricectl.core.sequence import SequenceTracker, Verdict
+from pricectl.loadtest.wire import (
+    ProtocolError,
+    StreamReader,
+    StreamState,
+    build_request,
+    parse_block,
+    price_fields,
+)
+
+__all__ = [
+    "Plan",
+    "Progress",
+    "RunResult",
+    "WorkerStats",
+    "plan_processes",
+    "raise_nofile_limit",
+    "run",
+    "stream_target",
+]
+
+STREAM_PATH = "/api/market-data/stream"
+_FD_MARGIN = 64
+_PROGRESS_EVERY = 0.5
+
+
+def stream_target(pairs: list[str], path: str = STREAM_PATH) -> str:
+    """The request target for ``pairs`` (``/api/market-data/stream?pairs=BTC/USD,ETH/USD``)."""
+    return f"{path}?pairs={quote(','.join(pairs), safe='/,')}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run: the target, how many clients, and the scenario's client-side actions."""
+
+    host: str
+    port: int
+    pairs: tuple[str, ...]
+    clients: int
+    ramp: float
+    duration: float
+    processes: int
+    path: str = STREAM_PATH
+    connect_timeout: float = 10.0
+    ready_timeout: float = 30.0
+    drain_timeout: float = 5.0
+    #: Share of clients (0..1) that stop reading at ``slow_at`` s into the window.
+    slow_share: float = 0.0
+    slow_at: float = 0.0
+    #: Seconds into the window at which every client drops its connection and reconnects
+    #: after the ``retry:`` the server gave it (reconnect storm); ``None``: never.
+    drop_at: float | None = None
+    #: Reconnect delay when the server gave no ``retry:`` (EventSource's default is 3 s).
+    default_retry_ms: int = 3000
+
+    @property
+    def target(self) -> str:
+        """The request target of every client."""
+        return stream_target(list(self.pairs), self.path)
+
+
+def raise_nofile_limit(needed: int) -> tuple[int, int, str | None]:
+    """Raise this process's open-files soft limit to the hard limit.
+
+    Returns ``(soft, hard, problem)``; ``problem`` says what could not be done when the
+    hard limit is below ``needed``.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, needed)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            return soft, hard, f"cannot raise the open-files limit from {soft} to {target}: {exc}"
+    if soft < needed:
+        return soft, hard, f"open-files limit is {soft} (hard {hard}), below the {needed} needed"
+    return soft, hard, None
+
+
+def plan_processes(clients: int, requested: int) -> tuple[int, int, str | None]:
+    """How many loader processes: ``requested`` (0 = core count), more if the fd limit needs.
+
+    Returns ``(processes, per_process_limit, note)``; ``note`` says when the count was
+    raised because one process may not hold that many sockets.
+    """
+    procs = requested if requested > 0 else (os.cpu_count() or 1)
+    procs = max(1, min(procs, clients))
+    soft, hard, _ = raise_nofile_limit(0)
+    limit = soft if hard == resource.RLIM_INFINITY else hard
+    per_proc = max(1, limit - _FD_MARGIN)
+    note = None
+    need = -(-clients // per_proc)
+    if need > procs:
+        note = (
+            f"open-files limit is {limit} per process: using {need} loader processes "
+            f"instead of {procs}"
+        )
+        procs = need
+    return procs, per_proc, note
+
+
+# --- the worker side -----------------------------------------------------------------------
+
+
+@dataclass
+class WorkerStats:
+    """Counts of one loader process; everything here adds up across processes."""
+
+    attempted: int = 0
+    established: int = 0
+    failed: dict[str, int] = field(default_factory=dict)
+    server_closes: int = 0
+    reconnects: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    events: int = 0
+    events_window: int = 0
+    events_pre: int = 0
+    snapshots: int = 0
+    window: Histogram = field(default_factory=Histogram)
+    interval: Histogram = field(default_factory=Histogram)
+    connect_ms: Histogram = field(default_factory=Histogram)
+    snapshot_ms: Histogram = field(default_factory=Histogram)
+    storm_ms: Histogram = field(default_factory=Histogram)
+    silence_ms: Histogram = field(default_factory=Histogram)
+    #: (pair, epoch) -> [lowest, highest] seq seen in the window by any client here.
+    ranges: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+
+    def fail(self, reason: str) -> None:
+        """Count one failed connection attempt by ``reason``."""
+        self.failed[reason] = self.failed.get(reason, 0) + 1
+
+    def error(self, reason: str) -> None:
+        """Count one error on an open stream by ``reason``."""
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+
+class _Window:
+    """The measurement window shared by a worker's clients (wall-clock ns)."""
+
+    __slots__ = ("stopping", "t0", "t1")
+
+    def __init__(self) -> None:
+        self.t0 = 1 << 62  # nothing is "in the window" before the parent says so
+        self.t1 = 1 << 62
+        self.stopping = False
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, ConnectionResetError):
+        return "reset"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return errno.errorcode.get(exc.errno, f"errno-{exc.errno}").lower()
+    return type(exc).__name__
+
+
+class Client(asyncio.Protocol):
+    """One SSE subscriber: a socket, a byte reader, a sequence tracker, a few counters."""
+
+    __slots__ = (
+        "_head_timer",
+        "caught_up",
+        "connect_started",
+        "events_window",
+        "index",
+        "last_id",
+        "last_rx",
+        "max_silence",
+        "npairs",
+        "reader",
+        "retry_ms",
+        "slow",
+        "snap_pending",
+        "stats",
+        "storm_started",
+        "tracker",
+        "transport",
+        "we_closed",
+        "win",
+        "worker",
+    )
+
+    def __init__(self, index: int, worker: _Worker) -> None:
+        self.index = index
+        self.worker = worker
+        self.stats = worker.stats
+        self.win = worker.window
+        self.tracker = SequenceTracker()
+        self.npairs = len(worker.plan.pairs)
+        self.transport: asyncio.Transport | None = None
+        self.reader = StreamReader()
+        self.last_id: str | None = None
+        self.retry_ms = worker.plan.default_retry_ms
+        self.connect_started = 0.0
+        self.storm_started = 0.0
+        self.snap_pending = self.npairs
+        self.events_window = 0
+        self.last_rx = 0
+        self.max_silence = 0
+        self.caught_up: set[str] = set()
+        self.slow = False
+        self.we_closed = False
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    # -- connection lifecycle --
+
+    async def connect(self) -> None:
+        """Open the socket and send the request; failures are counted, then retried."""
+        w = self.worker
+        loop = w.loop
+        self.stats.attempted += 1
+        self.connect_started = loop.time()
+        self.reader = StreamReader()
+        self.snap_pending = self.npairs
+        self.we_closed = False
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: self, w.plan.host, w.plan.port),
+                w.plan.connect_timeout,
+            )
+        except (TimeoutError, OSError) as exc:
+            self.stats.fail(_reason(exc))
+            w.settled(self)
+            self._reconnect_later()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        w = self.worker
+        transport.write(build_request(w.plan.host, w.plan.port, w.plan.target, self.last_id))
+        self._head_timer = w.loop.call_later(w.plan.connect_timeout, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        if self.reader.state is StreamState.HEAD and self.transport is not None:
+            self.stats.fail("timeout-head")
+            self.worker.settled(self)
+            self._close()
+            self._reconnect_later()
+
+    def _close(self) -> None:
+        self.we_closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self.transport = None
+        if self.we_closed:
+            if not self.win.stopping and not self.slow and self.storm_started:
+                self._reconnect_later()
+            return
+        if self.reader.state is StreamState.HEAD:
+            self.stats.fail(_reason(exc) if exc else "closed-before-response")
+            self.worker.settled(self)
+        else:
+            self.stats.server_closes += 1
+            if exc is not None:
+                self.stats.error(_reason(exc))
+        if not self.win.stopping and not self.slow:
+            self._reconnect_later()
+
+    def _reconnect_later(self) -> None:
+        if self.win.stopping:
+            return
+        self.stats.reconnects += 1
+        self.worker.loop.call_later(self.retry_ms / 1000.0, self.worker.launch, self)
+
+    def pause(self) -> None:
+        """Stop reading (a slow reader): the server must conflate, then close it."""
+        self.slow = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def drop(self) -> None:
+        """Drop the connection and come back after the server's ``retry:`` (storm)."""
+        self.storm_started = self.worker.loop.time()
+        if self.transport is not None:
+            self._close()
+        else:
+            self.storm_started = 0.0
+
+    # -- the hot path --
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time_ns()
+        reader = self.reader
+        head = reader.state is StreamState.HEAD
+        try:
+            blocks = reader.feed(data)
+        except ProtocolError as exc:
+            self._protocol_error(head, str(exc))
+            return
+        if head and reader.state is not StreamState.HEAD and not self._head_done():
+            return
+        if not blocks:
+            if reader.state is StreamState.DONE:
+                self._close_after_done()
+            return
+        stats = self.stats
+        win = self.win
+        for block in blocks:
+            event, ident, retry, payload = parse_block(block)
+            if retry is not None:
+                self.retry_ms = retry
+            if payload is None:
+                continue
+            if ident is not None:
+                self.last_id = ident.decode()
+            try:
+                pair, ingest_ns, epoch, seq = price_fields(payload)
+            except (ValueError, UnicodeDecodeError):
+                stats.error("bad-payload")
+                continue
+            if event == b"snapshot":
+                self.tracker.check(pair, epoch, seq, snapshot=True)
+                stats.snapshots += 1
+                self.snap_pending -= 1
+                if self.snap_pending == 0:
+                    stats.snapshot_ms.record(
+                        int((self.worker.loop.time() - self.connect_started) * 1000)
+                    )
+                    if self.storm_started:
+                        stats.storm_ms.record(
+                            int((self.worker.loop.time() - self.storm_started) * 1000)
+                        )
+                        self.storm_started = 0.0
+                continue
+            stats.events += 1
+            verdict = self.tracker.check(pair, epoch, seq).verdict
+            if self.last_rx:
+                silence = now - self.last_rx
+                if silence > self.max_silence:
+                    self.max_silence = silence
+            self.last_rx = now
+            if ingest_ns < win.t0:
+                stats.events_pre += 1
+                stats.interval.record(now - ingest_ns)
+                continue
+            if ingest_ns > win.t1:
+                self.caught_up.add(pair)
+                continue
+            if verdict is Verdict.DUPLICATE or verdict is Verdict.OLD_EPOCH:
+                continue
+            stats.window.record(now - ingest_ns)
+            stats.events_window += 1
+            self.events_window += 1
+            r = stats.ranges.get((pair, epoch))
+            if r is None:
+                stats.ranges[(pair, epoch)] = [seq, seq]
+            elif seq > r[1]:
+                r[1] = seq
+            elif seq < r[0]:
+                r[0] = seq
+        if reader.state is StreamState.DONE:
+            self._close_after_done()
+
+    def _head_done(self) -> bool:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        reader = self.reader
+        if not reader.event_stream:
+            retry_after = reader.headers.get("retry-after", "")
+            if retry_after.isdigit():
+                self.retry_ms = int(retry_after) * 1000
+            reason = f"http-{reader.status}" if reader.status != 200 else "not-event-stream"
+            self.stats.fail(reason)
+            self.worker.settled(self)
+            self.we_closed = True
+            if self.transport is not None:
+                self.transport.close()
+            if not self.slow:
+                self._reconnect_later()
+            return False
+        self.stats.established += 1
+        self.stats.connect_ms.record(int((self.worker.loop.time() - self.connect_started) * 1000))
+        self.worker.settled(self)
+        if self.slow and self.transport is not None:
+            self.transport.pause_reading()
+        return True
+
+    def _protocol_error(self, head: bool, message: str) -> None:
+        if head:
+            self.stats.fail("protocol")
+            self.worker.settled(self)
+        else:
+            self.stats.error("protocol")
+        self.we_closed = True
+        if self.transport is not None:
+            self.transport.abort()
+        if not self.slow:
+            self._reconnect_later()
+
+    def _close_after_done(self) -> None:
+        # The server ended the body (the zero-size chunk): treat it as a server close.
+        if self.transport is not None:
+            self.transport.close()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+
+class _Worker:
+    """One loader process: its clients, the ramp, the window, progress messages."""
+
+    def __init__(self, plan: Plan, first: int, count: int, conn: Connection) -> None:
+        self.plan = plan
+        self.first = first
+        self.count = count
+        self.conn = conn
+        self.stats = WorkerStats()
+        self.window = _Window()
+        self.loop = asyncio.get_running_loop()
+        self.clients: list[Client] = []
+        self.pending_settle: set[int] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.window_set = asyncio.Event()
+        self.parent_gone = asyncio.Event()
+        self.ready_sent = False
+        self.cpu_window = 0.0
+        self._prev_window: list[int] = [0] * len(self.stats.window.counts)
+
+    def launch(self, client: Client) -> None:
+        """Start (or restart) ``client``'s connection attempt, keeping the task referenced."""
+        if self.window.stopping:
+            return
+        task = self.loop.create_task(client.connect())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def settled(self, client: Client) -> None:
+        """``client``'s attempt ended (established or failed): counts toward ``ready``."""
+        self.pending_settle.discard(client.index)
+
+    def _on_control(self) -> None:
+        try:
+            msg = self.conn.recv()
+        except (EOFError, OSError):
+            self.loop.remove_reader(self.conn.fileno())
+            self.parent_gone.set()
+            return
+        if msg[0] == "window":
+            self.window.t0, self.window.t1 = msg[1], msg[2]
+            self.window_set.set()
+        elif msg[0] == "stop":
+            self.parent_gone.set()
+
+    def _send(self, *msg: Any) -> None:
+        with contextlib.suppress(OSError, BrokenPipeError):
+            self.conn.send(msg)
+
+    def _progress(self) -> None:
+        s = self.stats
+        connected = sum(1 for c in self.clients if c.transport is not None and not c.slow)
+        self._send(
+            "progress",
+            {
+                "connected": connected,
+                "attempted": s.attempted,
+                "established": s.established,
+                "failed": sum(s.failed.values()),
+                "errors": sum(s.errors.values()) + s.server_closes,
+                "events": s.events,
+                "interval": self._interval(),
+            },
+        )
+
+    def _interval(self) -> dict[str, object]:
+        """Latencies since the last progress message: pre-window ones plus the window's delta."""
+        s = self.stats
+        h = s.interval
+        counts = s.window.counts
+        prev = self._prev_window
+        if s.window.count:
+            for i, (a, b) in enumerate(zip(counts, prev, strict=True)):
+                if a != b:
+                    h.counts[i] += a - b
+                    h.count += a - b
+            h.max = max(h.max, s.window.max)
+        self._prev_window = list(counts)
+        out = h.to_dict()
+        h.reset()
+        return out
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(_PROGRESS_EVERY)
+            self._progress()
+
+    async def _ramp(self) -> None:
+        plan = self.plan
+        rate = max(plan.ramp / plan.processes, 1e-3)
+        start = self.loop.time()
+        issued = 0
+        while issued < self.count:
+            due = min(self.count, int((self.loop.time() - start) * rate) + 1)
+            while issued < due:
+                client = Client(self.first + issued, self)
+                self.clients.append(client)
+                self.pending_settle.add(client.index)
+                self.launch(client)
+                issued += 1
+            await asyncio.sleep(0.001 if rate > 1000 else min(1.0 / rate, 0.05))
+
+    async def main(self) -> None:
+        plan = self.plan
+        self.loop.add_reader(self.conn.fileno(), self._on_control)
+        slow_every = _slow_selector(plan.slow_share)
+        ticker = self.loop.create_task(self._ticker())
+        try:
+            ramp_end = self.loop.time() + self.count / max(plan.ramp / plan.processes, 1e-3)
+            ramp = self.loop.create_task(self._ramp())
+            deadline = ramp_end + plan.ready_timeout
+            while not self.parent_gone.is_set():
+                if ramp.done() and not self.pending_settle:
+                    break
+                if self.loop.time() > deadline:
+                    break
+                await asyncio.sleep(0.01)
+            await ramp
+            self._send("ready", {"established": self.stats.established})
+            await _first(self.window_set.wait(), self.parent_gone.wait())
+            if self.parent_gone.is_set():
+                return
+            w = self.window
+            actions: list[asyncio.TimerHandle] = []
+            start_in = max(0.0, (w.t0 - time.time_ns()) / 1e9)
+            if plan.slow_share > 0:
+                slow = [c for c in self.clients if slow_every(c.index)]
+                actions.append(self.loop.call_later(start_in + plan.slow_at, _each, slow, "pause"))
+            if plan.drop_at is not None:
+                fast = [c for c in self.clients if not slow_every(c.index)]
+                actions.append(self.loop.call_later(start_in + plan.drop_at, _each, fast, "drop"))
+            await _first(asyncio.sleep(start_in), self.parent_gone.wait())
+            cpu0 = _cpu_seconds()
+            await _first(asyncio.sleep((w.t1 - time.time_ns()) / 1e9), self.parent_gone.wait())
+            self.cpu_window = _cpu_seconds() - cpu0
+            drain_end = self.loop.time() + plan.drain_timeout
+            while self.loop.time() < drain_end and not self.parent_gone.is_set():
+                if all(
+                    len(c.caught_up) >= c.npairs
+                    for c in self.clients
+                    if not c.slow and c.transport is not None
+                ):
+                    break
+                await asyncio.sleep(0.05)
+            for a in actions:
+                a.cancel()
+            self._progress()
+            self._send("final", self.final())
+        finally:
+            self.window.stopping = True
+            ticker.cancel()
+            for c in self.clients:
+                if c.transport is not None:
+                    c.we_closed = True
+                    c.transport.abort()
+            for t in list(self.tasks):
+                t.cancel()
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(self.conn.fileno())
+
+    def final(self) -> dict[str, Any]:
+        """Everything the parent adds up into the report."""
+        s = self.stats
+        for c in self.clients:
+            if c.max_silence and not c.slow:
+                s.silence_ms.record(c.max_silence // 1_000_000)
+        seq = {"gaps": 0, "missing": 0, "duplicates": 0, "resyncs": 0, "epoch_changes": 0}
+        fast = slow = fast_events = slow_events = open_at_end = 0
+        for c in self.clients:
+            st = c.tracker.stats
+            seq["gaps"] += st.gaps
+            seq["missing"] += st.missing
+            seq["duplicates"] += st.duplicates
+            seq["resyncs"] += st.resyncs
+            seq["epoch_changes"] += st.epoch_changes
+            if c.slow:
+                slow += 1
+                slow_events += c.events_window
+            else:
+                fast += 1
+                fast_events += c.events_window
+                if c.transport is not None:
+                    open_at_end += 1
+        fast += self.count - len(self.clients)  # clients the ramp never reached
+        return {
+            "attempted": s.attempted,
+            "established": s.established,
+            "failed": dict(s.failed),
+            "server_closes": s.server_closes,
+            "reconnects": s.reconnects,
+            "errors": dict(s.errors),
+            "events": s.events,
+            "events_window": s.events_window,
+            "events_pre": s.events_pre,
+            "snapshots": s.snapshots,
+            "latency": s.window.to_dict(),
+            "connect_ms": s.connect_ms.to_dict(),
+            "snapshot_ms": s.snapshot_ms.to_dict(),
+            "storm_ms": s.storm_ms.to_dict(),
+            "silence_ms": s.silence_ms.to_dict(),
+            "ranges": [[p, e, r[0], r[1]] for (p, e), r in s.ranges.items()],
+            "sequence": seq,
+            "fast_clients": fast,
+            "slow_clients": slow,
+            "fast_events_window": fast_events,
+            "slow_events_window": slow_events,
+            "open_at_end": open_at_end,
+            "cpu_s": _cpu_seconds(),
+            "cpu_window_s": self.cpu_window,
+            "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        }
+
+
+def _each(clients: list[Client], action: str) -> None:
+    for c in clients:
+        getattr(c, action)()
+
+
+def _slow_selector(share: float) -> Callable[[int], bool]:
+    """Spread ``share`` of clients evenly by index (client i is slow when i*share crosses 1)."""
+    if share <= 0:
+        return lambda i: False
+    return lambda i: int((i + 1) * share) > int(i * share)
+
+
+async def _first(*aws: Any) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _worker_entry(plan: Plan, first: int, count: int, conn: Connection) -> None:
+    """A loader process: raise the fd limit, run the clients, report, exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    raise_nofile_limit(count + _FD_MARGIN)
+
+    async def go() -> None:
+        await _Worker(plan, first, count, conn).main()
+
+    try:
+        asyncio.run(go())
+    finally:
+        conn.close()
+
+
+# --- the parent side -----------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """What the live display shows, refreshed twice a second."""
+
+    target: int
+    phase: str = "ramp"
+    connected: int = 0
+    established: int = 0
+    failed: int = 0
+    errors: int = 0
+    events: int = 0
+    events_per_s: float = 0.0
+    p99_ms: float = 0.0
+    elapsed: float = 0.0
+    window_left: float = 0.0
+
+
+@dataclass
+class RunResult:
+    """The merged finals of every worker, with the window's timing."""
+
+    plan: Plan
+    finals: list[dict[str, Any]]
+    t0_ns: int
+    t1_ns: int
+    ready_after_s: float
+    lost_workers: int = 0
+
+
+def run(
+    plan: Plan,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_window: Callable[[str, float], None] | None = None,
+) -> RunResult:
+    """Run the load test described by ``plan``; blocks until the workers are done.
+
+    ``on_progress`` is called about twice a second; ``on_window(phase, seconds_into)`` lets
+    the caller act on the server side (sample its CPU at ``"start"``/``"end"``, kill a
+    leader at a scenario's time via ``"tick"``).
+    """
+    ctx = multiprocessing.get_context("fork")
+    n = plan.processes
+    conns: list[Connection] = []
+    procs: list[Any] = []
+    first = 0
+    for i in range(n):
+        count = plan.clients // n + (1 if i < plan.clients % n else 0)
+        parent_end, child_end = ctx.Pipe()
+        p = ctx.Process(
+            target=_worker_entry,
+            args=(plan, first, count, child_end),
+            name=f"pricectl-loadtest-{i}",
+            daemon=True,
+        )
+        p.start()
+        child_end.close()
+        conns.append(parent_end)
+        procs.append(p)
+        first += count
+    started = time.monotonic()
+    progress = Progress(target=plan.clients)
+    latest: dict[int, dict[str, Any]] = {}
+    interval = Histogram()
+    ready: set[int] = set()
+    finals: dict[int, dict[str, Any]] = {}
+    t0 = t1 = 0
+    ready_after = -1.0
+    ramp_time = plan.clients / plan.ramp
+    ready_deadline = started + ramp_time + plan.ready_timeout + 5.0
+    last_events = 0
+    last_tick = started
+    open_conns = {i: c for i, c in enumerate(conns)}
+    hard_end = started + ramp_time + plan.ready_timeout + plan.duration + plan.drain_timeout + 30
+    try:
+        while open_conns and time.monotonic() < hard_end:
+            for c in wait(list(open_conns.values()), timeout=0.25):
+                assert isinstance(c, Connection)
+                i = conns.index(c)
+                body: dict[str, Any]
+                try:
+                    kind, body = c.recv()
+                except (EOFError, OSError):
+                    open_conns.pop(i, None)
+                    continue
+                if kind == "progress":
+                    latest[i] = body
+                    interval.merge(Histogram.from_dict(body["interval"]))
+                elif kind == "ready":
+                    ready.add(i)
+                elif kind == "final":
+                    finals[i] = body
+                    open_conns.pop(i, None)
+            now = time.monotonic()
+            if not t0 and (len(ready) == n or now > ready_deadline):
+                ready_after = now - started
+                t0 = time.time_ns() + 100_000_000
+                t1 = t0 + int(plan.duration * 1e9)
+                for c in conns:
+                    with contextlib.suppress(OSError):
+                        c.send(("window", t0, t1))
+                progress.phase = "window"
+                if on_window is not None:
+                    on_window("start", 0.0)
+            if t0 and progress.phase == "window":
+                into = (time.time_ns() - t0) / 1e9
+                if on_window is not None and into >= 0:
+                    on_window("tick", into)
+                if into >= plan.duration:
+                    progress.phase = "drain"
+                    if on_window is not None:
+                        on_window("end", into)
+            if now - last_tick >= 0.5:
+                events = sum(b["events"] for b in latest.values())
+                progress.connected = sum(b["connected"] for b in latest.values())
+                progress.established = sum(b["established"] for b in latest.values())
+                progress.failed = sum(b["failed"] for b in latest.values())
+                progress.errors = sum(b["errors"] for b in latest.values())
+                progress.events = events
+                progress.events_per_s = (events - last_events) / (now - last_tick)
+                progress.p99_ms = interval.quantile(0.99) / 1e6
+                progress.elapsed = now - started
+                progress.window_left = max(0.0, (t1 - time.time_ns()) / 1e9) if t1 else 0.0
+                interval.reset()
+                last_events = events
+                last_tick = now
+                if on_progress is not None:
+                    on_progress(progress)
+    finally:
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.send(("stop",))
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=5)
+        for c in conns:
+            c.close()
+    return RunResult(
+        plan=plan,
+        finals=[finals[i] for i in sorted(finals)],
+        t0_ns=t0,
+        t1_ns=t1,
+        ready_after_s=ready_after,
+        lost_workers=n - len(finals),
+    )

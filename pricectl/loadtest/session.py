@@ -1,0 +1,203 @@
+"""One load-test run from options to report: scenario, target or spawned system, probe.
+
+``pricectl loadtest`` is glue over :func:`run_load_test`; ``make bench`` calls it too.
+Options given explicitly win over the scenario's values, which win over defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from pricectl.errors import UsageError
+from pricectl.loadtest.report import Report, ServerProbe, Thresholds, build_report
+from pricectl.loadtest.runner import STREAM_PATH, Plan, Progress, plan_processes, run
+from pricectl.loadtest.scenarios import Scenario, load_scenario
+
+if TYPE_CHECKING:
+    from pricectl.loadtest.spawn import Spawned
+
+__all__ = ["Options", "check_reachable", "parse_target", "resolve", "run_load_test"]
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything ``pricectl loadtest`` accepts; ``None`` means "scenario or default"."""
+
+    url: str | None = None
+    clients: int | None = None
+    pairs: tuple[str, ...] | None = None
+    ramp: float | None = None
+    duration: float | None = None
+    processes: int = 0
+    scenario: str | None = None
+    spawn: bool = False
+    redis: str | None = None
+    serve_workers: int = 1
+    update_rate: float | None = None
+    server_pid: int | None = None
+    max_p99_ms: float | None = None
+    min_delivery: float | None = None
+    max_gaps: int | None = None
+    max_errors: int | None = None
+    connect_timeout: float = 10.0
+    drain_timeout: float = 5.0
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_target(url: str) -> tuple[str, int, str]:
+    """``http://host:port[/path]`` -> ``(host, port, stream path)``; UsageError if not."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise UsageError(f"--url must be http://HOST:PORT[/path], got {url!r}")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise UsageError(f"--url has a bad port: {url!r}") from None
+    path = parts.path if parts.path not in ("", "/") else STREAM_PATH
+    return parts.hostname, port, path
+
+
+def check_reachable(host: str, port: int, timeout: float = 3.0) -> None:
+    """Refuse to start against a server that does not accept connections (exit 2)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise UsageError(f"cannot reach http://{host}:{port}: {reason}") from None
+
+
+def resolve(options: Options, defaults: dict[str, float]) -> tuple[Options, Scenario | None]:
+    """Fill ``options`` from the scenario, then ``defaults``; validate (UsageError, exit 2)."""
+    scenario = load_scenario(options.scenario) if options.scenario else None
+    sc = scenario or Scenario(name="")
+    o = options
+    clients = o.clients if o.clients is not None else sc.clients or int(defaults["clients"])
+    ramp = o.ramp if o.ramp is not None else sc.ramp or defaults["ramp"]
+    duration = o.duration if o.duration is not None else sc.duration or defaults["duration"]
+    pairs = o.pairs or sc.pairs or ("BTC/USD",)
+    th = sc.thresholds
+    o = replace(
+        o,
+        clients=clients,
+        ramp=ramp,
+        duration=duration,
+        pairs=tuple(pairs),
+        update_rate=o.update_rate if o.update_rate is not None else sc.update_rate,
+        max_p99_ms=o.max_p99_ms if o.max_p99_ms is not None else th.get("max_p99_ms"),
+        min_delivery=o.min_delivery if o.min_delivery is not None else th.get("min_delivery"),
+        max_gaps=o.max_gaps if o.max_gaps is not None else _int(th.get("max_gaps")),
+        max_errors=o.max_errors if o.max_errors is not None else _int(th.get("max_errors")),
+    )
+    if clients <= 0:
+        raise UsageError(f"--clients must be at least 1, got {clients}")
+    if ramp <= 0:
+        raise UsageError(f"--ramp must be above 0 connections/s, got {ramp:g}")
+    if duration <= 0:
+        raise UsageError("--duration must be above 0")
+    if o.min_delivery is not None and not 0 <= o.min_delivery <= 1:
+        raise UsageError(f"--min-delivery must be within 0..1, got {o.min_delivery:g}")
+    if o.spawn == (o.url is not None):
+        raise UsageError("give exactly one of --url URL or --spawn")
+    if o.redis and not o.spawn:
+        raise UsageError("--redis only applies with --spawn")
+    if scenario is not None and scenario.kill_leader_at is not None and not (o.spawn and o.redis):
+        raise UsageError(
+            f"scenario {scenario.name} kills the ingest leader: it needs --spawn --redis URL"
+        )
+    return o, scenario
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+@contextlib.contextmanager
+def _system(o: Options) -> Iterator[tuple[str, int, str, int | None, Spawned | None]]:
+    if o.spawn:
+        from pricectl.loadtest.spawn import spawned_system
+
+        assert o.pairs is not None and o.update_rate is not None
+        with spawned_system(
+            list(o.pairs), o.update_rate, redis_url=o.redis, serve_workers=o.serve_workers
+        ) as system:
+            yield "127.0.0.1", system.serve_port, STREAM_PATH, system.serve_pid, system
+    else:
+        assert o.url is not None
+        host, port, path = parse_target(o.url)
+        check_reachable(host, port)
+        yield host, port, path, o.server_pid, None
+
+
+def run_load_test(
+    options: Options,
+    defaults: dict[str, float],
+    on_progress: Callable[[Progress], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+) -> Report:
+    """Resolve, (spawn,) run, report, check thresholds. The report carries any breaches."""
+    o, scenario = resolve(options, defaults)
+    assert o.clients is not None and o.ramp is not None and o.duration is not None
+    assert o.pairs is not None
+    if o.url is not None:
+        parse_target(o.url)  # bad URLs fail before anything starts
+    procs, _per_proc, note = plan_processes(o.clients, o.processes)
+    notes = list(o.notes)
+    if note:
+        notes.append(note)
+        if on_note is not None:
+            on_note(note)
+    with _system(o) as (host, port, path, pid, system):
+        probe = ServerProbe(pid=pid, metrics_url=f"http://{host}:{port}/metrics")
+        probe.at_baseline()
+        plan = Plan(
+            host=host,
+            port=port,
+            pairs=o.pairs,
+            clients=o.clients,
+            ramp=o.ramp,
+            duration=o.duration,
+            processes=procs,
+            path=path,
+            connect_timeout=o.connect_timeout,
+            drain_timeout=o.drain_timeout,
+            slow_share=scenario.slow_share if scenario else 0.0,
+            slow_at=scenario.slow_at if scenario else 0.0,
+            drop_at=scenario.drop_at if scenario else None,
+        )
+        kill_at = scenario.kill_leader_at if scenario else None
+        killed: list[int | None] = []
+
+        def on_window(phase: str, into: float) -> None:
+            if phase == "start":
+                probe.at_start()
+            elif phase == "end":
+                probe.at_end()
+            elif (
+                phase == "tick" and kill_at is not None and not killed and into >= kill_at
+            ):  # failover
+                assert o.redis is not None and system is not None
+                killed.append(system.kill_leader(o.redis))
+                if on_note is not None:
+                    on_note(f"killed the ingest leader (pid {killed[0]}) at {into:.1f}s")
+
+        result = run(plan, on_progress=on_progress, on_window=on_window)
+        if probe.end is None:
+            probe.at_end()
+    if killed:
+        notes.append(f"ingest leader pid {killed[0]} killed at {kill_at:g}s into the window")
+    report = build_report(
+        result, scenario=scenario.name if scenario else None, probe=probe, notes=notes
+    )
+    report.breaches = Thresholds(
+        max_p99_ms=o.max_p99_ms,
+        min_delivery=o.min_delivery,
+        max_gaps=o.max_gaps,
+        max_errors=o.max_errors,
+    ).breaches(report)
+    return report

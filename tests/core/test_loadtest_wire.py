@@ -1,0 +1,131 @@
+"""The load tester's byte-level SSE response reader (pure: head, chunked body, blocks)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pricectl.core.sse import encode_comment, encode_event
+from pricectl.core.ticks import PriceUpdate
+from pricectl.loadtest.wire import (
+    ProtocolError,
+    StreamReader,
+    StreamState,
+    build_request,
+    parse_block,
+    price_fields,
+)
+
+HEAD_CHUNKED = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+    b"Transfer-Encoding: chunked\r\nCache-Control: no-store\r\n\r\n"
+)
+HEAD_PLAIN = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+
+
+def _update(seq: int) -> PriceUpdate:
+    return PriceUpdate(
+        pair="BTC/USD",
+        symbol="BTCUSDT",
+        price="43250.12",
+        ingest_ns=1_700_000_000_125_000_000 + seq,
+        epoch=7,
+        seq=seq,
+        gseq=seq * 3,
+    )
+
+
+def _events(n: int) -> list[bytes]:
+    out = [encode_comment("ok"), b"retry: 3120\n\n"]
+    out.append(encode_event(_update(1).to_json(), event="snapshot", id="7-3"))
+    for seq in range(2, n + 2):
+        out.append(encode_event(_update(seq).to_json(), event="price", id=f"7-{seq * 3}"))
+    return out
+
+
+def _chunk(payload: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+def _read_all(reader: StreamReader, wire: bytes, cuts: list[int]) -> list[bytes]:
+    blocks: list[bytes] = []
+    last = 0
+    for cut in [*sorted(set(cuts)), len(wire)]:
+        blocks.extend(reader.feed(wire[last:cut]))
+        last = cut
+    return blocks
+
+
+def test_request_carries_last_event_id_when_resuming() -> None:
+    """The GET asks for an event stream and sends Last-Event-ID only when given."""
+    fresh = build_request("127.0.0.1", 8000, "/api/market-data/stream?pairs=BTC/USD")
+    assert fresh.startswith(b"GET /api/market-data/stream?pairs=BTC/USD HTTP/1.1\r\n")
+    assert b"Accept: text/event-stream\r\n" in fresh and fresh.endswith(b"\r\n\r\n")
+    assert b"Last-Event-ID" not in fresh
+    assert b"Last-Event-ID: 7-12\r\n" in build_request("h", 1, "/s", "7-12")
+
+
+@given(st.lists(st.integers(min_value=0, max_value=4000), max_size=30))
+def test_chunked_stream_in_any_split_gives_every_block(cuts: list[int]) -> None:
+    """A chunked response cut at arbitrary points yields the same blocks, in order."""
+    events = _events(5)
+    wire = HEAD_CHUNKED + b"".join(_chunk(e) for e in events) + b"0\r\n\r\n"
+    reader = StreamReader()
+    blocks = _read_all(reader, wire, [c for c in cuts if c < len(wire)])
+    assert reader.status == 200 and reader.event_stream
+    assert blocks == [e[:-2] for e in events]
+    assert reader.state is StreamState.DONE
+
+
+@given(st.lists(st.integers(min_value=0, max_value=4000), max_size=30))
+def test_plain_stream_with_crlf_in_any_split(cuts: list[int]) -> None:
+    """A non-chunked stream using CRLF line ends is normalised and split the same way."""
+    events = _events(4)
+    wire = HEAD_PLAIN + b"".join(e.replace(b"\n", b"\r\n") for e in events)
+    blocks = _read_all(StreamReader(), wire, [c for c in cuts if c < len(wire)])
+    assert blocks == [e[:-2] for e in events]
+
+
+def test_block_fields_and_price_fields() -> None:
+    """parse_block reads event/id/retry/data; price_fields reads the 3.2 numbers."""
+    reader = StreamReader()
+    blocks = reader.feed(HEAD_PLAIN + b"".join(_events(1)))
+    comment, retry, snapshot, price = (parse_block(b) for b in blocks)
+    assert comment[3] is None
+    assert retry[2] == 3120
+    assert snapshot[0] == b"snapshot" and snapshot[1] == b"7-3"
+    event, ident, _, data = price
+    assert event == b"price" and ident == b"7-6"
+    assert data is not None
+    assert price_fields(data) == ("BTC/USD", 1_700_000_000_125_000_002, 7, 2)
+
+
+def test_price_fields_rejects_missing_numbers() -> None:
+    """A payload without ingest_ns is an error, never a silently wrong latency."""
+    with pytest.raises(ValueError, match="ingest_ns"):
+        price_fields(b'{"pair":"BTC/USD","epoch":1,"seq":2}')
+
+
+def test_multiline_data_and_blank_runs() -> None:
+    """data lines join with LF; runs of blank lines produce no empty blocks."""
+    reader = StreamReader()
+    blocks = reader.feed(HEAD_PLAIN + b"\n\ndata: a\ndata: b\n\n\n\ndata: c\n\n")
+    assert [parse_block(b)[3] for b in blocks] == [b"a\nb", b"c"]
+
+
+def test_non_200_status_stops_the_reader() -> None:
+    """A 503 is read as a status with headers (Retry-After) and no body blocks."""
+    reader = StreamReader()
+    assert reader.feed(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\n\r\n{}") == []
+    assert reader.status == 503 and reader.headers["retry-after"] == "7"
+    assert reader.state is StreamState.DONE and not reader.event_stream
+
+
+def test_garbage_is_a_protocol_error() -> None:
+    """Something that is not HTTP, or a bad chunk size, raises ProtocolError."""
+    with pytest.raises(ProtocolError):
+        StreamReader().feed(b"SSH-2.0-OpenSSH\r\n\r\n")
+    reader = StreamReader()
+    with pytest.raises(ProtocolError, match="chunk size"):
+        reader.feed(HEAD_CHUNKED + b"zz\r\n")
