@@ -22,6 +22,7 @@ from pricectl.client.views import Board, Row, sparkline
 
 __all__ = [
     "LiveBoard",
+    "LoadtestProgress",
     "error_console",
     "print_board",
     "print_error",
@@ -169,10 +170,39 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+#: What the summary shows of the (large) upstream status; the full object is in --json.
+_UPSTREAM_KEYS = (
+    "state",
+    "breaker",
+    "last_frame_age_s",
+    "ws.connected",
+    "ws.url",
+    "ws.reconnects",
+    "rest.weight_used",
+    "published",
+    "publish_errors",
+)
+
+
+def _flat(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Scalars of ``value`` and of its nested mappings one level down, as dotted keys."""
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if isinstance(v, Mapping):
+            if not prefix:
+                out.update(_flat(v, f"{k}."))
+        elif not isinstance(v, (list, tuple)):
+            out[prefix + str(k)] = v
+    return out
+
+
 def _section(title: str, value: Any) -> Text:
     text = Text(f"{title:<9}", style="bold")
     if isinstance(value, Mapping):
-        text.append("  ".join(f"{k}={_fmt(v)}" for k, v in value.items()))
+        flat = _flat(value)
+        if title == "upstream" and any(k in flat for k in _UPSTREAM_KEYS):
+            flat = {k: flat[k] for k in _UPSTREAM_KEYS if k in flat}
+        text.append("  ".join(f"{k}={_fmt(v)}" for k, v in flat.items()))
     else:
         text.append(_fmt(value))
     return text
@@ -188,6 +218,8 @@ def print_health(health: Mapping[str, Any], console: Console | None = None) -> N
     if where:
         head.append(f"  ({where})", style="dim")
     out.print(head)
+    for problem in health.get("reasons", []) or []:
+        out.print(Text(f"  ! {problem}", style="yellow"))
     pairs = health.get("pairs")
     if isinstance(pairs, Mapping) and pairs:
         table = Table(pad_edge=False, header_style="bold", box=None)
@@ -210,8 +242,6 @@ def print_health(health: Mapping[str, Any], console: Console | None = None) -> N
     for key in ("leader", "upstream", "bus", "clients", "version"):
         if key in health:
             out.print(_section(key, health[key]))
-    for problem in health.get("reasons", []) or []:
-        out.print(Text(f"  ! {problem}", style="yellow"))
 
 
 def print_through(report: Mapping[str, Any], console: Console | None = None) -> None:
@@ -225,3 +255,40 @@ def print_through(report: Mapping[str, Any], console: Console | None = None) -> 
     )
     out.print(verdict)
     out.print(Text(f"         {report.get('summary', '')}"))
+
+
+class LoadtestProgress:
+    """``pricectl loadtest``'s live line on stderr: connected/target, events/s, p99, errors.
+
+    ``update(progress)`` takes a :class:`pricectl.loadtest.runner.Progress` (any object
+    with those attributes); use as a context manager.
+    """
+
+    def __init__(self, console: Console | None = None) -> None:
+        self._text = Text("starting…")
+        self._live = Live(
+            self._text,
+            console=console or error_console(),
+            refresh_per_second=4,
+            transient=True,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+
+    def __enter__(self) -> LoadtestProgress:
+        self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._live.__exit__(None, None, None)
+
+    def update(self, p: Any) -> None:
+        """Redraw from the latest progress figures."""
+        text = Text(f"{p.phase:<6} ", style="bold cyan")
+        style = "green" if p.connected >= p.target else "yellow"
+        text.append(f"connected {p.connected}/{p.target}", style=style)
+        text.append(f"  {p.events_per_s:,.0f} events/s  p99 {p.p99_ms:.1f} ms")
+        text.append(f"  errors {p.failed + p.errors}", style="red" if p.failed + p.errors else "")
+        if p.window_left:
+            text.append(f"  {p.window_left:.0f}s left", style="dim")
+        self._live.update(text)
