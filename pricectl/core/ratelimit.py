@@ -32,6 +32,20 @@ from collections import deque
 __all__ = ["SlidingWindow", "WeightBudget"]
 
 
+def _until(deadline: float, now: float) -> float:
+    """``deadline - now``, nudged up so that ``now + result >= deadline`` holds in floats.
+
+    Without the nudge, an adapter that sleeps exactly the returned time can land one
+    rounding error short of the deadline and be refused again.
+    """
+    wait = deadline - now
+    if wait <= 0.0:
+        return 0.0
+    while now + wait < deadline:
+        wait = math.nextafter(wait, math.inf)
+    return wait
+
+
 class SlidingWindow:
     """At most ``limit`` events in any half-open interval ``(t - window, t]``.
 
@@ -73,7 +87,7 @@ class SlidingWindow:
         """Seconds from ``now`` until an event would be allowed (0.0 if it is now)."""
         if len(self._times) < self.limit:
             return 0.0
-        return max(0.0, self._times[0] + self.window - now)
+        return _until(self._times[0] + self.window, now)
 
     def try_acquire(self, now: float) -> bool:
         """Record an event at ``now`` if the limit allows it; False (nothing recorded) if not."""
@@ -150,8 +164,8 @@ class WeightBudget:
         allowed at the start of a minute (otherwise it could never be sent).
         """
         if wall < self._paused_until:
-            return self._paused_until - wall
+            return _until(self._paused_until, wall)
         self._roll(wall)
         if self.used + weight <= self.budget or self.used == 0:
             return 0.0
-        return (self._minute + 1) * 60.0 - wall
+        return _until((self._minute + 1) * 60.0, wall)

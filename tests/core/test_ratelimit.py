@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pricectl.core.ratelimit import SlidingWindow, WeightBudget
@@ -82,6 +82,7 @@ def test_never_more_than_limit_in_any_window(limit: int, window: float, gaps: li
     window=st.floats(0.1, 10.0),
     gaps=st.lists(st.floats(0.0, 2.0), min_size=1, max_size=100),
 )
+@example(limit=1, window=3.5, gaps=[0.24282403989171414, 1.3835163025177308])
 def test_waiting_the_wait_time_is_always_enough(limit: int, window: float, gaps: list[float]):
     """An adapter that sleeps ``wait_time`` then tries again always gets through."""
     w = SlidingWindow(limit, window)
@@ -100,6 +101,15 @@ def test_weight_budget_blocks_until_next_minute():
     assert b.wait_time(20, wall=121.0) == pytest.approx(59.0)
     assert b.wait_time(20, wall=180.0) == 0.0
     assert b.used_at(180.0) == 0
+
+
+@given(used=st.integers(0, 200), wall=st.floats(0.0, 1e9), weight=st.integers(1, 50))
+def test_weight_budget_wait_is_always_enough(used: int, wall: float, weight: int):
+    """Waiting the returned time always lands in a minute where the request fits."""
+    b = WeightBudget(100)
+    b.record_used(used, wall)
+    later = wall + b.wait_time(weight, wall)
+    assert b.wait_time(weight, later) == 0.0
 
 
 def test_weight_budget_charges_before_the_header_arrives():
