@@ -7,7 +7,7 @@ and the snapshot hash land in one slot: the fenced-publish script touches all th
 
 from __future__ import annotations
 
-__all__ = ["channel", "epoch", "latest", "leader"]
+__all__ = ["channel", "epoch", "latest", "leader", "lease_channel"]
 
 
 def channel(prefix: str, pair: str) -> str:
@@ -32,3 +32,9 @@ def epoch(prefix: str) -> str:
     "no one has acquired the lease since that fence was granted".
     """
     return f"{prefix}pricectl:epoch"
+
+
+def lease_channel(prefix: str) -> str:
+    """Channel on which a leader announces ``released`` so standbys take over at once
+    instead of at their next poll (DESIGN 3.4: "about a second, not after the TTL")."""
+    return f"{prefix}pricectl:lease"

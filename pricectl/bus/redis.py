@@ -1,0 +1,317 @@
+"""The Redis bus (``redis://``, ``rediss://``, ``unix://``): DESIGN 3.3 over redis.asyncio.
+
+Layout (``<prefix>`` is ``bus.prefix``, see :mod:`pricectl.bus.keys`)::
+
+    <prefix>prices:<PAIR>      channel, one DESIGN 3.2 JSON object per message
+    <prefix>prices:latest      hash PAIR -> latest JSON (the snapshot)
+    <prefix>pricectl:leader    the lease token (PX = ttl)         see pricectl.bus.leader
+    <prefix>pricectl:epoch     the current leader's epoch
+
+A publish is ONE Lua script call (:data:`PUBLISH_SCRIPT`): it checks that the leader key
+still holds the caller's token and that the epoch counter still equals the caller's
+epoch, and only then HSETs and PUBLISHes every update of the batch. A deposed leader is
+refused by Redis itself, whatever its own timers think; batching the updates that
+arrive together into one call is what makes >= 20,000 updates/s possible (bench.py).
+
+redis-py's own retries are turned off: a transparent reconnect would resubscribe
+without telling us, hiding a gap. Instead each subscription reconnects itself with
+backoff and yields ``Gap("redis reconnect")`` so the consumer re-reads the snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pricectl.bus import keys
+from pricectl.bus.base import BusEvent, EpochFilter, Fence, Gap, Update
+from pricectl.config import redact_url
+from pricectl.core.backoff import Backoff, BackoffPolicy
+from pricectl.core.ticks import PriceUpdate, decode_update
+from pricectl.errors import BusError, FencedError
+
+__all__ = [
+    "DEFAULT_RECONNECT",
+    "MAX_BATCH",
+    "PUBLISH_SCRIPT",
+    "RedisBus",
+    "connect_redis",
+    "is_unreachable",
+]
+
+log = logging.getLogger(__name__)
+
+#: Reconnect delays to Redis. Redis is our own infrastructure, close by: a short cap
+#: (5 s, not the exchange's 60 s) brings consumers back quickly after a broker restart.
+DEFAULT_RECONNECT = BackoffPolicy(initial=0.5, max=5.0, multiplier=2.0, reset_after=10.0)
+
+#: Most updates per script call: keeps one call's argument list (3 per update) small
+#: enough that Redis is never blocked long by one publish.
+MAX_BATCH = 1000
+
+#: KEYS: leader, epoch, latest. ARGV: token, epoch, then (pair, channel, json) triples.
+#: Returns the number of updates published, -1 if the token is not the leader's,
+#: -2 if the epoch is not the current one.
+PUBLISH_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return -2 end
+for i = 3, #ARGV, 3 do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
+  redis.call('PUBLISH', ARGV[i + 1], ARGV[i + 2])
+end
+return (#ARGV - 2) / 3
+"""
+
+#: Errors that mean "Redis is not reachable right now" (retry), as opposed to a bug.
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` means Redis could not be reached (retry later), not a bad command."""
+    return isinstance(exc, _UNREACHABLE)
+
+
+def connect_redis(url: str, *, timeout: float = 5.0) -> aioredis.Redis:
+    """A redis.asyncio client for ``url`` with redis-py's retries off (we retry ourselves).
+
+    Does not connect: the first command does. ``timeout`` bounds connects and replies,
+    so a paused Redis turns into an error instead of a hang.
+    """
+    client: aioredis.Redis = aioredis.from_url(
+        url,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+    )
+    return client
+
+
+class RedisBus:
+    """The bus over Redis; see the module docstring. Construct, then ``await start()``."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "",
+        *,
+        reconnect: BackoffPolicy = DEFAULT_RECONNECT,
+        probe_interval: float = 1.0,
+        timeout: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        #: True while the last contact with Redis succeeded.
+        self.connected = False
+        #: Updates dropped by subscriptions because their epoch was below the pair's highest.
+        self.epoch_drops = 0
+        #: Times a subscription lost Redis and subscribed again (each yields a Gap).
+        self.reconnects = 0
+        self._reconnect = reconnect
+        self._probe_interval = probe_interval
+        self._client = connect_redis(url, timeout=timeout)
+        self._script = self._client.register_script(PUBLISH_SCRIPT)
+        self._fence_keys = [keys.leader(prefix), keys.epoch(prefix), keys.latest(prefix)]
+        self._channels: dict[str, str] = {}
+        self._pubsubs: set[Any] = set()
+        self._probe: asyncio.Task[None] | None = None
+        self._closed = False
+        self._stopping = asyncio.Event()
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin probing Redis in the background; never raises if Redis is down."""
+        if self._probe is None:
+            self._probe = asyncio.create_task(self._probe_loop(), name="redis-bus-probe")
+
+    async def close(self) -> None:
+        """Stop probing, end every subscription, close the connections."""
+        self._closed = True
+        self._stopping.set()
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(self._probe_interval + 1.0):
+                    await self._probe
+            self._probe = None
+        for pubsub in list(self._pubsubs):
+            # Breaks the blocked read; the subscription sees _closed and ends.
+            with contextlib.suppress(Exception):
+                await pubsub.connection.disconnect()
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+        self.connected = False
+
+    # --- publish / snapshot --------------------------------------------------------
+
+    async def publish(self, updates: Sequence[PriceUpdate], fence: Fence) -> None:
+        """Fenced publish of the batch in one script call (chunks of :data:`MAX_BATCH`).
+
+        Raises ``FencedError`` if Redis says the fence is not the current lease and
+        ``BusError`` if Redis cannot be reached (nothing was published then).
+        """
+        for start in range(0, len(updates), MAX_BATCH):
+            chunk = updates[start : start + MAX_BATCH]
+            args: list[Any] = [fence.token, fence.epoch]
+            for update in chunk:
+                args.append(update.pair)
+                args.append(self._channel(update.pair))
+                args.append(update.to_json())
+            try:
+                result = await self._script(keys=self._fence_keys, args=args)
+            except RedisError as exc:
+                if is_unreachable(exc):
+                    self._set_connected(False, exc)
+                    raise BusError(f"redis unreachable at {self._where}: {exc}") from exc
+                raise BusError(f"redis refused the publish script: {exc}") from exc
+            except _UNREACHABLE as exc:
+                self._set_connected(False, exc)
+                raise BusError(f"redis unreachable at {self._where}: {exc}") from exc
+            self._set_connected(True)
+            if result == -1:
+                raise FencedError(f"publish refused by redis: {fence.token} is not the leader")
+            if result == -2:
+                raise FencedError(f"publish refused by redis: epoch {fence.epoch} is not current")
+
+    async def snapshot(self, pairs: Iterable[str]) -> dict[str, PriceUpdate]:
+        """The latest update of each pair that has one (HMGET ``prices:latest``)."""
+        wanted = list(pairs)
+        if not wanted:
+            return {}
+        try:
+            values = await self._client.hmget(keys.latest(self.prefix), wanted)
+        except (RedisError, *_UNREACHABLE) as exc:
+            self._set_connected(False, exc)
+            raise BusError(f"redis unreachable at {self._where}: {exc}") from exc
+        self._set_connected(True)
+        out: dict[str, PriceUpdate] = {}
+        for pair, raw in zip(wanted, values, strict=True):
+            if raw is None:
+                continue
+            try:
+                out[pair] = decode_update(raw)
+            except ValueError as exc:
+                log.warning("ignoring a bad snapshot entry for %s: %s", pair, exc)
+        return out
+
+    # --- subscribe -----------------------------------------------------------------
+
+    def subscribe(self, pairs: Iterable[str]) -> AsyncIterator[BusEvent]:
+        """Live updates of ``pairs``; ``Gap("subscribed")`` first, ``Gap("redis reconnect")``
+        after every reconnect. Keeps retrying while Redis is down; ends on :meth:`close`."""
+        return self._listen([self._channel(p) for p in pairs])
+
+    async def _listen(self, channels: list[str]) -> AsyncIterator[BusEvent]:
+        backoff = Backoff(self._reconnect)
+        epochs = EpochFilter()
+        ever_subscribed = False
+        warned = False
+        while not self._closed:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            self._pubsubs.add(pubsub)
+            try:
+                await pubsub.subscribe(*channels)
+                self._set_connected(True)
+                backoff.connected(time.monotonic())
+                if ever_subscribed:
+                    self.reconnects += 1
+                    log.info("redis subscription restored at %s", self._where)
+                yield Gap("redis reconnect" if ever_subscribed else "subscribed")
+                ever_subscribed = True
+                warned = False
+                while not self._closed:
+                    # A bounded wait so a close() that raced with a reconnect still ends us;
+                    # close() also disconnects the socket, which wakes this read at once.
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=self._probe_interval
+                    )
+                    if message is None or message["type"] != "message":
+                        continue
+                    raw = message["data"]
+                    try:
+                        update = decode_update(raw)
+                    except ValueError as exc:
+                        log.warning("ignoring a bad message on %s: %s", message["channel"], exc)
+                        continue
+                    if not epochs.accept(update):
+                        self.epoch_drops += 1
+                        continue
+                    yield Update(update, raw)
+                return
+            except (RedisError, *_UNREACHABLE) as exc:
+                if self._closed:
+                    return
+                self._set_connected(False, exc)
+                delay = backoff.next_delay(time.monotonic())
+                # One warning per outage; the retries after it are debug noise.
+                log.log(
+                    logging.DEBUG if warned else logging.WARNING,
+                    "redis subscription %s at %s (%s): retrying in %.1fs",
+                    "lost" if ever_subscribed else "not possible",
+                    self._where,
+                    exc,
+                    delay,
+                )
+                warned = True
+                await self._pause(delay)
+            finally:
+                self._pubsubs.discard(pubsub)
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # --- internals -----------------------------------------------------------------
+
+    @property
+    def _where(self) -> str:
+        return redact_url(self.url)
+
+    def _channel(self, pair: str) -> str:
+        channel = self._channels.get(pair)
+        if channel is None:
+            channel = self._channels[pair] = keys.channel(self.prefix, pair)
+        return channel
+
+    def _set_connected(self, up: bool, exc: BaseException | None = None) -> None:
+        if up and not self.connected:
+            log.info("redis connected at %s", self._where)
+        elif not up and self.connected:
+            log.warning("redis unreachable at %s: %s", self._where, exc)
+        self.connected = up
+
+    async def _probe_loop(self) -> None:
+        """PING now and then so ``connected`` is true to life even when the bus is idle."""
+        backoff = Backoff(self._reconnect)
+        # Checks _closed as well as being cancelled: redis-py can swallow a cancellation
+        # that lands while a command is in flight.
+        while not self._closed:
+            try:
+                await self._client.ping()
+            except (RedisError, *_UNREACHABLE) as exc:
+                was_up = self.connected
+                self._set_connected(False, exc)
+                delay = min(self._probe_interval, backoff.next_delay(time.monotonic()))
+                if not was_up and backoff.attempt == 1:
+                    log.warning("redis unreachable at %s: retrying in %.1fs", self._where, delay)
+                await self._pause(delay)
+                continue
+            self._set_connected(True)
+            backoff.connected(time.monotonic())
+            await self._pause(self._probe_interval)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep that :meth:`close` cuts short."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
