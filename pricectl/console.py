@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from pricectl.client.views import Board, Row, sparkline
+from pricectl.client.views import Board, Row, short_decimal, sparkline
 
 __all__ = [
     "LiveBoard",
@@ -77,7 +77,7 @@ def _price(row: Row) -> Text:
         return Text("waiting…", style="dim")
     arrow = {1: " ▲", -1: " ▼", 0: "  "}[row.direction()]
     style = {1: "bold green", -1: "bold red", 0: "bold"}[row.direction()]
-    return Text(u.price + arrow, style=style)
+    return Text(short_decimal(u.price) + arrow, style=style)
 
 
 def render_board(board: Board, now: float) -> Group:
@@ -94,7 +94,11 @@ def render_board(board: Board, now: float) -> Group:
         row = board.rows[pair]
         u = row.update
         stale = row.is_stale(now, board.stale_after)
-        bidask = "-" if u is None or u.bid is None else f"{u.bid} / {u.ask or '-'}"
+        bidask = (
+            "-"
+            if u is None or u.bid is None
+            else f"{short_decimal(u.bid)} / {short_decimal(u.ask)}"
+        )
         src = Text("-", style="dim")
         if u is not None:
             src = Text(f" {u.source.upper()} ", style=_SOURCE_STYLE.get(u.source, "bold"))

@@ -67,12 +67,20 @@ class TailResult:
     stats: SequenceStats | None = None
 
     def summary(self) -> str:
-        """``tail: 20 updates, 1 reconnects, 0 gaps, 0 duplicates dropped, 0 resyncs``."""
+        """``tail: 20 updates, 1 reconnect, 0 gaps, 0 duplicates dropped, 0 resyncs``."""
         s = self.stats or SequenceStats()
-        return (
-            f"tail: {self.printed} updates, {self.reconnects} reconnects, "
-            f"{s.gaps} gaps, {s.duplicates} duplicates dropped, {s.resyncs} resyncs"
-        )
+        parts = [
+            _count(self.printed, "update"),
+            _count(self.reconnects, "reconnect"),
+            _count(s.gaps, "gap"),
+            _count(s.duplicates, "duplicate") + " dropped",
+            _count(s.resyncs, "resync"),
+        ]
+        return "tail: " + ", ".join(parts)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _hint(opts: TailOptions) -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "event_line",
     "json_line",
     "plain_line",
+    "short_decimal",
     "sparkline",
 ]
 
@@ -98,6 +99,20 @@ def _dec(text: str | None) -> Decimal | None:
         return Decimal(text)
     except InvalidOperation:
         return None
+
+
+def short_decimal(text: str | None, keep: int = 2) -> str:
+    """``"43250.12000000"`` -> ``"43250.12"`` for the table: Binance pads prices to the tick
+    size's width; dropping zeros past ``keep`` decimals changes no digit (never rounds)."""
+    if text is None:
+        return "-"
+    if "." not in text:
+        return text
+    whole, frac = text.split(".", 1)
+    frac = frac.rstrip("0")
+    if len(frac) < keep:
+        frac = frac + "0" * (keep - len(frac))
+    return f"{whole}.{frac}" if frac else whole
 
 
 def sparkline(values: Sequence[Decimal], width: int = 20) -> str:

@@ -44,7 +44,7 @@ def command(
 
     A live table on a terminal, one line per update when piped (or --plain), JSON lines
     with --json. Exit 0 when done, 1 on a runtime failure (server unreachable), 2 on a
-    usage error (unknown pair, wrong URL), 130 on Ctrl-C.
+    usage error (unknown pair, wrong URL), 130 on Ctrl-C, 143 on SIGTERM.
     """
     import asyncio
 
@@ -101,12 +101,35 @@ def command(
             "--from redis needs a Redis URL: pass --redis redis://HOST:6379/0 or set bus.url"
         )
     result = TailResult()
+
+    async def main() -> int:
+        # SIGTERM (systemd, kill, a timeout wrapper) ends tail as cleanly as Ctrl-C.
+        import signal
+
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        assert task is not None
+        terminated = []
+
+        def on_term() -> None:
+            terminated.append(True)
+            task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+        try:
+            await run_tail(opts, settings, result=result)
+        except asyncio.CancelledError:
+            if not terminated:
+                raise  # Ctrl-C: asyncio.run turns this into KeyboardInterrupt
+            return 143
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+        return result.exit_code
+
     try:
-        asyncio.run(run_tail(opts, settings, result=result))
+        code = asyncio.run(main())
     except KeyboardInterrupt:
-        if not once:
-            click.echo(result.summary(), err=True)
-        return 130
+        code = 130
     if not once:
         click.echo(result.summary(), err=True)
-    return result.exit_code
+    return code
