@@ -353,3 +353,41 @@ async def test_live_table_in_a_real_terminal(tmp_path: Path) -> None:
             assert "Traceback" not in await screen()
         finally:
             await tm("kill-server")
+
+
+async def test_real_serve_and_simulator_end_to_end(tmp_path: Path) -> None:
+    """Against a real `pricectl serve` process fed by the simulator: health turns ok (exit 0)
+    and `tail --json --count 20` prints 20 valid live updates in order per pair."""
+    import aiohttp
+
+    from pricectl.exchange.simulator import Simulator
+    from tests.integration.test_serve_process import serve_process
+
+    sim = Simulator(ticker_interval=0.1)
+    await sim.start()
+    cfg = str(write_config(tmp_path))
+    env = {"PRICECTL_PAIRS": "[BTC/USD, ETH/USD]"}
+    try:
+        async with serve_process(sim) as (_proc, port), aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{port}"
+
+            async def live() -> bool:
+                async with http.get(url + "/api/market-data/health") as resp:
+                    return (await resp.json())["status"] == "ok"
+
+            await until(live, 30, "serve to report every pair live")
+            code, out, err = await run_cli("--config", cfg, "health", "--url", url, env=env)
+            assert code == 0, out + err
+            code, out, err = await run_cli(
+                "--config", cfg, "tail", "BTC/USD", "ETH/USD", "--json", "--count", "20",
+                "--url", url, env=env,
+            )  # fmt: skip
+    finally:
+        await sim.stop()
+    assert code == 0, err
+    objs = parse_json_lines(out)
+    assert len(objs) == 20
+    for pair in ("BTC/USD", "ETH/USD"):
+        seqs = [o["seq"] for o in objs if o["pair"] == pair]
+        assert seqs == sorted(set(seqs)), f"{pair}: out of order or repeated {seqs}"
+    assert all(decode_update(o).symbol in ("BTCUSDT", "ETHUSDT") for o in objs)
