@@ -5,8 +5,9 @@ PY        ?= python3
 VENV      := .venv
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
-# System packages the test suite needs (real Redis processes, a real headless browser).
-SYSTEM_PACKAGES := redis-server chromium
+# System packages the test suite needs (real Redis processes, a real headless browser,
+# a real terminal for `tail`'s live table).
+SYSTEM_PACKAGES := redis-server chromium tmux
 
 .PHONY: run test lint typecheck pytest bench clean system-packages venv
 
@@ -26,6 +27,7 @@ system-packages:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v tmux >/dev/null 2>&1 || missing="$$missing tmux"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing system packages:$$missing"; \
