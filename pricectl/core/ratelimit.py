@@ -49,6 +49,8 @@ def _until(deadline: float, now: float) -> float:
 class SlidingWindow:
     """At most ``limit`` events in any half-open interval ``(t - window, t]``.
 
+    Precisely (in floats): an event at ``u`` counts at ``t`` while ``u + window > t``.
+
     An event may happen at ``now`` iff fewer than ``limit`` recorded events are younger
     than ``window``: the oldest of the last ``limit`` must be at least ``window`` old.
     Times passed in must not go backwards (monotonic clock).
@@ -98,7 +100,7 @@ class SlidingWindow:
 
     def count(self, now: float) -> int:
         """Events recorded in the window ending at ``now`` (for metrics)."""
-        return sum(1 for t in self._times if t > now - self.window)
+        return sum(1 for t in self._times if t + self.window > now)
 
 
 class WeightBudget:
