@@ -252,7 +252,7 @@ class Relay:
             if old is None and src is not Source.WS:
                 log.info("relay: %s: starting on %s", pair, src.value)
             elif src is Source.WS:
-                log.info("relay: %s: %s -> ws (live again)", pair, old.value if old else "start")
+                log.info("relay: %s: %s -> ws (live)", pair, old.value if old else "start")
             elif old is not None:
                 why = (
                     "WebSocket breaker open"
