@@ -31,7 +31,9 @@ def command(ctx: click.Context, host: str | None, port: int | None, workers: int
 
     from pricectl.errors import UsageError
 
-    settings = ctx.obj.settings if ctx.obj is not None else _load()
+    from pricectl.config import load_settings
+
+    settings = ctx.obj.settings if ctx.obj is not None else load_settings()
     s = settings.server
     host = host or s.host
     port = s.port if port is None else port
@@ -60,9 +62,3 @@ def command(ctx: click.Context, host: str | None, port: int | None, workers: int
 def _announce(port: int) -> None:
     # One machine-readable line on stdout so scripts (and tests) learn the port.
     click.echo(f"serving on port {port}", err=False)
-
-
-def _load() -> object:
-    from pricectl.config import load_settings
-
-    return load_settings()

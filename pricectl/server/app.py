@@ -242,7 +242,7 @@ def create_app(
     app[UPSTREAM] = upstream
     app[FAULTS] = set()
     app.router.add_get("/", _index)
-    app.router.add_get(STREAM_PATH, stream_handler)
+    app.router.add_get(STREAM_PATH, stream_handler, allow_head=False)
     app.router.add_get("/api/market-data/prices", _prices)
     app.router.add_get("/api/market-data/health", _health)
     app.router.add_get("/api/market-data/config", _config)
