@@ -29,9 +29,8 @@ def command(ctx: click.Context, host: str | None, port: int | None, workers: int
     """
     import asyncio
 
-    from pricectl.errors import UsageError
-
     from pricectl.config import load_settings
+    from pricectl.errors import UsageError
 
     settings = ctx.obj.settings if ctx.obj is not None else load_settings()
     s = settings.server
