@@ -386,6 +386,12 @@ def build_report(
     all_notes = list(notes or [])
     if result.lost_workers:
         all_notes.append(f"{result.lost_workers} loader process(es) ended without a report")
+    late = sum(1 for f in finals if f.get("window_late"))
+    if late:
+        all_notes.append(
+            f"{late} loader process(es) learnt of the window after it opened (machine overloaded):"
+            " early window events may be counted as before it"
+        )
     if expected == 0:
         all_notes.append("no price events in the window: is the server publishing?")
     if probe is not None:

@@ -64,6 +64,9 @@ __all__ = [
 STREAM_PATH = "/api/market-data/stream"
 _FD_MARGIN = 64
 _PROGRESS_EVERY = 0.5
+#: The window opens this long after the parent decides, so every worker knows it before
+#: the first event of the window can arrive (a late worker is reported, not mis-counted).
+_WINDOW_LEAD_NS = 2_000_000_000
 
 
 def stream_target(pairs: list[str], path: str = STREAM_PATH) -> str:
@@ -94,6 +97,9 @@ class Plan:
     drop_at: float | None = None
     #: Reconnect delay when the server gave no ``retry:`` (EventSource's default is 3 s).
     default_retry_ms: int = 3000
+    #: CPUs the loader processes are pinned to (benchmarks: server on one core, loader on
+    #: the other); ``None``: not pinned.
+    cpus: tuple[int, ...] | None = None
 
     @property
     def target(self) -> str:
@@ -466,6 +472,7 @@ class _Worker:
         self.parent_gone = asyncio.Event()
         self.ready_sent = False
         self.cpu_window = 0.0
+        self.window_late = False
         self._prev_window: list[int] = [0] * len(self.stats.window.counts)
 
     def launch(self, client: Client) -> None:
@@ -489,6 +496,7 @@ class _Worker:
             return
         if msg[0] == "window":
             self.window.t0, self.window.t1 = msg[1], msg[2]
+            self.window_late = time.time_ns() > msg[1]
             self.window_set.set()
         elif msg[0] == "stop":
             self.parent_gone.set()
@@ -657,6 +665,7 @@ class _Worker:
             "open_at_end": open_at_end,
             "cpu_s": _cpu_seconds(),
             "cpu_window_s": self.cpu_window,
+            "window_late": self.window_late,
             "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         }
 
@@ -691,6 +700,9 @@ def _cpu_seconds() -> float:
 def _worker_entry(plan: Plan, first: int, count: int, conn: Connection) -> None:
     """A loader process: raise the fd limit, run the clients, report, exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    if plan.cpus:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, plan.cpus)
     raise_nofile_limit(count + _FD_MARGIN)
 
     async def go() -> None:
@@ -800,7 +812,7 @@ def run(
             now = time.monotonic()
             if not t0 and (len(ready) == n or now > ready_deadline):
                 ready_after = now - started
-                t0 = time.time_ns() + 100_000_000
+                t0 = time.time_ns() + _WINDOW_LEAD_NS
                 t1 = t0 + int(plan.duration * 1e9)
                 for c in conns:
                     with contextlib.suppress(OSError):

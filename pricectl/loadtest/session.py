@@ -7,6 +7,7 @@ Options given explicitly win over the scenario's values, which win over defaults
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,9 @@ class Options:
     spawn: bool = False
     redis: str | None = None
     serve_workers: int = 1
+    #: Pin the spawned serve / the loader processes to these CPUs (benchmarks).
+    serve_cpus: tuple[int, ...] | None = None
+    loader_cpus: tuple[int, ...] | None = None
     update_rate: float | None = None
     server_pid: int | None = None
     max_p99_ms: float | None = None
@@ -126,6 +130,9 @@ def _system(o: Options) -> Iterator[tuple[str, int, str, int | None, Spawned | N
         with spawned_system(
             list(o.pairs), o.update_rate, redis_url=o.redis, serve_workers=o.serve_workers
         ) as system:
+            if o.serve_cpus:
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(system.serve_pid, o.serve_cpus)
             yield "127.0.0.1", system.serve_port, STREAM_PATH, system.serve_pid, system
     else:
         assert o.url is not None
@@ -169,6 +176,7 @@ def run_load_test(
             slow_share=scenario.slow_share if scenario else 0.0,
             slow_at=scenario.slow_at if scenario else 0.0,
             drop_at=scenario.drop_at if scenario else None,
+            cpus=o.loader_cpus,
         )
         kill_at = scenario.kill_leader_at if scenario else None
         killed: list[int | None] = []
