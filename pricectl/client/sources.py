@@ -106,7 +106,7 @@ async def exchange_events(
         async with asyncio.timeout(settings.exchange.connect_timeout):
             probe = await connect(combined_url(base, streams), ping_interval=None, proxy=None)
         await probe.close()
-    except (OSError, TimeoutError, Exception) as exc:  # websockets raises several kinds
+    except Exception as exc:  # OSError, TimeoutError, and websockets' handshake errors
         reason = str(exc) or type(exc).__name__
         raise PricectlError(f"cannot connect to the exchange at {base}: {reason}") from None
 

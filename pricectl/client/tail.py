@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -174,7 +175,7 @@ async def run_tail(
         live = LiveBoard(board)
     events = _open(opts, settings, tracker)
     try:
-        with live if live is not None else contextlib.nullcontext():
+        with _quiet_logs(opts), live if live is not None else contextlib.nullcontext():
             await _pump(opts, events, board, writer, result, live)
     except (asyncio.CancelledError, KeyboardInterrupt):
         raise
@@ -224,7 +225,9 @@ async def _pump(
                 continue
             if opts.once:
                 pending.discard(event.update.pair)
-                if not pending or not event.snapshot:
+                # serve and the bus send every snapshot before any live update; the
+                # exchange sends no snapshot, so wait there for each pair's first price.
+                if not pending or (not event.snapshot and opts.source != "binance"):
                     return
                 continue
             result.printed += 1
@@ -263,6 +266,26 @@ def _print_snapshot(opts: TailOptions, board: Board, writer: _Writer, result: Ta
         writer.err.flush()
         if len(missing) == len(opts.pairs):
             result.exit_code = 1
+
+
+@contextlib.contextmanager
+def _quiet_logs(opts: TailOptions) -> Iterator[None]:
+    """Keep library log lines from tearing the live table (the board shows the connection
+    state instead) and from repeating our own status lines in plain/JSON mode."""
+    name, level = ("pricectl", logging.ERROR) if opts.mode == "table" else ("", 0)
+    if opts.mode != "table" and opts.source == "binance":
+        name, level = "pricectl.exchange", logging.WARNING
+    if not name:
+        yield
+        return
+    logger = logging.getLogger(name)
+    before = logger.level
+    if logger.getEffectiveLevel() < level:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 def _label(opts: TailOptions) -> str:
