@@ -35,7 +35,7 @@ async def acquire(url: str, prefix: str, token: str, ttl_ms: int = 10_000) -> Fe
     client = connect_redis(url)
     try:
         epoch = await client.eval(
-            ACQUIRE_SCRIPT, 2, bus_keys.leader(prefix), bus_keys.epoch(prefix), token, ttl_ms, 0
+            ACQUIRE_SCRIPT, 2, bus_keys.leader(prefix), bus_keys.epoch(prefix), token, ttl_ms
         )
     finally:
         await client.aclose()
