@@ -46,6 +46,7 @@ from pricectl.loadtest.wire import (
     StreamReader,
     StreamState,
     build_request,
+    fast_price,
     parse_block,
     price_fields,
 )
@@ -338,6 +339,12 @@ class Client(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         now = time.time_ns()
         reader = self.reader
+        if reader.at_boundary:
+            fast = fast_price(data, reader.chunked)
+            if fast is not None:
+                self.last_id = fast[1].decode()
+                self._event(fast[0], fast[2], fast[3], fast[4], fast[5], now)
+                return
         head = reader.state is StreamState.HEAD
         try:
             blocks = reader.feed(data)
@@ -346,12 +353,6 @@ class Client(asyncio.Protocol):
             return
         if head and reader.state is not StreamState.HEAD and not self._head_done():
             return
-        if not blocks:
-            if reader.state is StreamState.DONE:
-                self._close_after_done()
-            return
-        stats = self.stats
-        win = self.win
         for block in blocks:
             event, ident, retry, payload = parse_block(block)
             if retry is not None:
@@ -363,50 +364,55 @@ class Client(asyncio.Protocol):
             try:
                 pair, ingest_ns, epoch, seq = price_fields(payload)
             except (ValueError, UnicodeDecodeError):
-                stats.error("bad-payload")
+                self.stats.error("bad-payload")
                 continue
-            if event == b"snapshot":
-                self.tracker.check(pair, epoch, seq, snapshot=True)
-                stats.snapshots += 1
-                self.snap_pending -= 1
-                if self.snap_pending == 0:
-                    stats.snapshot_ms.record(
-                        int((self.worker.loop.time() - self.connect_started) * 1000)
-                    )
-                    if self.storm_started:
-                        stats.storm_ms.record(
-                            int((self.worker.loop.time() - self.storm_started) * 1000)
-                        )
-                        self.storm_started = 0.0
-                continue
-            stats.events += 1
-            verdict = self.tracker.check(pair, epoch, seq).verdict
-            if self.last_rx:
-                silence = now - self.last_rx
-                if silence > self.max_silence:
-                    self.max_silence = silence
-            self.last_rx = now
-            if ingest_ns < win.t0:
-                stats.events_pre += 1
-                stats.interval.record(now - ingest_ns)
-                continue
-            if ingest_ns > win.t1:
-                self.caught_up.add(pair)
-                continue
-            if verdict is Verdict.DUPLICATE or verdict is Verdict.OLD_EPOCH:
-                continue
-            stats.window.record(now - ingest_ns)
-            stats.events_window += 1
-            self.events_window += 1
-            r = stats.ranges.get((pair, epoch))
-            if r is None:
-                stats.ranges[(pair, epoch)] = [seq, seq]
-            elif seq > r[1]:
-                r[1] = seq
-            elif seq < r[0]:
-                r[0] = seq
+            self._event(event, pair, ingest_ns, epoch, seq, now)
         if reader.state is StreamState.DONE:
             self._close_after_done()
+
+    def _event(
+        self, event: bytes, pair: str, ingest_ns: int, epoch: int, seq: int, now: int
+    ) -> None:
+        """Account one price or snapshot event received at wall time ``now`` (ns)."""
+        stats = self.stats
+        if event == b"snapshot":
+            self.tracker.check(pair, epoch, seq, snapshot=True)
+            stats.snapshots += 1
+            self.snap_pending -= 1
+            if self.snap_pending == 0:
+                t = self.worker.loop.time()
+                stats.snapshot_ms.record(int((t - self.connect_started) * 1000))
+                if self.storm_started:
+                    stats.storm_ms.record(int((t - self.storm_started) * 1000))
+                    self.storm_started = 0.0
+            return
+        stats.events += 1
+        verdict = self.tracker.check(pair, epoch, seq).verdict
+        if self.last_rx:
+            silence = now - self.last_rx
+            if silence > self.max_silence:
+                self.max_silence = silence
+        self.last_rx = now
+        win = self.win
+        if ingest_ns < win.t0:
+            stats.events_pre += 1
+            stats.interval.record(now - ingest_ns)
+            return
+        if ingest_ns > win.t1:
+            self.caught_up.add(pair)
+            return
+        if verdict is Verdict.DUPLICATE or verdict is Verdict.OLD_EPOCH:
+            return
+        stats.window.record(now - ingest_ns)
+        stats.events_window += 1
+        self.events_window += 1
+        r = stats.ranges.get((pair, epoch))
+        if r is None:
+            stats.ranges[(pair, epoch)] = [seq, seq]
+        elif seq > r[1]:
+            r[1] = seq
+        elif seq < r[0]:
+            r[0] = seq
 
     def _head_done(self) -> bool:
         if self._head_timer is not None:

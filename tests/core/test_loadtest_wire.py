@@ -13,6 +13,7 @@ from pricectl.loadtest.wire import (
     StreamReader,
     StreamState,
     build_request,
+    fast_price,
     parse_block,
     price_fields,
 )
@@ -129,3 +130,32 @@ def test_garbage_is_a_protocol_error() -> None:
     reader = StreamReader()
     with pytest.raises(ProtocolError, match="chunk size"):
         reader.feed(HEAD_CHUNKED + b"zz\r\n")
+
+
+def test_fast_path_agrees_with_the_general_reader() -> None:
+    """fast_price reads one whole event exactly as feed+parse_block+price_fields do."""
+    event = encode_event(_update(9).to_json(), event="price", id="7-27")
+    for chunked, wire in ((True, _chunk(event)), (False, event)):
+        got = fast_price(wire, chunked)
+        assert got == (b"price", b"7-27", "BTC/USD", 1_700_000_000_125_000_009, 7, 9)
+        reader = StreamReader()
+        reader.feed(HEAD_CHUNKED if chunked else HEAD_PLAIN)
+        assert reader.at_boundary and reader.chunked == chunked
+        (block,) = reader.feed(wire)
+        kind, ident, _, data = parse_block(block)
+        assert data is not None
+        assert (kind, ident, *price_fields(data)) == got
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        _chunk(encode_event("{}", event="price", id="1-1")),  # not a price payload
+        _chunk(encode_comment("ping")),  # a heartbeat
+        _chunk(encode_event(_update(1).to_json(), event="price", id="7-3"))[:-5],  # cut short
+        _chunk(encode_event(_update(1).to_json(), event="price", id="7-3")) * 2,  # two events
+    ],
+)
+def test_fast_path_declines_anything_else(wire: bytes) -> None:
+    """fast_price returns None for anything but one whole event, leaving it to the reader."""
+    assert fast_price(wire, True) is None
