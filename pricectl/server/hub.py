@@ -13,17 +13,25 @@ client's transport delivers everything. So on the per-event path:
 * there is no queue and no task per client. A client whose transport is above
   its high-water mark (``server.high_water``; asyncio's flow control calls
   ``pause_writing``) stops getting writes: its updates wait in one pending slot
-  per pair, newest wins (conflation), and go out in one write when it drains. A
-  client unwritable for longer than ``server.write_timeout`` is aborted and counted.
+  per pair, newest wins (conflation), and go out in one write when it drains
+  (``resume_writing``). A client unwritable for longer than ``server.write_timeout``
+  is aborted and counted.
+
+Memory per connection is what the issue's budget is about, so once a stream's
+opening is written the connection belongs to the hub alone: the :class:`Client`
+record (a few slots) *is* the transport's protocol, and aiohttp's request
+handler, request, response and parser for it are released (see
+``stream.py``). What stays per connection is the socket, asyncio's transport and
+this record.
 
 Consumers fence by epoch (DESIGN 3.3): an update whose epoch is below the highest
 seen for its pair is dropped and counted. After a bus :class:`~pricectl.bus.base.Gap`
 the hub re-reads the snapshot and sends every client an ``event: snapshot`` for each
 of its pairs, so a broker blip never leaves a silent gap.
 
-A timer per hub (not per client) sends ``: ping`` every ``server.ping_interval``
-and notices closed connections; a second, short timer runs only while some client
-is conflating.
+A timer per hub (not per client) sends ``: ping`` every ``server.ping_interval``;
+a second timer runs only while some client is conflating, to enforce write_timeout.
+Closed connections are noticed at once (``connection_lost``).
 """
 
 from __future__ import annotations
@@ -32,9 +40,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from pricectl.bus.base import Bus, Gap, Update
 from pricectl.config import Settings
@@ -46,9 +54,11 @@ __all__ = ["Client", "Hub", "frame"]
 
 log = logging.getLogger("pricectl.server.hub")
 
-#: How often conflating clients are checked for having drained (seconds).
-_SWEEP_INTERVAL = 0.01
+#: Longest wait between write_timeout checks while some client is conflating (seconds).
+_SWEEP_INTERVAL = 0.1
 _PING = encode_comment("ping")
+#: The last chunk of a chunked HTTP/1.1 body: a stream the server ends is ended cleanly.
+_LAST_CHUNK = b"0\r\n\r\n"
 
 
 def frame(data: bytes) -> bytes:
@@ -67,35 +77,20 @@ class _Group:
         self.clients: dict[Client, None] = {}
 
 
-class Client:
-    """One open stream: its transport, its group, and the conflation slots when it lags."""
+class Client(asyncio.Protocol):
+    """One open stream, and the protocol of its transport once the opening is written.
 
-    __slots__ = (
-        "blocked_since",
-        "done",
-        "group",
-        "ip",
-        "pending",
-        "protocol",
-        "transport",
-    )
+    Being the protocol is what lets the hub drop aiohttp's per-request objects: flow
+    control (``pause_writing``/``resume_writing``) and ``connection_lost`` come here.
+    """
 
-    def __init__(
-        self,
-        transport: asyncio.Transport,
-        protocol: Any,
-        group: _Group,
-        ip: str,
-        done: asyncio.Future[str],
-    ) -> None:
+    __slots__ = ("blocked_since", "group", "hub", "ip", "pending", "transport")
+
+    def __init__(self, hub: Hub, transport: asyncio.Transport, group: _Group, ip: str) -> None:
+        self.hub = hub
         self.transport = transport
-        #: aiohttp's RequestHandler: ``writing_paused`` is asyncio flow control, and its
-        #: ``transport`` becomes None once the connection is lost.
-        self.protocol = protocol
         self.group = group
         self.ip = ip
-        #: Resolved (with the reason) when the hub ends the stream; the handler awaits it.
-        self.done = done
         #: None while writable; else the newest event bytes per pair, waiting for a drain.
         self.pending: dict[str, bytes] | None = None
         self.blocked_since = 0.0
@@ -104,6 +99,25 @@ class Client:
     def pairs(self) -> frozenset[str]:
         """The pairs this client watches."""
         return self.group.pairs
+
+    def data_received(self, data: bytes) -> None:
+        """Anything a client sends after its request is ignored (the stream is one-way)."""
+
+    def eof_received(self) -> bool | None:
+        """A client that closes its side is gone: close ours (returning None does that)."""
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket went away: unregister at once, not at the next heartbeat."""
+        self.hub.finish(self, "connection lost")
+
+    def pause_writing(self) -> None:
+        """Above the high-water mark: from now on updates wait in the pending slots."""
+        self.hub._paused(self)
+
+    def resume_writing(self) -> None:
+        """Drained below the low-water mark: the pending slots go out in one write."""
+        self.hub._resumed(self)
 
 
 class Hub:
@@ -248,69 +262,67 @@ class Hub:
             self._send(group, frame(data) if group.chunked else data, items)
 
     def _send(self, group: _Group, data: bytes, items: list[tuple[str, bytes]]) -> None:
+        # The hot loop: per client one attribute test and one transport.write. A write
+        # that crosses the high-water mark calls pause_writing right here, which only
+        # sets that client's pending slots (the group's membership does not change while
+        # it is iterated: closed connections are unregistered from a later callback).
         sent = 0
-        dead: list[Client] | None = None
         for client in group.clients:
             pending = client.pending
             if pending is None:
-                protocol = client.protocol
-                if protocol.transport is None:
-                    if dead is None:
-                        dead = []
-                    dead.append(client)
-                    continue
-                if not protocol.writing_paused:
-                    client.transport.write(data)
-                    sent += 1
-                    continue
-                pending = client.pending = {}
-                client.blocked_since = self._clock()
-                self.slow_conflated += 1
-                self._slow[client] = None
-                self._schedule_sweep()
-            for pair, payload in items:
-                pending[pair] = payload
+                client.transport.write(data)
+                sent += 1
+            else:
+                for pair, payload in items:
+                    pending[pair] = payload
         if sent:
             self.events_sent += sent * len(items)
             self.bytes_sent += sent * len(data)
-        if dead:
-            for client in dead:
-                self.finish(client, "connection lost")
 
     # --- slow clients and heartbeats -----------------------------------------------------
 
+    def _paused(self, client: Client) -> None:
+        """``pause_writing``: the client lags; conflate its updates until it drains."""
+        if client.pending is not None or client not in client.group.clients:
+            return
+        client.pending = {}
+        client.blocked_since = self._clock()
+        self.slow_conflated += 1
+        self._slow[client] = None
+        self._schedule_sweep()
+
+    def _resumed(self, client: Client) -> None:
+        """``resume_writing``: the newest update per pair goes out in one write."""
+        pending = client.pending
+        if pending is None:
+            return
+        client.pending = None
+        self._slow.pop(client, None)
+        if pending and client in client.group.clients:
+            data = b"".join(pending.values())
+            out = frame(data) if client.group.chunked else data
+            client.transport.write(out)
+            self.events_sent += len(pending)
+            self.bytes_sent += len(out)
+
     def _schedule_sweep(self) -> None:
         if self._sweep_handle is None and self._loop is not None:
-            self._sweep_handle = self._loop.call_later(_SWEEP_INTERVAL, self._sweep)
+            interval = min(_SWEEP_INTERVAL, max(0.01, self.write_timeout / 5))
+            self._sweep_handle = self._loop.call_later(interval, self._sweep)
 
     def _sweep(self) -> None:
-        """Flush conflating clients that drained; abort those blocked past write_timeout."""
+        """Abort clients that stayed unwritable past write_timeout (runs only while some lag)."""
         self._sweep_handle = None
         now = self._clock()
         for client in list(self._slow):
-            protocol = client.protocol
-            if protocol.transport is None or client.pending is None:
+            if client.pending is None:
                 self._slow.pop(client, None)
-                if protocol.transport is None:
-                    self.finish(client, "connection lost")
-                continue
-            if not protocol.writing_paused:
-                data = b"".join(client.pending.values())
-                n = len(client.pending)
-                client.pending = None
-                self._slow.pop(client, None)
-                if data:
-                    out = frame(data) if client.group.chunked else data
-                    client.transport.write(out)
-                    self.events_sent += n
-                    self.bytes_sent += len(out)
             elif now - client.blocked_since > self.write_timeout:
                 self._slow.pop(client, None)
                 self.slow_dropped += 1
                 log.info(
                     "closing a client unwritable for %.1fs (%s)", self.write_timeout, client.ip
                 )
-                client.transport.abort()
                 self.finish(client, "write timeout")
         if self._slow:
             self._schedule_sweep()
@@ -321,19 +333,14 @@ class Hub:
             self._ping_handle = self._loop.call_later(interval, self._ping)
 
     def _ping(self) -> None:
-        """``: ping`` to every writable client; also reaps connections that went away."""
+        """``: ping`` to every client that is not lagging (a lagging one has bytes queued)."""
         self._schedule_ping()
         framed = frame(_PING)
         for group in list(self._groups.values()):
-            dead: list[Client] = []
+            data = framed if group.chunked else _PING
             for client in group.clients:
-                protocol = client.protocol
-                if protocol.transport is None:
-                    dead.append(client)
-                elif client.pending is None and not protocol.writing_paused:
-                    client.transport.write(framed if group.chunked else _PING)
-            for client in dead:
-                self.finish(client, "connection lost")
+                if client.pending is None:
+                    client.transport.write(data)
 
     # --- clients -------------------------------------------------------------------------
 
@@ -383,25 +390,30 @@ class Hub:
     def attach(
         self,
         transport: asyncio.Transport,
-        protocol: Any,
         pairs: frozenset[str],
         chunked: bool,
         ip: str,
         first: bytes,
     ) -> Client:
-        """Register a stream and write ``first`` to it in the same step (no update in between)."""
+        """Take over ``transport`` (its protocol becomes the returned :class:`Client`),
+        register the stream and write ``first`` in the same step (no update in between).
+        From here on the hub writes to it and ends it; the caller lets go of it."""
         key = (pairs, chunked)
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group(pairs, chunked)
             for pair in pairs:
                 self._by_pair.setdefault(pair, []).append(group)
-        loop = self._loop or asyncio.get_running_loop()
-        client = Client(transport, protocol, group, ip, loop.create_future())
+        ip = sys.intern(ip)  # one string per client address, not one per connection
+        client = Client(self, transport, group, ip)
+        group.clients[client] = None
+        transport.set_protocol(client)
         transport.set_write_buffer_limits(high=self.high_water)
+        if transport.get_write_buffer_size() > self.high_water:
+            # Already behind (flow control told the previous protocol): conflate from now.
+            self._paused(client)
         if first:
             transport.write(frame(first) if chunked else first)
-        group.clients[client] = None
         self.clients += 1
         self.connections_total += 1
         self.peak_clients = max(self.peak_clients, self.clients)
@@ -409,13 +421,25 @@ class Hub:
         return client
 
     def finish(self, client: Client, reason: str) -> None:
-        """End a stream (idempotent): unregister it and wake its handler."""
+        """End a stream (idempotent): unregister it and close its connection.
+
+        ``write timeout`` aborts (nothing more can be written); other reasons end the
+        chunked body cleanly and close once the buffered bytes are out; ``connection
+        lost`` only unregisters.
+        """
         group = client.group
         if client not in group.clients:
             return
         del group.clients[client]
         self._slow.pop(client, None)
         client.pending = None
+        transport = client.transport
+        if reason == "write timeout":
+            transport.abort()
+        elif reason != "connection lost" and not transport.is_closing():
+            if group.chunked:
+                transport.write(_LAST_CHUNK)
+            transport.close()
         self.clients -= 1
         left = self._per_ip.get(client.ip, 1) - 1
         if left:
@@ -430,8 +454,6 @@ class Hub:
                     groups.remove(group)
                     if not groups:
                         del self._by_pair[pair]
-        if not client.done.done():
-            client.done.set_result(reason)
 
     def all_clients(self) -> list[Client]:
         """Every open stream (a copy)."""
@@ -486,9 +508,7 @@ class Hub:
                 continue
             out = frame(data) if group.chunked else data
             for client in list(group.clients):
-                if client.protocol.transport is None:
-                    self.finish(client, "connection lost")
-                elif client.pending is not None:
+                if client.pending is not None:
                     # A lagging client gets the snapshot as its pending slots.
                     for pair in group.pairs:
                         raw = self.latest_raw.get(pair)
@@ -505,7 +525,7 @@ class Hub:
         self.draining = True
         clients = self.all_clients()
         for client in clients:
-            if client.protocol.transport is None:
+            if client.transport.is_closing():
                 continue
             goodbye = b": server restarting\nretry: %d\n\n" % self.retry_ms()
             client.transport.write(frame(goodbye) if client.group.chunked else goodbye)
