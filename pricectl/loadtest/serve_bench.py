@@ -89,25 +89,64 @@ def probe_connects(port: int, path: str, count: int, timeout: float = 10.0) -> l
     return out
 
 
-def _sseload(binary: str, port: int, path: str, clients: int, ramp: float, duration: float,
-             tmp: Path, cpus: str | None) -> tuple[subprocess.Popen[bytes], Path, Path]:
+def _sseload(
+    binary: str,
+    port: int,
+    path: str,
+    clients: int,
+    ramp: float,
+    duration: float,
+    tmp: Path,
+    cpus: str | None,
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
     ready, out = tmp / "ready", tmp / "out.json"
-    cmd = [binary, "-p", str(port), "-u", path, "-n", str(clients), "-r", f"{ramp:g}",
-           "-d", f"{duration:g}", "-T", "30", "-S", "4", "-k", "ingest_ns",
-           "-R", str(ready), "-J", str(out), "-q"]  # fmt: skip
+    cmd = [
+        binary,
+        "-p",
+        str(port),
+        "-u",
+        path,
+        "-n",
+        str(clients),
+        "-r",
+        f"{ramp:g}",
+        "-d",
+        f"{duration:g}",
+        "-T",
+        "30",
+        "-S",
+        "4",
+        "-k",
+        "ingest_ns",
+        "-R",
+        str(ready),
+        "-J",
+        str(out),
+        "-q",
+    ]
     if cpus:
         cmd = ["taskset", "-c", cpus, *cmd]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL), ready, out
 
 
-def _measure(pid: int, port: int, path: str, binary: str, clients: int, ramp: float,
-             duration: float, extra: int, loader_cpus: str | None,
-             published: Any) -> dict[str, Any]:  # fmt: skip
+def _measure(
+    pid: int,
+    port: int,
+    path: str,
+    binary: str,
+    clients: int,
+    ramp: float,
+    duration: float,
+    extra: int,
+    loader_cpus: str | None,
+    published: Any,
+) -> dict[str, Any]:
     """Run the loader against ``port`` and sample the server process ``pid`` around its window."""
     base = sample_process_tree(pid)
     with tempfile.TemporaryDirectory() as d:
-        proc, ready, out = _sseload(binary, port, path, clients, ramp, duration, Path(d),
-                                    loader_cpus)  # fmt: skip
+        proc, ready, out = _sseload(
+            binary, port, path, clients, ramp, duration, Path(d), loader_cpus
+        )
         limit = time.monotonic() + clients / ramp + 60
         while not ready.exists():
             if proc.poll() is not None or time.monotonic() > limit:
@@ -151,8 +190,19 @@ def _redis() -> Iterator[str]:
     port = free_port()
     with tempfile.TemporaryDirectory() as d:
         proc = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", d],  # fmt: skip
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                d,
+            ],
             stdout=subprocess.DEVNULL,
         )
         try:
@@ -162,14 +212,16 @@ def _redis() -> Iterator[str]:
             proc.wait(timeout=10)
 
 
-def run_case(binary: str, clients: int, workers: int, duration: float, ramp: float,
-             extra: int) -> dict[str, Any]:  # fmt: skip
+def run_case(
+    binary: str, clients: int, workers: int, duration: float, ramp: float, extra: int
+) -> dict[str, Any]:
     """One pricectl serve run: 1 worker pinned to CPU 0 (loader on 1), or N unpinned."""
     with contextlib.ExitStack() as stack:
         redis_url = stack.enter_context(_redis()) if workers > 1 else None
         system = stack.enter_context(
-            spawned_system(["BTC/USD"], RATE, redis_url=redis_url, ingest_processes=1,
-                           serve_workers=workers)  # fmt: skip
+            spawned_system(
+                ["BTC/USD"], RATE, redis_url=redis_url, ingest_processes=1, serve_workers=workers
+            )
         )
         port = system.serve_port
         pinned = workers == 1 and (os.cpu_count() or 1) >= 2
@@ -183,8 +235,18 @@ def run_case(binary: str, clients: int, workers: int, duration: float, ramp: flo
             m = read_metrics(f"http://127.0.0.1:{port}/metrics")
             return m.get("pricectl_updates_received_total", 0.0)
 
-        row = _measure(system.serve_pid, port, STREAM, binary, clients, ramp, duration, extra,
-                       "1" if pinned else None, published)  # fmt: skip
+        row = _measure(
+            system.serve_pid,
+            port,
+            STREAM,
+            binary,
+            clients,
+            ramp,
+            duration,
+            extra,
+            "1" if pinned else None,
+            published,
+        )
         row["server"] = f"pricectl serve, {workers} worker{'s' if workers > 1 else ''}"
         return row
 
@@ -220,8 +282,7 @@ def nchan_server() -> Iterator[tuple[int, int, Any]]:
     with tempfile.TemporaryDirectory() as d:
         conf = Path(d, "nginx.conf")
         conf.write_text(_NGINX_CONF.format(module=NCHAN_MODULE, dir=d, port=port))
-        master = subprocess.Popen(["nginx", "-c", str(conf), "-p", d],
-                                  stderr=subprocess.DEVNULL)  # fmt: skip
+        master = subprocess.Popen(["nginx", "-c", str(conf), "-p", d], stderr=subprocess.DEVNULL)
         stop = threading.Event()
         count = [0]
 
@@ -229,8 +290,9 @@ def nchan_server() -> Iterator[tuple[int, int, Any]]:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             next_at = time.monotonic()
             while not stop.is_set():
-                body = json.dumps({"ingest_ns": time.time_ns(), "seq": count[0] + 1,
-                                   "pad": "x" * 200})  # fmt: skip
+                body = json.dumps(
+                    {"ingest_ns": time.time_ns(), "seq": count[0] + 1, "pad": "x" * 200}
+                )
                 with contextlib.suppress(OSError, http.client.HTTPException):
                     conn.request("POST", "/pub", body=body)
                     conn.getresponse().read()
@@ -242,8 +304,9 @@ def nchan_server() -> Iterator[tuple[int, int, Any]]:
         try:
             deadline = time.monotonic() + 10
             while True:
-                with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", port), timeout=1
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", port), timeout=1),
                 ):
                     break
                 if time.monotonic() > deadline or master.poll() is not None:
@@ -264,13 +327,13 @@ def nchan_server() -> Iterator[tuple[int, int, Any]]:
                 master.kill()
 
 
-def run_nchan(binary: str, clients: int, duration: float, ramp: float,
-              extra: int) -> dict[str, Any]:  # fmt: skip
+def run_nchan(
+    binary: str, clients: int, duration: float, ramp: float, extra: int
+) -> dict[str, Any]:
     """The anchor: nginx + nchan, worker pinned to CPU 0, loader on CPU 1."""
     with nchan_server() as (port, worker, published):
         _pin(worker, {0})
-        row = _measure(worker, port, "/sub", binary, clients, ramp, duration, extra, "1",
-                       published)  # fmt: skip
+        row = _measure(worker, port, "/sub", binary, clients, ramp, duration, extra, "1", published)
         row["server"] = "nginx + nchan 1.3.6, one worker"
         return row
 
