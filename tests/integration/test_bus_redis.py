@@ -10,6 +10,7 @@ import pytest
 from pricectl.bus import Fence, Gap, Update, open_bus
 from pricectl.bus import keys as bus_keys
 from pricectl.bus.leader import ACQUIRE_SCRIPT
+from pricectl.bus.publisher import Publisher
 from pricectl.bus.redis import RedisBus, connect_redis
 from pricectl.core.backoff import BackoffPolicy
 from pricectl.core.ticks import PriceUpdate
@@ -199,3 +200,37 @@ async def test_close_ends_a_subscription(redis_server: RedisServer) -> None:
     await bus.close()
     with pytest.raises(StopAsyncIteration):
         await pending
+
+
+async def test_publisher_coalesces_updates_that_arrive_together(redis_server: RedisServer) -> None:
+    """Updates submitted while a publish is in flight go out together: far fewer script calls
+    than updates, all delivered in order; a lost fence surfaces as FencedError from run()."""
+    bus = await open_redis_bus(redis_server.url)
+    try:
+        fence = await acquire(redis_server.url, "", "leader")
+        sub = bus.subscribe(["BTC/USD"])
+        assert await next_event(sub) == Gap("subscribed")
+        publisher = Publisher(bus, fence)
+        writer = asyncio.create_task(publisher.run())
+        for i in range(1, 501):
+            publisher.submit(tick("BTC/USD", str(i), fence.epoch, i))
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+        async with asyncio.timeout(5 * UNIT):
+            await publisher.flush()
+        assert publisher.published == 500 and publisher.batches < 50
+        seqs = []
+        while len(seqs) < 500:
+            event = await next_event(sub)
+            assert isinstance(event, Update)
+            seqs.append(event.update.seq)
+        assert seqs == list(range(1, 501))
+        client = connect_redis(redis_server.url)
+        await client.delete(bus_keys.leader(""))
+        await client.aclose()
+        publisher.submit(tick("BTC/USD", "x", fence.epoch, 501))
+        with pytest.raises(FencedError):
+            async with asyncio.timeout(5 * UNIT):
+                await writer
+    finally:
+        await bus.close()
