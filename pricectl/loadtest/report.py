@@ -376,6 +376,11 @@ def build_report(
             r[1] = max(r[1], hi)
         cpu_window += float(f["cpu_window_s"])
         maxrss += int(f["maxrss_kb"])
+    cpu_share = sum(
+        float(f["cpu_window_s"]) / float(f["wall_window_s"])
+        for f in finals
+        if f.get("wall_window_s")
+    )
     per_client = sum(hi - lo + 1 for lo, hi in spans.values())
     expected = per_client * tot.get("fast_clients", 0)
     delivered = tot.get("fast_events_window", 0)
@@ -431,7 +436,9 @@ def build_report(
         slow_clients=tot.get("slow_clients", 0),
         loader={
             "cpu_window_s": cpu_window,
-            "cpu_pct": 100.0 * cpu_window / duration if duration else 0.0,
+            # CPU over the wall time each worker really measured: an overloaded worker
+            # wakes late and measures a shorter stretch than the window.
+            "cpu_pct": 100.0 * cpu_share,
             "us_per_event": 1e6 * cpu_window / events_window if events_window else 0.0,
             "maxrss_kb": maxrss,
         },

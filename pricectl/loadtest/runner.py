@@ -478,6 +478,7 @@ class _Worker:
         self.parent_gone = asyncio.Event()
         self.ready_sent = False
         self.cpu_window = 0.0
+        self.wall_window = 0.0
         self.window_late = False
         self._prev_window: list[int] = [0] * len(self.stats.window.counts)
 
@@ -594,9 +595,10 @@ class _Worker:
                 fast = [c for c in self.clients if not slow_every(c.index)]
                 actions.append(self.loop.call_later(start_in + plan.drop_at, _each, fast, "drop"))
             await _first(asyncio.sleep(start_in), self.parent_gone.wait())
-            cpu0 = _cpu_seconds()
+            cpu0, wall0 = _cpu_seconds(), time.monotonic()
             await _first(asyncio.sleep((w.t1 - time.time_ns()) / 1e9), self.parent_gone.wait())
             self.cpu_window = _cpu_seconds() - cpu0
+            self.wall_window = time.monotonic() - wall0
             drain_end = self.loop.time() + plan.drain_timeout
             while self.loop.time() < drain_end and not self.parent_gone.is_set():
                 if all(
@@ -672,6 +674,7 @@ class _Worker:
             "cpu_s": _cpu_seconds(),
             "cpu_window_s": self.cpu_window,
             "window_late": self.window_late,
+            "wall_window_s": self.wall_window,
             "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         }
 

@@ -170,6 +170,8 @@ def _measure(
         "established": result["established"],
         "delivered": events / expected if expected else 0.0,
         "gaps": result["seq_gaps"],
+        "min_per_conn": result["per_conn_events_min"],
+        "expected_per_conn": pub1 - pub0,
         "closed": result["closed_by_server"],
         "p50": result["latency_ms"]["p50"],
         "p99": result["latency_ms"]["p99"],
@@ -357,7 +359,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         out.append(
-            f"| {r['server']} | {r['clients']:,} | {r['runs']} "
+            f"| {r['server']} | {int(r['clients']):,} | {r['runs']} "
             f"| {100 * r['delivered']:.2f} % ({100 * r['delivered_min']:.2f} %) "
             f"| {r['gaps']:.0f} | {r['p50']:.0f} | {r['p99']:.0f} ({r['p99_all']}) "
             f"| {r['server_cpu_pct']:.0f} % | {r['us_per_event']:.2f} | {r['kb_per_conn']:.1f} "
