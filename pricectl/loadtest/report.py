@@ -174,7 +174,7 @@ class Thresholds:
         if self.min_delivery is not None and report.delivery < self.min_delivery:
             out.append(
                 f"delivery {report.delivery:.5f} < --min-delivery {self.min_delivery:g} "
-                f"({report.events_window} of {report.events_expected} events)"
+                f"({report.events_delivered} of {report.events_expected} events)"
             )
         if self.max_gaps is not None and report.gaps > self.max_gaps:
             out.append(
@@ -229,6 +229,7 @@ class Report:
     open_at_end: int
     events: int
     events_window: int
+    events_delivered: int
     events_expected: int
     events_per_s: float
     delivery: float
@@ -283,8 +284,9 @@ class Report:
             f"connect       p50={self.connect_ms['p50']:.0f} ms p99={self.connect_ms['p99']:.0f} ms"
             f"  time to snapshot p50={self.snapshot_ms['p50']:.0f} ms "
             f"p99={self.snapshot_ms['p99']:.0f} ms",
-            f"events        {self.events_window} in window ({self.events_per_s:,.0f}/s) of "
-            f"{self.events_expected} expected: delivery {self.delivery:.5f}",
+            f"events        {self.events_window} in window ({self.events_per_s:,.0f}/s); "
+            f"delivered {self.events_delivered} of {self.events_expected} expected: "
+            f"delivery {self.delivery:.5f}",
             f"latency       p50={lat['p50']:.2f} p90={lat['p90']:.2f} p99={lat['p99']:.2f} "
             f"p99.9={lat['p999']:.2f} max={lat['max']:.2f} ms (n={int(lat['n'])})",
             f"sequence      gaps={self.gaps} (missing {self.missing}) duplicates={self.duplicates}"
@@ -295,7 +297,7 @@ class Report:
         if self.storm_reconnect_ms is not None and self.storm_reconnect_ms["n"]:
             s = self.storm_reconnect_ms
             out.append(
-                f"storm         back with a snapshot after drop: p50={s['p50']:.0f} "
+                f"storm         reconnected after the drop: p50={s['p50']:.0f} "
                 f"p99={s['p99']:.0f} max={s['max']:.0f} ms (n={int(s['n'])})"
             )
         if self.slow_clients:
@@ -420,6 +422,7 @@ def build_report(
         open_at_end=tot.get("open_at_end", 0),
         events=tot.get("events", 0),
         events_window=events_window,
+        events_delivered=delivered,
         events_expected=expected,
         events_per_s=events_window / duration if duration else 0.0,
         delivery=delivery,

@@ -382,9 +382,6 @@ class Client(asyncio.Protocol):
             if self.snap_pending == 0:
                 t = self.worker.loop.time()
                 stats.snapshot_ms.record(int((t - self.connect_started) * 1000))
-                if self.storm_started:
-                    stats.storm_ms.record(int((t - self.storm_started) * 1000))
-                    self.storm_started = 0.0
             return
         stats.events += 1
         verdict = self.tracker.check(pair, epoch, seq).verdict
@@ -433,6 +430,9 @@ class Client(asyncio.Protocol):
                 self._reconnect_later()
             return False
         self.stats.established += 1
+        if self.storm_started:  # back after the drop: resumed (replay) or snapshot
+            self.stats.storm_ms.record(int((self.worker.loop.time() - self.storm_started) * 1000))
+            self.storm_started = 0.0
         self.stats.connect_ms.record(int((self.worker.loop.time() - self.connect_started) * 1000))
         self.worker.settled(self)
         if self.slow and self.transport is not None:
