@@ -128,8 +128,9 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
 class AccessLogger(AbstractAccessLogger):
     """One structured line per request on ``pricectl.access``.
 
-    Streams log once, when they end (never per event), at debug level when they
-    were served normally: at 10,000 clients a line per connection is noise.
+    Streams log once, when the hub takes them over after the opening (never per
+    event; the hub then owns the connection, see stream.py), at debug level when
+    they were accepted: at 10,000 clients a line per connection is noise.
     """
 
     def log(self, request: Any, response: Any, time: float) -> None:
