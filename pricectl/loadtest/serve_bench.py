@@ -64,6 +64,25 @@ def _pin(pid: int, cpus: set[int]) -> None:
             todo.extend(int(c) for c in f.read().split())
 
 
+def _core_busy(cpus: set[int] | None) -> float:
+    """Busy seconds (everything but idle and iowait, softirq included) of ``cpus`` so far.
+
+    The process's own utime + stime leave out the loopback network work that the
+    kernel hands to ksoftirqd once a core is saturated; the pinned core's busy time
+    does not (it also counts anything else that ran there, so the machine must be quiet).
+    """
+    if not cpus:
+        return 0.0
+    total = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                ticks = [int(x) for x in fields]
+                total += sum(ticks) - ticks[3] - ticks[4]
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def probe_connects(port: int, path: str, count: int, timeout: float = 10.0) -> list[float]:
     """Milliseconds for each of ``count`` new clients, one after another, from connect to
     the end of the response headers (the server accepted and answered the stream)."""
@@ -140,6 +159,7 @@ def _measure(
     extra: int,
     loader_cpus: str | None,
     published: Any,
+    core: set[int] | None = None,
 ) -> dict[str, Any]:
     """Run the loader against ``port`` and sample the server process ``pid`` around its window."""
     base = sample_process_tree(pid)
@@ -153,12 +173,12 @@ def _measure(
                 proc.kill()
                 raise RuntimeError(f"loader ended before its window (status {proc.poll()})")
             time.sleep(0.01)
-        start, pub0 = sample_process_tree(pid), published()
+        start, pub0, core0 = sample_process_tree(pid), published(), _core_busy(core)
         t0 = time.monotonic()
         time.sleep(duration / 2)
         connects = probe_connects(port, path, extra)
         time.sleep(max(0.0, t0 + duration - time.monotonic()))
-        end, pub1 = sample_process_tree(pid), published()
+        end, pub1, core1 = sample_process_tree(pid), published(), _core_busy(core)
         proc.wait(timeout=duration + 120)
         result: dict[str, Any] = json.loads(out.read_text())
     assert base is not None and start is not None and end is not None
@@ -179,6 +199,8 @@ def _measure(
         "events_per_s": result["events_per_s_window"],
         "server_cpu_pct": 100 * cpu / (end.at - start.at),
         "us_per_event": 1e6 * cpu / max(1, events),
+        "core_busy_pct": 100 * (core1 - core0) / (end.at - start.at) if core else float("nan"),
+        "core_us_per_event": 1e6 * (core1 - core0) / max(1, events) if core else float("nan"),
         "kb_per_conn": (start.rss_bytes - base.rss_bytes) / 1024 / max(1, result["established"]),
         "connect_ms": statistics.median(connects) if connects else float("nan"),
         "connect_max_ms": max(connects) if connects else float("nan"),
@@ -248,6 +270,7 @@ def run_case(
             extra,
             "1" if pinned else None,
             published,
+            {0} if pinned else None,
         )
         row["server"] = f"pricectl serve, {workers} worker{'s' if workers > 1 else ''}"
         return row
@@ -256,11 +279,11 @@ def run_case(
 _NGINX_CONF = """
 load_module {module};
 worker_processes 1;
-worker_rlimit_nofile 20000;
+worker_rlimit_nofile 40000;
 daemon off;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
-events {{ worker_connections 20000; multi_accept on; }}
+events {{ worker_connections 40000; multi_accept on; }}
 http {{
   access_log off;
   client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;
@@ -335,7 +358,9 @@ def run_nchan(
     """The anchor: nginx + nchan, worker pinned to CPU 0, loader on CPU 1."""
     with nchan_server() as (port, worker, published):
         _pin(worker, {0})
-        row = _measure(worker, port, "/sub", binary, clients, ramp, duration, extra, "1", published)
+        row = _measure(
+            worker, port, "/sub", binary, clients, ramp, duration, extra, "1", published, {0}
+        )
         row["server"] = "nginx + nchan 1.3.6, one worker"
         return row
 
@@ -354,15 +379,16 @@ def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def _table(rows: list[dict[str, Any]]) -> str:
     out = [
         "| server | clients | runs | delivered (min) | gaps | p50 ms | p99 ms (each run) "
-        "| server CPU | µs/event | KB/conn | new client ms (max) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server CPU | µs/event | core busy | core µs/event | KB/conn | new client ms (max) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         out.append(
             f"| {r['server']} | {int(r['clients']):,} | {r['runs']} "
             f"| {100 * r['delivered']:.2f} % ({100 * r['delivered_min']:.2f} %) "
             f"| {r['gaps']:.0f} | {r['p50']:.0f} | {r['p99']:.0f} ({r['p99_all']}) "
-            f"| {r['server_cpu_pct']:.0f} % | {r['us_per_event']:.2f} | {r['kb_per_conn']:.1f} "
+            f"| {r['server_cpu_pct']:.0f} % | {r['us_per_event']:.2f} "
+            f"| {r['core_busy_pct']:.0f} % | {r['core_us_per_event']:.2f} | {r['kb_per_conn']:.1f} "
             f"| {r['connect_ms']:.0f} ({r['connect_max_ms']:.0f}) |"
         )
     return "\n".join(out) + "\n"
