@@ -30,7 +30,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -44,7 +44,7 @@ from pricectl.exchange.binance_rest import BinanceRest
 from pricectl.exchange.binance_ws import BatchCallback, BinanceWS
 from pricectl.logs import RateLimitedLog
 
-__all__ = ["Relay", "WSFactory", "run_embedded"]
+__all__ = ["Relay", "WSFactory", "lead", "run_embedded"]
 
 log = logging.getLogger("pricectl.relay")
 
@@ -137,6 +137,14 @@ class Relay:
         await self._publish(updates)
         log.info("relay: published a REST snapshot of %d pairs", len(updates))
         return len(updates)
+
+    def seed(self, updates: Iterable[PriceUpdate]) -> None:
+        """Remember last values from elsewhere (a standby's warm bus snapshot) so the cache
+        stage has a price to re-publish, marked stale, if both WS and REST fail right after
+        a takeover. Values the relay already has win."""
+        for u in updates:
+            if u.pair in self.cascade.pairs:
+                self._last.setdefault(u.pair, u)
 
     async def _cascade_loop(self) -> None:
         cascade = self.cascade
@@ -346,6 +354,18 @@ async def run_embedded(
     relay = Relay(settings, bus, fence)
     if on_relay is not None:
         on_relay(relay)
+    await lead(relay)
+
+
+async def lead(relay: Relay) -> None:
+    """One term of leadership for ``relay``: check pairs, REST snapshot, then live; until
+    cancelled. Closes the relay when it ends.
+
+    Used by :func:`run_embedded` and by each term of ``pricectl ingest``. An unknown or
+    non-trading pair raises :class:`~pricectl.errors.UnknownPairError`; an exchange that
+    cannot be reached is logged and checked again in the background while the relay runs
+    (serving cache/stale). :class:`~pricectl.errors.FencedError` propagates at once.
+    """
     try:
         pending_error: str | None = None
         try:
@@ -359,7 +379,7 @@ async def run_embedded(
         try:
             async with asyncio.TaskGroup() as tg:
                 if pending_error is not None:
-                    tg.create_task(_validate_until_ok(relay.rest, settings, pending_error))
+                    tg.create_task(_validate_until_ok(relay.rest, relay.settings, pending_error))
                 tg.create_task(relay.run(), name="relay")
         except BaseExceptionGroup as group:
             raise _unwrap(group) from None

@@ -1,0 +1,30 @@
+"""``pricectl ingest``: one candidate of the leader-elected exchange relay (needs Redis).
+
+Thin glue over :func:`pricectl.ingest.run_ingest`.
+"""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["command"]
+
+
+@click.command(name="ingest")
+@click.pass_context
+def command(ctx: click.Context) -> None:
+    """Relay the exchange into Redis: leader-elected, run as many as you like.
+
+    Every instance competes for the lease in Redis (bus.url / REDIS_URL, redis://...);
+    the leader holds the one exchange connection and publishes, the others wait warm
+    and take over within leader.ttl if it dies, at once if it is stopped. SIGTERM or
+    Ctrl-C releases the lease and exits 0.
+    """
+    import asyncio
+
+    from pricectl.config import load_settings
+    from pricectl.ingest import check_bus, run_ingest
+
+    settings = ctx.obj.settings if ctx.obj is not None else load_settings()
+    check_bus(settings)
+    asyncio.run(run_ingest(settings))
