@@ -138,16 +138,22 @@ class Ingest:
         self.relay = relay
         try:
             await lead(relay)
-        except FencedError as exc:
-            self.fenced += 1
-            self.leader.lost(f"fenced by redis: {exc}")
+        except (FencedError, ConfigError) as exc:
+            # A TaskGroup that ends with a child's error drops a cancel aimed at us (the
+            # Leader stepping down at the same moment): honour it, or step-down would wait
+            # for us forever.
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError from exc
+            if isinstance(exc, FencedError):
+                self.fenced += 1
+                self.leader.lost(f"fenced by redis: {exc}")
+            else:
+                log.error("ingest: %s; stopping", exc)
+                self._fatal = exc
+                if self._stop is not None:
+                    self._stop.set()
             await asyncio.Event().wait()  # the Leader cancels us as it steps down
-        except ConfigError as exc:
-            log.error("ingest: %s; stopping", exc)
-            self._fatal = exc
-            if self._stop is not None:
-                self._stop.set()
-            await asyncio.Event().wait()
         finally:
             self.relay = None
             self._standby.set()
