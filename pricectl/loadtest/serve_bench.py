@@ -378,13 +378,14 @@ def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| server | clients | runs | delivered (min) | gaps | p50 ms | p99 ms (each run) "
-        "| server CPU | µs/event | core busy | core µs/event | KB/conn | new client ms (max) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server | clients | runs | events/s | delivered (min) | gaps | p50 ms "
+        "| p99 ms (each run) | server CPU | µs/event | core busy | core µs/event | KB/conn "
+        "| new client ms (max) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         out.append(
-            f"| {r['server']} | {int(r['clients']):,} | {r['runs']} "
+            f"| {r['server']} | {int(r['clients']):,} | {r['runs']} | {r['events_per_s']:,.0f} "
             f"| {100 * r['delivered']:.2f} % ({100 * r['delivered_min']:.2f} %) "
             f"| {r['gaps']:.0f} | {r['p50']:.0f} | {r['p99']:.0f} ({r['p99_all']}) "
             f"| {r['server_cpu_pct']:.0f} % | {r['us_per_event']:.2f} "
@@ -417,7 +418,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sseload", default=None, help="path to shared/bench/sseload.c")
     ap.add_argument("--json", type=Path, default=None, help="append every run here")
     ap.add_argument("--out", type=Path, default=None, help="docs/benchmarks.md to update")
+    ap.add_argument(
+        "--from-json", type=Path, default=None, help="no runs: tabulate runs saved by --json"
+    )
     args = ap.parse_args(argv)
+    if args.from_json:
+        saved: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for line in args.from_json.read_text().splitlines():
+            run = json.loads(line)
+            saved.setdefault((run["server"], run["clients"]), []).append(run)
+        table = _table([_median_row(runs) for runs in saved.values()])
+        print(table)
+        if args.out:
+            cmd = "python -m pricectl.loadtest.serve_bench " + " ".join(argv or sys.argv[1:])
+            write_section(
+                args.out, _section(table, dt.datetime.now(dt.UTC), os.getloadavg()[0], cmd)
+            )
+        return 0
     source = Path(args.sseload) if args.sseload else _find_sseload()
     if source is None or not shutil.which("gcc"):
         print("serve_bench: needs gcc and shared/bench/sseload.c", file=sys.stderr)
