@@ -1,4 +1,4 @@
-"""Failover gap of ``pricectl ingest`` under SIGKILL of the leader (issue 4's benchmark).
+"""Failover gap of ``pricectl ingest`` under SIGKILL (or SIGTERM) of the leader (issue 4).
 
 Run ``python -m pricectl.loadtest.failover_bench`` (about 20 s a run with the default
 lease: ttl 15 s, renew_deadline 10 s, retry 2 s). It starts a private redis-server, the
@@ -12,7 +12,8 @@ The gap with SIGKILL is bounded by the lease: the key outlives its holder by up 
 ``ttl`` (less the time since the last renew, at most ``retry``), then a standby notices
 at its next jittered poll (``retry`` to ``1.5 * retry``) and publishes its REST snapshot.
 Expect ``ttl - retry`` to ``ttl + 1.5 * retry`` (13 to 18 s with the defaults).
-``--ttl/--renew-deadline/--retry`` change the lease for the run.
+``--ttl/--renew-deadline/--retry`` change the lease for the run; ``--signal TERM``
+measures a graceful handover (release and announce) instead.
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ async def run_failovers(
     lease: dict[str, str],
     folder: str,
     on_run: object = print,
+    sig: int = signal.SIGKILL,
 ) -> list[float]:
-    """``runs`` SIGKILL failovers; the gap of each, in seconds."""
+    """``runs`` failovers by sending ``sig`` to the leader; the gap of each, in seconds."""
     with _private_redis(folder) as url:
         sim = Simulator(symbols=("BTCUSDT", "ETHUSDT"), trade_rate=rate)
         await sim.start()
@@ -141,7 +143,7 @@ async def run_failovers(
                 mark = len(seen)
                 await _until(lambda m=mark: len(seen) > m + 10, 30)  # flowing right now
                 old = seen[-1][1]
-                victim.send_signal(signal.SIGKILL)
+                victim.send_signal(sig)
                 victim.wait()
                 await _until(lambda o=old: seen[-1][1] > o, 60)
                 last_old = max(t for t, e in seen if e == old)
@@ -182,6 +184,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ttl", help="leader.ttl (default 15s)")
     parser.add_argument("--renew-deadline", help="leader.renew_deadline (default 10s)")
     parser.add_argument("--retry", help="leader.retry (default 2s)")
+    parser.add_argument(
+        "--signal",
+        choices=["KILL", "TERM"],
+        default="KILL",
+        help="KILL: a crash (takeover after the ttl); TERM: a release",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the ingest logs")
     args = parser.parse_args(argv)
     lease = {
@@ -195,10 +203,18 @@ def main(argv: list[str] | None = None) -> None:
     }
     folder = tempfile.mkdtemp(prefix="pricectl-failover-")
     gaps = asyncio.run(
-        run_failovers(args.runs, args.candidates, args.rate, lease, folder, on_run=print)
+        run_failovers(
+            args.runs,
+            args.candidates,
+            args.rate,
+            lease,
+            folder,
+            on_run=print,
+            sig=getattr(signal, f"SIG{args.signal}"),
+        )
     )
     print(
-        f"failover gap over {len(gaps)} SIGKILL runs "
+        f"failover gap over {len(gaps)} SIG{args.signal} runs "
         f"({', '.join(f'{k}={v}' for k, v in lease.items()) or 'default lease'}): "
         f"median {statistics.median(gaps):.2f}s, min {min(gaps):.2f}s, max {max(gaps):.2f}s"
     )

@@ -143,7 +143,9 @@ class Cluster:
                 p.wait(timeout=5)
 
     def dump(self) -> str:
-        return "\n".join(f"--- ingest-{i} ---\n{self.log(p)[-3000:]}" for i, p in enumerate(self.procs))
+        return "\n".join(
+            f"--- ingest-{i} ---\n{self.log(p)[-3000:]}" for i, p in enumerate(self.procs)
+        )
 
 
 @dataclass
@@ -263,7 +265,7 @@ async def test_one_exchange_connection_and_updates_flow(
 async def test_sigterm_hands_over_within_two_seconds(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    """SIGTERM with the default 2 s retry: the lease is released and a standby publishes in < 2 s."""
+    """SIGTERM, default 2 s retry: the lease is released and a standby publishes within 2 s."""
     async with system(tmp_path, redis_server) as s:
         old = await s.leader()
         await s.flowing(20)
@@ -313,9 +315,7 @@ async def test_stalled_leader_is_fenced_and_steps_down(
         old_epoch = s.consumer.newest_epoch()
         old.send_signal(signal.SIGSTOP)
         try:
-            await until(
-                lambda: s.consumer.newest_epoch() > old_epoch, 10, "a new leader's updates"
-            )
+            await until(lambda: s.consumer.newest_epoch() > old_epoch, 10, "a new leader's updates")
             new_epoch = s.consumer.newest_epoch()
             # Watch every command Redis runs while the old leader wakes up.
             monitor = connect_redis(s.redis.url)
