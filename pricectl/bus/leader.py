@@ -298,6 +298,11 @@ class Leader:
             self.since = None
             self.last_step_down = reason
             log.warning("stepped down (epoch %d): %s", epoch, reason)
+            # The suppress above must not swallow a cancel of run() itself that
+            # arrived while we waited for the term to stop: pass it on.
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise asyncio.CancelledError
         if reason in ("relay ended", "relay failed"):
             await self.release()
 
