@@ -39,6 +39,7 @@ from pricectl.client.sse import (
     describe_error,
     stream_url,
 )
+from pricectl.core.health import judge, pair_state
 from pricectl.core.sse import SSEDecoder
 from pricectl.core.ticks import PriceUpdate, decode_update
 
@@ -101,45 +102,11 @@ def pair_states(
 ) -> dict[str, dict[str, Any]]:
     """Per pair: age (seconds, from ``ingest_ns``/``event_ms`` to wall-clock ``now``),
     source, stale (the update's flag or older than ``stale_after``), price, epoch, seq."""
-    out: dict[str, dict[str, Any]] = {}
-    for pair, update in latest.items():
-        if update is None:
-            out[pair] = {"age_s": None, "source": None, "stale": True, "price": None}
-            continue
-        stamp = update.ingest_ns / 1e9 if update.ingest_ns else update.event_ms / 1000.0
-        age = max(0.0, now - stamp)
-        out[pair] = {
-            "age_s": round(age, 3),
-            "source": update.source,
-            "stale": bool(update.stale or age > stale_after),
-            "price": update.price,
-            "epoch": update.epoch,
-            "seq": update.seq,
-        }
-    return out
+    return {pair: pair_state(update, stale_after, now) for pair, update in latest.items()}
 
 
-def status_for(
-    pairs: Mapping[str, Mapping[str, Any]], *, bus_connected: bool, leader: bool = True
-) -> tuple[str, list[str]]:
-    """``(status, reasons)`` by DESIGN 3.6, the same rule serve's health endpoint applies."""
-    fresh = [p for p, st in pairs.items() if not st["stale"]]
-    reasons: list[str] = []
-    if not bus_connected:
-        reasons.append("bus unreachable")
-    if not fresh:
-        reasons.append("no fresh data")
-    if reasons:
-        return "down", reasons
-    stale = [p for p, st in pairs.items() if st["stale"]]
-    fallback = [p for p in fresh if pairs[p]["source"] != "ws"]
-    if stale:
-        reasons.append("stale: " + ", ".join(stale))
-    if fallback:
-        reasons.append("not live: " + ", ".join(fallback))
-    if not leader:
-        reasons.append("no ingest leader holds the lease")
-    return ("degraded" if reasons else "ok"), reasons
+#: The DESIGN 3.6 rule, the same one serve's health endpoint applies.
+status_for = judge
 
 
 async def redis_health(

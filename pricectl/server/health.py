@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from pricectl import __version__
 from pricectl.config import redact_url
+from pricectl.core.health import judge, pair_state
 from pricectl.server.hub import Hub
 
 __all__ = ["UpstreamStatus", "health_report", "pair_states"]
@@ -37,23 +38,10 @@ def pair_states(hub: Hub, now: float | None = None) -> dict[str, dict[str, Any]]
     """Per pair: age in seconds, source, stale (ingest's flag or older than stale_after)."""
     now = time.time() if now is None else now
     stale_after = hub.settings.resilience.heartbeat.stale_after
-    out: dict[str, dict[str, Any]] = {}
-    for pair in hub.pairs:
-        update = hub.latest.get(pair)
-        if update is None:
-            out[pair] = {"age_s": None, "source": None, "stale": True, "price": None}
-            continue
-        stamp = update.ingest_ns / 1e9 if update.ingest_ns else hub.received_at.get(pair, now)
-        age = max(0.0, now - stamp)
-        out[pair] = {
-            "age_s": round(age, 3),
-            "source": update.source,
-            "stale": bool(update.stale or age > stale_after),
-            "price": update.price,
-            "epoch": update.epoch,
-            "seq": update.seq,
-        }
-    return out
+    return {
+        pair: pair_state(hub.latest.get(pair), stale_after, now, hub.received_at.get(pair, now))
+        for pair in hub.pairs
+    }
 
 
 def _normalise_upstream(up: dict[str, Any]) -> None:
@@ -72,25 +60,7 @@ def health_report(
     """The health document; see the module docstring for how ``status`` is chosen."""
     pairs = pair_states(hub, now)
     bus = hub.bus
-    fresh = [p for p, st in pairs.items() if not st["stale"]]
-    degraded = len(fresh) < len(pairs) or any(pairs[p]["source"] != "ws" for p in fresh)
-    reasons: list[str] = []
-    if not bus.connected:
-        reasons.append("bus unreachable")
-    if not fresh:
-        reasons.append("no fresh data")
-    if reasons:
-        status = "down"
-    elif degraded:
-        status = "degraded"
-        stale = [p for p, st in pairs.items() if st["stale"]]
-        fallback = [p for p in fresh if pairs[p]["source"] != "ws"]
-        if stale:
-            reasons.append("stale: " + ", ".join(stale))
-        if fallback:
-            reasons.append("not live: " + ", ".join(fallback))
-    else:
-        status = "ok"
+    status, reasons = judge(pairs, bus_connected=bus.connected)
     up: dict[str, Any] | None = None
     if upstream is not None:
         try:

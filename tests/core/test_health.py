@@ -1,0 +1,43 @@
+"""The DESIGN 3.6 health rule shared by serve and `pricectl health --redis`."""
+
+from __future__ import annotations
+
+from pricectl.core.health import judge, pair_state
+from pricectl.core.ticks import PriceUpdate
+
+
+def _u(source: str = "ws", stale: bool = False, ingest_s: float = 100.0) -> PriceUpdate:
+    return PriceUpdate(
+        pair="BTC/USD",
+        symbol="BTCUSDT",
+        price="1.0",
+        source=source,
+        stale=stale,
+        ingest_ns=int(ingest_s * 1e9),
+    )
+
+
+def test_pair_state_flips_at_stale_after() -> None:
+    """A pair is stale once its age passes stale_after, or when ingest marked it."""
+    assert pair_state(_u(), 30.0, now=130.0)["stale"] is False
+    assert pair_state(_u(), 30.0, now=130.001)["stale"] is True
+    assert pair_state(_u(stale=True), 30.0, now=100.0)["stale"] is True
+    assert pair_state(None, 30.0, now=0.0) == {
+        "age_s": None,
+        "source": None,
+        "stale": True,
+        "price": None,
+    }
+
+
+def test_judge_ok_degraded_down() -> None:
+    """All live is ok; a stale or REST pair degrades; no fresh data or no bus is down."""
+    live = pair_state(_u(), 30.0, now=101.0)
+    rest = pair_state(_u(source="rest"), 30.0, now=101.0)
+    stale = pair_state(_u(), 30.0, now=200.0)
+    assert judge({"A": live, "B": live}, bus_connected=True) == ("ok", [])
+    assert judge({"A": live, "B": rest}, bus_connected=True) == ("degraded", ["not live: B"])
+    assert judge({"A": live, "B": stale}, bus_connected=True) == ("degraded", ["stale: B"])
+    assert judge({"A": stale}, bus_connected=True) == ("down", ["no fresh data"])
+    assert judge({"A": live}, bus_connected=False) == ("down", ["bus unreachable"])
+    assert judge({"A": live}, bus_connected=True, leader=False)[0] == "degraded"
