@@ -16,13 +16,8 @@ import argparse
 import asyncio
 import contextlib
 import secrets
-import shutil
-import socket
 import statistics
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 
 from pricectl.bus import Fence, Update
 from pricectl.bus import keys as bus_keys
@@ -30,6 +25,7 @@ from pricectl.bus.leader import ACQUIRE_SCRIPT
 from pricectl.bus.publisher import Publisher
 from pricectl.bus.redis import RedisBus, connect_redis
 from pricectl.core.ticks import PriceUpdate
+from pricectl.loadtest.spawn import private_redis
 
 __all__ = ["main", "run_bench"]
 
@@ -130,36 +126,6 @@ async def run_bench(
         await client.aclose()
 
 
-@contextlib.contextmanager
-def _private_redis() -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port (no persistence)."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server not found: pass --url")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as folder:
-        proc = subprocess.Popen(
-            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", folder],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit("redis-server did not start") from None
-                    time.sleep(0.02)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Print the median fenced-publish rate for each batch size."""
     parser = argparse.ArgumentParser(prog="python -m pricectl.bus.bench", description=__doc__)
@@ -180,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.mode == "submit":
         batches = [0]
     with contextlib.ExitStack() as stack:
-        url = args.url or stack.enter_context(_private_redis())
+        url = args.url or stack.enter_context(private_redis())
         for batch in batches:
             rates = []
             got = 0

@@ -16,6 +16,7 @@ benchmarks keep their own sections.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -29,7 +30,7 @@ from typing import Any
 
 from pricectl.loadtest.report import ServerProbe, sample_process_tree
 from pricectl.loadtest.session import Options, run_load_test
-from pricectl.loadtest.spawn import spawned_system
+from pricectl.loadtest.spawn import private_redis, spawned_system
 
 __all__ = ["main", "run_sseload"]
 
@@ -290,42 +291,17 @@ class _redis_for:
 
     def __init__(self, options: Options) -> None:
         self.options = options
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.dir: tempfile.TemporaryDirectory[str] | None = None
+        self.stack = contextlib.ExitStack()
 
     def __enter__(self) -> Options:
         if self.options.scenario != "failover":
             return self.options
         from dataclasses import replace
 
-        from pricectl.loadtest.spawn import free_port
-
-        port = free_port()
-        self.dir = tempfile.TemporaryDirectory()
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir.name,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        return replace(self.options, redis=f"redis://127.0.0.1:{port}/0")
+        return replace(self.options, redis=self.stack.enter_context(private_redis()))
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        if self.dir is not None:
-            self.dir.cleanup()
+        self.stack.close()
 
 
 if __name__ == "__main__":

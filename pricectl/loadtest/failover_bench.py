@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import shutil
 import signal
@@ -30,12 +29,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 
 from pricectl.bus import keys
 from pricectl.bus.base import Gap
 from pricectl.bus.redis import RedisBus, connect_redis
 from pricectl.exchange.simulator import Simulator
+from pricectl.loadtest.spawn import private_redis
 
 __all__ = ["main", "run_failovers"]
 
@@ -48,34 +47,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.contextmanager
-def _private_redis(folder: str) -> Iterator[str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server not found")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=folder,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("redis-server did not start") from None
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 async def run_failovers(
     runs: int,
     candidates: int,
@@ -86,7 +57,7 @@ async def run_failovers(
     sig: int = signal.SIGKILL,
 ) -> list[float]:
     """``runs`` failovers by sending ``sig`` to the leader; the gap of each, in seconds."""
-    with _private_redis(folder) as url:
+    with private_redis() as url:
         sim = Simulator(symbols=("BTCUSDT", "ETHUSDT"), trade_rate=rate)
         await sim.start()
         env = {

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from pricectl.loadtest.report import read_metrics, sample_process_tree
-from pricectl.loadtest.spawn import free_port, spawned_system
+from pricectl.loadtest.spawn import free_port, private_redis, spawned_system
 
 __all__ = ["main", "nchan_server", "probe_connects", "run_case"]
 
@@ -209,39 +209,12 @@ def _measure(
     }
 
 
-@contextlib.contextmanager
-def _redis() -> Iterator[str]:
-    port = free_port()
-    with tempfile.TemporaryDirectory() as d:
-        proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                d,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-
-
 def run_case(
     binary: str, clients: int, workers: int, duration: float, ramp: float, extra: int
 ) -> dict[str, Any]:
     """One pricectl serve run: 1 worker pinned to CPU 0 (loader on 1), or N unpinned."""
     with contextlib.ExitStack() as stack:
-        redis_url = stack.enter_context(_redis()) if workers > 1 else None
+        redis_url = stack.enter_context(private_redis()) if workers > 1 else None
         system = stack.enter_context(
             spawned_system(
                 ["BTC/USD"], RATE, redis_url=redis_url, ingest_processes=1, serve_workers=workers
