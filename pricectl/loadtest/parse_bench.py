@@ -27,11 +27,12 @@ from pricectl.core.binance import FrameParser
 from pricectl.core.pairs import PairMap
 from pricectl.exchange.market import Market
 
-__all__ = ["bench", "main", "simulated_frames"]
+__all__ = ["RECORDING_PAIRS", "bench", "main", "simulated_frames"]
 
 _PAIRS = ("BTC/USD", "ETH/USD", "SOL/USD", "BNB/USD", "XRP/USD")
 _RECORDING = "cryptofeed-binance-spot-2021-04-05.jsonl"
-_RECORDING_PAIRS = (
+#: The display pairs of the 10 symbols in the 2021-04-05 recording (tests use it too).
+RECORDING_PAIRS = (
     "BTC/AUD",
     "MANA/USDT",
     "ETH/BRL",
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         results[f"simulated {kind}"] = bench(frames, sim_pairs, kind, args.runs)
     recorded = _recording_frames(args.frames)
     if recorded is not None:
-        pm = PairMap.build(_RECORDING_PAIRS, {"USD": "USDT"})
+        pm = PairMap.build(RECORDING_PAIRS, {"USD": "USDT"})
         results["recording 2021-04-05 (bookTicker parser)"] = bench(
             recorded, pm, "bookTicker", args.runs
         )

@@ -22,6 +22,7 @@ from pricectl.core.binance import (
 )
 from pricectl.core.pairs import PairMap
 from pricectl.core.ticks import PriceUpdate
+from pricectl.loadtest.parse_bench import RECORDING_PAIRS
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "binance"
 REAL = DATA / "real"
@@ -30,21 +31,7 @@ RECV_NS = 1_700_000_000_123_456_789
 
 SAMPLE_PAIRS = PairMap.build(["BNB/BTC", "BNB/USDT", "ETH/USD", "BTC/USD", "ETH/BTC"], ALIASES)
 
-PAIRS_2021_04_05 = PairMap.build(
-    [
-        "BTC/AUD",
-        "MANA/USDT",
-        "ETH/BRL",
-        "DENT/USDT",
-        "ZIL/USDT",
-        "RENBTC/ETH",
-        "BTCST/USDT",
-        "QTUM/ETH",
-        "AXS/BNB",
-        "NEO/USDC",
-    ],
-    ALIASES,
-)
+PAIRS_2021_04_05 = PairMap.build(RECORDING_PAIRS, ALIASES)
 PAIRS_2021_10_12 = PairMap.build(["NKN/USDT", "BLZ/ETH", "LRC/BTC", "RUNE/EUR"], ALIASES)
 
 

@@ -28,6 +28,7 @@ from pricectl.config import (
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import FencedError, UnknownPairError
 from pricectl.exchange.simulator import Simulator
+from pricectl.loadtest.parse_bench import RECORDING_PAIRS
 from pricectl.relay import Relay, run_embedded
 from tests.waiting import UNIT, until
 
@@ -373,18 +374,7 @@ async def test_run_embedded_survives_an_unreachable_exchange(start_sim: StartSim
 async def test_replay_of_a_real_recording_goes_end_to_end(start_sim: StartSim):
     """The 2021-04-05 capture replayed by the simulator reaches the bus, prices untouched."""
     recording = REAL / "cryptofeed-binance-spot-2021-04-05.jsonl"
-    pairs = (
-        "BTC/AUD",
-        "MANA/USDT",
-        "ETH/BRL",
-        "DENT/USDT",
-        "ZIL/USDT",
-        "RENBTC/ETH",
-        "BTCST/USDT",
-        "QTUM/ETH",
-        "AXS/BNB",
-        "NEO/USDC",
-    )
+    pairs = RECORDING_PAIRS
     sim = await start_sim(replay=str(recording), speed=0.0)
     settings = sim_settings(sim, stream="bookTicker", pairs=pairs)
     settings = replace(
