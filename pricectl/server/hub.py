@@ -10,13 +10,19 @@ client's transport delivers everything. So on the per-event path:
 * clients are grouped by their exact pair set (and by framing: HTTP/1.1 streams
   are chunked), so updates that arrive in the same loop iteration are joined and
   framed once per group, and each client gets exactly one ``transport.write``;
-* a fan-out to many clients is written in slices of ``_SLICE`` clients, one slice
+* each group keeps a short log of the segments (joined, framed updates) that not
+  all of its clients have yet, and every client the index of the next segment it
+  needs. A *pass* walks the group's clients in ``_SLICE``-client slices, one slice
   per loop iteration, so accepting and answering new connections is never stuck
-  behind a whole fan-out (at 19,900 clients one event is about 100 ms of writes).
-  Each fan-out keeps the list of clients it was made for, and fan-outs run in
-  order, so per client the order of events is kept, a client that joins during a
-  fan-out gets that update in its snapshot instead (never twice), and a client
-  that leaves is skipped;
+  behind a whole fan-out, and writes each client everything from its index to the
+  log's end *in one write*. While the server keeps up, that is one update per
+  write. When it falls behind (updates arrive faster than a pass takes), the
+  clients a pass has not reached yet get the new segment in the same write as the
+  old one: the cost per event falls just when it has to, instead of passes piling
+  up (the prototype in shared/bench/README.md held 19,900 clients only this way).
+  Per client the order of events is kept, a client that joins gets everything up to
+  then in its opening and starts at the log's end (never twice), and a client that
+  leaves is skipped;
 * there is no queue and no task per client. A client whose transport is above
   its high-water mark (``server.high_water``; asyncio's flow control calls
   ``pause_writing``) stops getting writes: its updates wait in one pending slot
@@ -44,7 +50,6 @@ Closed connections are noticed at once (``connection_lost``).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import random
@@ -77,26 +82,61 @@ def frame(data: bytes) -> bytes:
 
 
 class _Group:
-    """Clients with the same pair set and framing: they get byte-identical writes."""
+    """Clients with the same pair set and framing: they get byte-identical writes.
 
-    __slots__ = ("chunked", "clients", "pairs")
+    ``log`` holds the segments that some client of the group may still need, as
+    ``(bytes to write, [(pair, unframed event bytes)], events before it)``; segment
+    ``i`` of the log has the absolute index ``base + i`` and ``end`` is the index the
+    next one will get. A client whose ``sent`` equals ``end`` is up to date.
+    """
+
+    __slots__ = (
+        "base",
+        "chunked",
+        "clients",
+        "end",
+        "events",
+        "log",
+        "pairs",
+        "pass_clients",
+        "pass_end",
+        "pass_pos",
+    )
 
     def __init__(self, pairs: frozenset[str], chunked: bool) -> None:
         self.pairs = pairs
         self.chunked = chunked
         self.clients: dict[Client, None] = {}
+        self.log: list[tuple[bytes, list[tuple[str, bytes]], int]] = []
+        self.base = 0
+        self.end = 0
+        #: Events in every segment so far (a client at index s is behind by events - cum[s]).
+        self.events = 0
+        #: The pass in progress: the clients it was started with, how far it got, and
+        #: ``end`` when it started (every client has that much once it completes).
+        self.pass_clients: list[Client] | None = None
+        self.pass_pos = 0
+        self.pass_end = 0
 
+    def append(self, data: bytes, items: list[tuple[str, bytes]]) -> None:
+        """Add one segment (``data`` framed for this group) at the end of the log."""
+        self.log.append((data, items, self.events))
+        self.events += len(items)
+        self.end += 1
 
-class _FanOut:
-    """One update (or one iteration's joined updates) still being written to a group."""
+    def since(self, start: int) -> tuple[bytes, int]:
+        """What a client at index ``start`` needs: the bytes of one write, and its events."""
+        log = self.log
+        i = start - self.base
+        if i == len(log) - 1:
+            data, items, _ = log[i]
+            return data, len(items)
+        return b"".join(seg[0] for seg in log[i:]), self.events - log[i][2]
 
-    __slots__ = ("clients", "data", "items", "pos")
-
-    def __init__(self, clients: list[Client], data: bytes, items: list[tuple[str, bytes]]) -> None:
-        self.clients = clients
-        self.data = data
-        self.items = items
-        self.pos = 0
+    def trim(self, upto: int) -> None:
+        """Forget the segments before index ``upto`` (every client has them)."""
+        del self.log[: upto - self.base]
+        self.base = upto
 
 
 #: ``Client.pending`` of a stream that has ended: fan-outs still holding it skip it.
@@ -110,13 +150,15 @@ class Client(asyncio.Protocol):
     control (``pause_writing``/``resume_writing``) and ``connection_lost`` come here.
     """
 
-    __slots__ = ("blocked_since", "group", "hub", "ip", "pending", "transport")
+    __slots__ = ("blocked_since", "group", "hub", "ip", "pending", "sent", "transport")
 
     def __init__(self, hub: Hub, transport: asyncio.Transport, group: _Group, ip: str) -> None:
         self.hub = hub
         self.transport = transport
         self.group = group
         self.ip = ip
+        #: Index in the group's log of the next segment this client needs.
+        self.sent = group.end
         #: None while writable; else the newest event bytes per pair, waiting for a drain.
         self.pending: dict[str, bytes] | None = None
         self.blocked_since = 0.0
@@ -182,7 +224,8 @@ class Hub:
         self._flush_handle: asyncio.Handle | None = None
         #: Clients written per loop iteration in a fan-out (tests make it small).
         self.fanout_slice = _SLICE
-        self._fanouts: collections.deque[_FanOut] = collections.deque()
+        #: Groups with a pass to make, oldest first.
+        self._active: dict[_Group, None] = {}
         self._fanout_handle: asyncio.Handle | None = None
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._ping_handle: asyncio.TimerHandle | None = None
@@ -201,6 +244,8 @@ class Hub:
         self.epoch_drops = 0
         self.slow_conflated = 0
         self.slow_dropped = 0
+        #: Events that went out in a write with others because the fan-out was behind.
+        self.merged_events = 0
         self.resyncs = 0
         self.last_gap: str | None = None
 
@@ -268,82 +313,113 @@ class Hub:
             self._flush_handle = loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Fan out this iteration's updates: one write per client, bytes shared per group.
-
-        The fan-outs are fixed here (which clients, which bytes) and written from
-        :meth:`_write_slices`, starting now.
-        """
+        """Add this iteration's updates to the logs of the groups that want them, joined
+        and framed once per group, and start (or let continue) the passes that write them."""
         self._flush_handle = None
         batch = self._batch
         if not batch:
             return
         self._batch = []
-        fanouts = self._fanouts
+        active = self._active
         if len(batch) == 1:
             pair, payload = batch[0]
             groups = self._by_pair.get(pair)
             if groups:
                 framed = frame(payload)
                 for group in groups:
-                    out = framed if group.chunked else payload
-                    fanouts.append(_FanOut(list(group.clients), out, batch))
+                    group.append(framed if group.chunked else payload, batch)
+                    active[group] = None
+        else:
+            touched: dict[int, _Group] = {}
+            for pair, _ in batch:
+                for group in self._by_pair.get(pair, ()):
+                    touched[id(group)] = group
+            joined: dict[tuple[int, ...], bytes] = {}
+            for group in touched.values():
+                pairs = group.pairs
+                key = tuple(i for i, (p, _) in enumerate(batch) if p in pairs)
+                joint = joined.get(key)
+                if joint is None:
+                    joint = joined[key] = b"".join(batch[i][1] for i in key)
+                group.append(frame(joint) if group.chunked else joint, [batch[i] for i in key])
+                active[group] = None
+        if self._fanout_handle is None:
             self._write_slices()
-            return
-        touched: dict[int, _Group] = {}
-        for pair, _ in batch:
-            for group in self._by_pair.get(pair, ()):
-                touched[id(group)] = group
-        joined: dict[tuple[int, ...], bytes] = {}
-        for group in touched.values():
-            pairs = group.pairs
-            key = tuple(i for i, (p, _) in enumerate(batch) if p in pairs)
-            joint = joined.get(key)
-            if joint is None:
-                joint = joined[key] = b"".join(batch[i][1] for i in key)
-            items = [batch[i] for i in key]
-            out = frame(joint) if group.chunked else joint
-            fanouts.append(_FanOut(list(group.clients), out, items))
-        self._write_slices()
 
     def _write_slices(self, budget: int = 0) -> None:
-        """Write up to ``budget`` (default ``fanout_slice``) clients of the pending
-        fan-outs, oldest first; if any are left, continue in the next loop iteration."""
+        """Visit up to ``budget`` (default ``fanout_slice``) clients of the active
+        groups' passes, oldest group first; if any are left, continue in the next loop
+        iteration."""
         self._fanout_handle = None
         budget = budget or self.fanout_slice
-        fanouts = self._fanouts
-        while fanouts:
-            fan = fanouts[0]
-            clients, data, items, pos = fan.clients, fan.data, fan.items, fan.pos
-            end = min(len(clients), pos + budget)
-            # The hot loop: per client one attribute test and one transport.write. A
-            # write that crosses the high-water mark calls pause_writing right here,
-            # which only gives that client its pending slots.
-            sent = 0
-            for client in clients[pos:end] if pos or end < len(clients) else clients:
-                pending = client.pending
-                if pending is None:
-                    client.transport.write(data)
-                    sent += 1
-                elif pending is not _GONE:
-                    for pair, payload in items:
-                        pending[pair] = payload
-            if sent:
-                self.events_sent += sent * len(items)
-                self.bytes_sent += sent * len(data)
-            budget -= end - pos
-            if end < len(clients):
-                fan.pos = end
-                break
-            fanouts.popleft()
-        if fanouts and self._fanout_handle is None:
+        active = self._active
+        while active and budget > 0:
+            group = next(iter(active))
+            budget -= self._advance(group, budget)
+        if active and self._fanout_handle is None:
             loop = self._loop or asyncio.get_running_loop()
             self._fanout_handle = loop.call_soon(self._write_slices)
 
+    def _advance(self, group: _Group, budget: int) -> int:
+        """Continue (or start) ``group``'s pass for up to ``budget`` clients; returns how
+        many it visited. A completed pass trims the log, and the group stays active
+        only if segments arrived during the pass."""
+        clients = group.pass_clients
+        if clients is None:
+            clients = group.pass_clients = list(group.clients)
+            group.pass_pos = 0
+            group.pass_end = group.end
+        pos = group.pass_pos
+        stop = min(len(clients), pos + budget)
+        end = group.end
+        last_start, data, count = -1, b"", 0
+        run = writes = events = nbytes = 0  # run: writes of the current ``data``
+        # The hot loop: per up-to-date client one comparison, per other client one
+        # transport.write of everything it lacks (the same bytes for a run of clients
+        # at the same index). A write that crosses the high-water mark calls
+        # pause_writing right here, which only gives that client its pending slots.
+        for client in clients[pos:stop] if pos or stop < len(clients) else clients:
+            start = client.sent
+            if start == end:
+                continue
+            client.sent = end
+            pending = client.pending
+            if pending is None:
+                if start != last_start:
+                    writes += run
+                    events += run * count
+                    nbytes += run * len(data)
+                    run = 0
+                    last_start = start
+                    data, count = group.since(start)
+                client.transport.write(data)
+                run += 1
+            elif pending is not _GONE:
+                for _, items, _ in group.log[start - group.base :]:
+                    for pair, payload in items:
+                        pending[pair] = payload
+        writes += run
+        if writes:
+            events += run * count
+            self.events_sent += events
+            self.bytes_sent += nbytes + run * len(data)
+            self.merged_events += events - writes
+        group.pass_pos = stop
+        if stop == len(clients):
+            group.trim(group.pass_end)
+            group.pass_clients = None
+            del self._active[group]
+            if group.end > group.pass_end and group.clients:
+                self._active[group] = None  # updates arrived during the pass: another one
+        return max(1, stop - pos)
+
     def _complete_fanouts(self) -> None:
-        """Write every pending fan-out now (before a resync snapshot or a goodbye)."""
+        """Write every pending update now (before a resync snapshot or a goodbye)."""
         if self._fanout_handle is not None:
             self._fanout_handle.cancel()
-        self._write_slices(budget=1 << 62)
+            self._fanout_handle = None
+        while self._active:
+            self._write_slices(budget=1 << 62)
 
     # --- slow clients and heartbeats -----------------------------------------------------
 
@@ -514,6 +590,7 @@ class Hub:
             self._per_ip.pop(client.ip, None)
         if not group.clients:
             del self._groups[(group.pairs, group.chunked)]
+            self._active.pop(group, None)
             for pair in group.pairs:
                 groups = self._by_pair.get(pair)
                 if groups is not None:

@@ -73,6 +73,12 @@ def render_metrics(hub: Hub, upstream: UpstreamStatus | None = None) -> str:
         [({}, hub.events_sent)],
     )
     o.metric(
+        "pricectl_events_merged_total",
+        "counter",
+        "Events written together with a later one because the fan-out was behind.",
+        [({}, hub.merged_events)],
+    )
+    o.metric(
         "pricectl_bytes_sent_total",
         "counter",
         "Event bytes written to clients.",
