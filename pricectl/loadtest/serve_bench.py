@@ -226,10 +226,17 @@ def run_case(
             )
         )
         port = system.serve_port
-        pinned = workers == 1 and (os.cpu_count() or 1) >= 2
+        cores = os.cpu_count() or 1
+        pinned = workers == 1 and cores >= 2
         if pinned:
             _pin(system.serve_pid, {0})
             _pin(system.simulator.pid, {1})
+        elif cores >= workers:
+            # One core per worker (the loader goes where there is room): the fan-out's
+            # work splits across cores, which is what --workers is for.
+            with open(f"/proc/{system.serve_pid}/task/{system.serve_pid}/children") as f:
+                for core, child in enumerate(int(c) for c in f.read().split()):
+                    _pin(child, {core % cores})
 
         def published() -> float:
             if workers > 1:  # /metrics reaches one worker at random: use the nominal rate
