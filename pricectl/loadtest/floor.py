@@ -33,6 +33,9 @@ _HEAD = (
 )
 
 
+_NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
 class _Subscriber(asyncio.Protocol):
     def __init__(self, subscribers: set[asyncio.Transport]) -> None:
         self.subscribers = subscribers
@@ -47,9 +50,14 @@ class _Subscriber(asyncio.Protocol):
         if self.transport is None or self.transport in self.subscribers:
             return
         self.request += data
-        if b"\r\n\r\n" in self.request:
+        if b"\r\n\r\n" not in self.request:
+            return
+        if self.request.startswith(b"GET /api/market-data/stream"):
             self.transport.write(_HEAD + frame(b": ok\n\n"))
             self.subscribers.add(self.transport)
+        else:  # /metrics, /health...: the floor has none
+            self.transport.write(_NOT_FOUND)
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is not None:
