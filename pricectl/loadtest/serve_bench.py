@@ -284,6 +284,17 @@ http {{
 """
 
 
+def _wait_listening(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    """Wait (10 s at most) until ``proc`` accepts connections on ``port``."""
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def nchan_server() -> Iterator[tuple[int, int, Any]]:
     """nginx + nchan, one worker, and a publisher at 10 messages/s carrying ``ingest_ns``
@@ -312,16 +323,7 @@ def nchan_server() -> Iterator[tuple[int, int, Any]]:
             conn.close()
 
         try:
-            deadline = time.monotonic() + 10
-            while True:
-                with (
-                    contextlib.suppress(OSError),
-                    socket.create_connection(("127.0.0.1", port), timeout=1),
-                ):
-                    break
-                if time.monotonic() > deadline or master.poll() is not None:
-                    raise RuntimeError("nginx did not start")
-                time.sleep(0.05)
+            _wait_listening(port, master, "nginx")
             with open(f"/proc/{master.pid}/task/{master.pid}/children") as f:
                 worker = int(f.read().split()[0])
             thread = threading.Thread(target=publish, daemon=True)
@@ -346,13 +348,7 @@ def floor_server() -> Iterator[tuple[int, int]]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the floor server did not start")
-            time.sleep(0.05)
+        _wait_listening(port, proc, "the floor server")
         yield port, proc.pid
     finally:
         proc.terminate()
