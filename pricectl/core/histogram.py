@@ -36,6 +36,9 @@ _HALF = 1 << (SUB_BITS - 1)
 _SMALL = 1 << SUB_BITS
 #: Buckets needed for any 64-bit value.
 NBUCKETS = (64 - SUB_BITS + 1) * _HALF + _HALF
+#: ``min`` of an empty histogram, internally: above any value, so ``record`` needs no
+#: "is this the first value" test (the ``min`` property reads 0 when empty).
+_NO_MIN = 1 << 64
 
 
 def bucket_of(value: int) -> int:
@@ -62,31 +65,45 @@ class Histogram:
     worker process's histogram to the parent, which adds them up.
     """
 
-    __slots__ = ("count", "counts", "max", "min", "total")
+    __slots__ = ("_min", "count", "counts", "max", "total")
 
     def __init__(self) -> None:
         self.counts: list[int] = [0] * NBUCKETS
         self.count = 0
         self.total = 0
-        self.min = 0
+        self._min = _NO_MIN
         self.max = 0
 
-    def record(self, value: int, times: int = 1) -> None:
-        """Add ``value`` (``times`` times). Negative values are recorded as 0."""
-        if value < 0:
-            value = 0
-        if value < _SMALL:
-            index = value
+    @property
+    def min(self) -> int:
+        """The smallest value recorded (0 when empty)."""
+        return self._min if self.count else 0
+
+    @min.setter
+    def min(self, value: int) -> None:
+        self._min = value
+
+    def record(self, value: int) -> None:
+        """Add ``value``. Negative values are recorded as 0.
+
+        The load tester calls this for every event (a few hundred thousand a second), so
+        it is :func:`bucket_of` written out with the layout's numbers as literals
+        (``SUB_BITS`` 7: 128 exact values, 64 sub-buckets per octave; a test checks
+        both agree) and no branch that the usual value does not need.
+        """
+        if value >= 128:
+            shift = value.bit_length() - 7
+            self.counts[(shift << 6) + (value >> shift)] += 1
         else:
-            shift = value.bit_length() - SUB_BITS
-            index = (shift << (SUB_BITS - 1)) + (value >> shift)
-        self.counts[index] += times
-        if self.count == 0 or value < self.min:
-            self.min = value
+            if value < 0:
+                value = 0
+            self.counts[value] += 1
+        self.count += 1
+        self.total += value
         if value > self.max:
             self.max = value
-        self.count += times
-        self.total += value * times
+        if value < self._min:
+            self._min = value
 
     def merge(self, other: Histogram) -> None:
         """Add every count of ``other`` to this histogram."""
@@ -96,8 +113,8 @@ class Histogram:
         for i, c in enumerate(other.counts):
             if c:
                 mine[i] += c
-        if self.count == 0 or other.min < self.min:
-            self.min = other.min
+        if other.min < self._min:
+            self._min = other.min
         self.max = max(self.max, other.max)
         self.count += other.count
         self.total += other.total
@@ -125,7 +142,8 @@ class Histogram:
     def reset(self) -> None:
         """Forget everything (used for the per-interval histogram behind live p99)."""
         self.counts = [0] * NBUCKETS
-        self.count = self.total = self.min = self.max = 0
+        self.count = self.total = self.max = 0
+        self._min = _NO_MIN
 
     def to_dict(self) -> dict[str, object]:
         """A compact, JSON- and pickle-friendly form: only the non-empty buckets."""
@@ -148,7 +166,7 @@ class Histogram:
             h.counts[int(key)] += int(c)
         h.count = _int(data, "count")
         h.total = _int(data, "total")
-        h.min = _int(data, "min")
+        h.min = _int(data, "min") if h.count else _NO_MIN
         h.max = _int(data, "max")
         if sum(h.counts) != h.count:
             raise ValueError("histogram: bucket counts do not add up to count")

@@ -110,3 +110,35 @@ def test_reset_forgets_everything() -> None:
     h = Histogram.of([10, 20])
     h.reset()
     assert h.count == 0 and h.max == 0 and sum(h.counts) == 0
+
+
+@given(st.lists(st.integers(min_value=-1000, max_value=2**63), min_size=1, max_size=50))
+def test_record_fills_the_bucket_of_each_value(values: list[int]) -> None:
+    """record (bucket_of written out for speed) fills bucket_of(v), with exact count/sum/min/max."""
+    h = Histogram()
+    for v in values:
+        h.record(v)
+    want = [0] * NBUCKETS
+    for v in values:
+        want[bucket_of(v)] += 1
+    clamped = [max(0, v) for v in values]
+    assert h.counts == want
+    assert (h.count, h.total, h.min, h.max) == (
+        len(values),
+        sum(clamped),
+        min(clamped),
+        max(clamped),
+    )
+
+
+def test_min_of_an_empty_histogram_is_zero_until_the_first_value() -> None:
+    """An empty histogram reads min 0; the first value recorded becomes the minimum."""
+    h = Histogram()
+    assert h.min == 0
+    h.record(5_000)
+    assert h.min == 5_000
+    h.reset()
+    assert h.min == 0
+    empty = Histogram.from_dict(Histogram().to_dict())
+    empty.record(7)
+    assert empty.min == 7

@@ -98,3 +98,40 @@ def test_missing_plus_delivered_accounts_for_every_seq(seqs: list[int]) -> None:
     assert t.stats.delivered == len(delivered_seqs)
     assert t.stats.duplicates == len(seqs) - len(delivered_seqs)
     assert t.stats.missing == max(seqs) - seqs[0] - (len(delivered_seqs) - 1)
+
+
+_UPDATES = st.lists(
+    st.tuples(
+        st.sampled_from(["BTC/USD", "ETH/USD"]),
+        st.integers(min_value=6, max_value=8),
+        st.integers(min_value=1, max_value=12),
+        st.booleans(),
+    ),
+    max_size=80,
+)
+
+
+@given(_UPDATES)
+def test_live_judges_exactly_like_check(updates: list[tuple[str, int, int, bool]]) -> None:
+    """live() (the load tester's fast path) answers check().verdict.deliver, same stats."""
+    fast, full = SequenceTracker(), SequenceTracker()
+    for pair, epoch, seq, snapshot in updates:
+        if snapshot:  # snapshots go through check() on both, as the load tester does
+            assert fast.check(pair, epoch, seq, snapshot=True) == full.check(
+                pair, epoch, seq, snapshot=True
+            )
+        else:
+            assert fast.live(pair, epoch, seq) == full.check(pair, epoch, seq).verdict.deliver
+        assert fast.last(pair) == full.last(pair)
+    assert fast.stats == full.stats
+
+
+def test_live_in_order_and_its_exceptions() -> None:
+    """live(): next seq and gaps deliver; duplicates and a deposed leader's update do not."""
+    t = SequenceTracker()
+    assert t.live("BTC/USD", 7, 1) and t.live("BTC/USD", 7, 2)
+    assert t.live("BTC/USD", 7, 5) and t.stats.missing == 2
+    assert not t.live("BTC/USD", 7, 5) and t.stats.duplicates == 1
+    assert t.live("BTC/USD", 8, 1) and t.stats.epoch_changes == 1
+    assert not t.live("BTC/USD", 7, 6) and t.stats.old_epoch == 1
+    assert t.last("BTC/USD") == (8, 1) and t.stats.delivered == 4
