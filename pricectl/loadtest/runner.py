@@ -1,10 +1,16 @@
 """Many SSE clients over several processes: ramp, measurement window, drain, merge.
 
 Each loader process runs one asyncio loop holding a few thousand :class:`Client`
-objects. A client is an :class:`asyncio.Protocol` with a socket, a byte-level
+objects. A client is a non-blocking socket, a byte-level
 :class:`~pricectl.loadtest.wire.StreamReader` and a
-:class:`~pricectl.core.sequence.SequenceTracker`: no HTTP client object, no task and no
-queue per connection, so one loader core keeps up with a server's fan-out.
+:class:`~pricectl.core.sequence.SequenceTracker`: no HTTP client object, no transport,
+no task and no queue per connection. asyncio connects the sockets and runs the timers;
+the worker reads all of them itself from one epoll (:meth:`_Worker.pump`), and a read
+holding one whole event, the usual case, is looked up by its bytes
+(:class:`~pricectl.loadtest.wire.FrameMemo`) rather than parsed again for every client,
+since the server writes the same bytes to all of them. The loader's CPU per event is
+measured in docs/benchmarks.md; ``python -m pricectl.loadtest.loader_bench`` times the
+per-event Python path alone. Linux only (epoll).
 
 The phases, coordinated by the parent (:func:`run`), mirror ``shared/bench/sseload.c``:
 
@@ -31,7 +37,9 @@ import errno
 import multiprocessing
 import os
 import resource
+import select
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,13 +48,14 @@ from typing import Any
 from urllib.parse import quote
 
 from pricectl.core.histogram import Histogram
-from pricectl.core.sequence import SequenceTracker, Verdict
+from pricectl.core.sequence import SequenceTracker
 from pricectl.loadtest.wire import (
+    Event,
+    FrameMemo,
     ProtocolError,
     StreamReader,
     StreamState,
     build_request,
-    fast_price,
     parse_block,
     price_fields,
 )
@@ -68,6 +77,11 @@ _PROGRESS_EVERY = 0.5
 #: The window opens this long after the parent decides, so every worker knows it before
 #: the first event of the window can arrive (a late worker is reported, not mis-counted).
 _WINDOW_LEAD_NS = 2_000_000_000
+_time_ns = time.time_ns
+#: Ready sockets read per :meth:`_Worker.pump` call before the event loop gets a turn.
+_PUMP_BATCH = 4096
+#: One read takes whatever is there up to this; one event is a few hundred bytes.
+_RECV_SIZE = 65536
 
 
 def stream_target(pairs: list[str], path: str = STREAM_PATH) -> str:
@@ -207,14 +221,21 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-class Client(asyncio.Protocol):
-    """One SSE subscriber: a socket, a byte reader, a sequence tracker, a few counters."""
+class Client:
+    """One SSE subscriber: a socket, a byte reader, a sequence tracker, a few counters.
+
+    The worker reads every client's socket itself (:meth:`_Worker.pump`) and hands the
+    bytes to :meth:`data_received`; asyncio only connects, sends the request and runs
+    the timers. A client never has an asyncio transport.
+    """
 
     __slots__ = (
         "_head_timer",
         "caught_up",
         "connect_started",
         "events_window",
+        "fast",
+        "frames",
         "index",
         "last_id",
         "last_rx",
@@ -224,11 +245,10 @@ class Client(asyncio.Protocol):
         "retry_ms",
         "slow",
         "snap_pending",
+        "sock",
         "stats",
         "storm_started",
         "tracker",
-        "transport",
-        "we_closed",
         "win",
         "worker",
     )
@@ -240,8 +260,13 @@ class Client(asyncio.Protocol):
         self.win = worker.window
         self.tracker = SequenceTracker()
         self.npairs = len(worker.plan.pairs)
-        self.transport: asyncio.Transport | None = None
+        #: The open connection (non-blocking, registered with the worker), or None.
+        self.sock: socket.socket | None = None
         self.reader = StreamReader()
+        #: True while the reader holds nothing (between events): a read that is exactly
+        #: one whole event may then be looked up in ``frames`` instead of fed to it.
+        self.fast = False
+        self.frames: dict[bytes, Event] = {}
         self.last_id: str | None = None
         self.retry_ms = worker.plan.default_retry_ms
         self.connect_started = 0.0
@@ -252,7 +277,6 @@ class Client(asyncio.Protocol):
         self.max_silence = 0
         self.caught_up: set[str] = set()
         self.slow = False
-        self.we_closed = False
         self._head_timer: asyncio.TimerHandle | None = None
 
     # -- connection lifecycle --
@@ -260,50 +284,58 @@ class Client(asyncio.Protocol):
     async def connect(self) -> None:
         """Open the socket and send the request; failures are counted, then retried."""
         w = self.worker
+        plan = w.plan
         loop = w.loop
         self.stats.attempted += 1
         self.connect_started = loop.time()
         self.reader = StreamReader()
+        self.fast = False
         self.snap_pending = self.npairs
-        self.we_closed = False
+        family, address = w.address
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            await asyncio.wait_for(
-                loop.create_connection(lambda: self, w.plan.host, w.plan.port),
-                w.plan.connect_timeout,
-            )
+            sock.setblocking(False)
+            request = build_request(plan.host, plan.port, plan.target, self.last_id)
+            await asyncio.wait_for(self._open(sock, address, request), plan.connect_timeout)
         except (TimeoutError, OSError) as exc:
+            sock.close()
             self.stats.fail(_reason(exc))
             w.settled(self)
             self._reconnect_later()
+            return
+        except BaseException:  # cancelled while stopping
+            sock.close()
+            raise
+        self.sock = sock
+        w.attach(self, sock)
+        self._head_timer = loop.call_later(plan.connect_timeout, self._head_timeout)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        w = self.worker
-        transport.write(build_request(w.plan.host, w.plan.port, w.plan.target, self.last_id))
-        self._head_timer = w.loop.call_later(w.plan.connect_timeout, self._head_timeout)
+    async def _open(self, sock: socket.socket, address: Any, request: bytes) -> None:
+        loop = self.worker.loop
+        await loop.sock_connect(sock, address)
+        await loop.sock_sendall(sock, request)
 
-    def _head_timeout(self) -> None:
-        if self.reader.state is StreamState.HEAD and self.transport is not None:
-            self.stats.fail("timeout-head")
-            self.worker.settled(self)
-            self._close()
-            self._reconnect_later()
-
-    def _close(self) -> None:
-        self.we_closed = True
-        if self.transport is not None:
-            self.transport.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
+    def close(self) -> None:
+        """Close the socket (nothing more is read from it); no-op when there is none."""
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        self.transport = None
-        if self.we_closed:
-            if not self.win.stopping and not self.slow and self.storm_started:
-                self._reconnect_later()
-            return
+        sock = self.sock
+        if sock is not None:
+            self.sock = None
+            self.worker.detach(sock)
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.reader.state is StreamState.HEAD and self.sock is not None:
+            self.stats.fail("timeout-head")
+            self.worker.settled(self)
+            self.close()
+            self._reconnect_later()
+
+    def lost(self, exc: OSError | None) -> None:
+        """The server closed the connection (``exc`` None) or it failed: count, retry."""
+        self.close()
         if self.reader.state is StreamState.HEAD:
             self.stats.fail(_reason(exc) if exc else "closed-before-response")
             self.worker.settled(self)
@@ -311,7 +343,7 @@ class Client(asyncio.Protocol):
             self.stats.server_closes += 1
             if exc is not None:
                 self.stats.error(_reason(exc))
-        if not self.win.stopping and not self.slow:
+        if not self.slow:
             self._reconnect_later()
 
     def _reconnect_later(self) -> None:
@@ -323,36 +355,47 @@ class Client(asyncio.Protocol):
     def pause(self) -> None:
         """Stop reading (a slow reader): the server must conflate, then close it."""
         self.slow = True
-        if self.transport is not None:
-            self.transport.pause_reading()
+        if self.sock is not None:
+            self.worker.pause(self.sock)
 
     def drop(self) -> None:
         """Drop the connection and come back after the server's ``retry:`` (storm)."""
+        if self.sock is None:
+            return
         self.storm_started = self.worker.loop.time()
-        if self.transport is not None:
-            self._close()
-        else:
-            self.storm_started = 0.0
+        self.close()
+        if not self.slow:
+            self._reconnect_later()
 
     # -- the hot path --
 
     def data_received(self, data: bytes) -> None:
-        now = time.time_ns()
-        reader = self.reader
-        if reader.at_boundary:
-            fast = fast_price(data, reader.chunked)
-            if fast is not None:
-                self.last_id = fast[1].decode()
-                self._event(fast[0], fast[2], fast[3], fast[4], fast[5], now)
+        now = _time_ns()
+        if self.fast:
+            event = self.frames.get(data)
+            if event is None:
+                event = self.worker.memo.parse(data, self.reader.chunked)
+            if event is not None:
+                self.last_id = event[1]
+                self._event(event[0], event[2], event[3], event[4], event[5], now)
                 return
+        self._read(data, now)
+
+    def _read(self, data: bytes, now: int) -> None:
+        """The general path: anything but one whole event between events."""
+        reader = self.reader
         head = reader.state is StreamState.HEAD
         try:
             blocks = reader.feed(data)
-        except ProtocolError as exc:
-            self._protocol_error(head, str(exc))
+        except ProtocolError:
+            self.fast = False
+            self._protocol_error(head)
             return
-        if head and reader.state is not StreamState.HEAD and not self._head_done():
-            return
+        if head and reader.state is not StreamState.HEAD:
+            memo = self.worker.memo
+            self.frames = memo.chunked if reader.chunked else memo.plain
+            if not self._head_done():
+                return
         for block in blocks:
             event, ident, retry, payload = parse_block(block)
             if retry is not None:
@@ -366,16 +409,17 @@ class Client(asyncio.Protocol):
             except (ValueError, UnicodeDecodeError):
                 self.stats.error("bad-payload")
                 continue
-            self._event(event, pair, ingest_ns, epoch, seq, now)
-        if reader.state is StreamState.DONE:
-            self._close_after_done()
+            self._event(event == b"snapshot", pair, ingest_ns, epoch, seq, now)
+        self.fast = reader.at_boundary
+        if reader.state is StreamState.DONE:  # the server ended the body (zero-size chunk)
+            self.lost(None)
 
     def _event(
-        self, event: bytes, pair: str, ingest_ns: int, epoch: int, seq: int, now: int
+        self, snapshot: bool, pair: str, ingest_ns: int, epoch: int, seq: int, now: int
     ) -> None:
         """Account one price or snapshot event received at wall time ``now`` (ns)."""
         stats = self.stats
-        if event == b"snapshot":
+        if snapshot:
             self.tracker.check(pair, epoch, seq, snapshot=True)
             stats.snapshots += 1
             self.snap_pending -= 1
@@ -384,11 +428,11 @@ class Client(asyncio.Protocol):
                 stats.snapshot_ms.record(int((t - self.connect_started) * 1000))
             return
         stats.events += 1
-        verdict = self.tracker.check(pair, epoch, seq).verdict
-        if self.last_rx:
-            silence = now - self.last_rx
-            if silence > self.max_silence:
-                self.max_silence = silence
+        # False for a duplicate or a deposed leader's update: neither counts in the window
+        deliver = self.tracker.live(pair, epoch, seq)
+        last = self.last_rx
+        if last and now - last > self.max_silence:
+            self.max_silence = now - last
         self.last_rx = now
         win = self.win
         if ingest_ns < win.t0:
@@ -398,7 +442,7 @@ class Client(asyncio.Protocol):
         if ingest_ns > win.t1:
             self.caught_up.add(pair)
             return
-        if verdict is Verdict.DUPLICATE or verdict is Verdict.OLD_EPOCH:
+        if not deliver:
             return
         stats.window.record(now - ingest_ns)
         stats.events_window += 1
@@ -423,9 +467,7 @@ class Client(asyncio.Protocol):
             reason = f"http-{reader.status}" if reader.status != 200 else "not-event-stream"
             self.stats.fail(reason)
             self.worker.settled(self)
-            self.we_closed = True
-            if self.transport is not None:
-                self.transport.close()
+            self.close()
             if not self.slow:
                 self._reconnect_later()
             return False
@@ -435,29 +477,19 @@ class Client(asyncio.Protocol):
             self.storm_started = 0.0
         self.stats.connect_ms.record(int((self.worker.loop.time() - self.connect_started) * 1000))
         self.worker.settled(self)
-        if self.slow and self.transport is not None:
-            self.transport.pause_reading()
+        if self.slow and self.sock is not None:
+            self.worker.pause(self.sock)
         return True
 
-    def _protocol_error(self, head: bool, message: str) -> None:
+    def _protocol_error(self, head: bool) -> None:
         if head:
             self.stats.fail("protocol")
             self.worker.settled(self)
         else:
             self.stats.error("protocol")
-        self.we_closed = True
-        if self.transport is not None:
-            self.transport.abort()
+        self.close()
         if not self.slow:
             self._reconnect_later()
-
-    def _close_after_done(self) -> None:
-        # The server ended the body (the zero-size chunk): treat it as a server close.
-        if self.transport is not None:
-            self.transport.close()
-
-    def eof_received(self) -> bool | None:
-        return None
 
 
 class _Worker:
@@ -470,7 +502,13 @@ class _Worker:
         self.conn = conn
         self.stats = WorkerStats()
         self.window = _Window()
+        self.memo = FrameMemo()
         self.loop = asyncio.get_running_loop()
+        #: Every open client socket, read by :meth:`pump` when this epoll says so.
+        self.epoll = select.epoll()
+        self.by_fd: dict[int, Client] = {}
+        #: ``(family, sockaddr)`` of the server, resolved once in :meth:`main`.
+        self.address: tuple[int, Any] = (socket.AF_INET, (plan.host, plan.port))
         self.clients: list[Client] = []
         self.pending_settle: set[int] = set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -481,6 +519,53 @@ class _Worker:
         self.wall_window = 0.0
         self.window_late = False
         self._prev_window: list[int] = [0] * len(self.stats.window.counts)
+
+    # -- reading every client's socket --
+
+    def attach(self, client: Client, sock: socket.socket) -> None:
+        """Start reading ``client``'s newly connected socket."""
+        fd = sock.fileno()
+        self.by_fd[fd] = client
+        self.epoll.register(fd, select.EPOLLIN)
+
+    def pause(self, sock: socket.socket) -> None:
+        """Stop reading ``sock`` (a slow reader) but keep it open."""
+        with contextlib.suppress(OSError):  # already paused
+            self.epoll.unregister(sock.fileno())
+
+    def detach(self, sock: socket.socket) -> None:
+        """Stop reading ``sock`` and close it."""
+        fd = sock.fileno()
+        self.by_fd.pop(fd, None)
+        with contextlib.suppress(OSError):  # paused: not registered
+            self.epoll.unregister(fd)
+        sock.close()
+
+    def pump(self) -> None:
+        """Read every socket that has data and hand the bytes to its client.
+
+        The hot loop of the loader, one call per wake-up of the event loop for all ready
+        sockets: a ``recv`` and a :meth:`Client.data_received` per ready socket, nothing
+        per socket in asyncio (no transport, no handle, no selector key). It is about a
+        fifth of an event's cost in this process; the kernel's receive path is most of
+        the rest (docs/benchmarks.md).
+        """
+        by_fd = self.by_fd
+        for fd, _mask in self.epoll.poll(0, _PUMP_BATCH):
+            client = by_fd.get(fd)
+            if client is None or client.sock is None:
+                continue
+            try:
+                data = client.sock.recv(_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:
+                client.lost(exc)
+                continue
+            if data:
+                client.data_received(data)
+            else:
+                client.lost(None)
 
     def launch(self, client: Client) -> None:
         """Start (or restart) ``client``'s connection attempt, keeping the task referenced."""
@@ -514,7 +599,7 @@ class _Worker:
 
     def _progress(self) -> None:
         s = self.stats
-        connected = sum(1 for c in self.clients if c.transport is not None and not c.slow)
+        connected = sum(1 for c in self.clients if c.sock is not None and not c.slow)
         self._send(
             "progress",
             {
@@ -535,11 +620,13 @@ class _Worker:
         counts = s.window.counts
         prev = self._prev_window
         if s.window.count:
+            low = min(h.min, s.window.min) if h.count else s.window.min
             for i, (a, b) in enumerate(zip(counts, prev, strict=True)):
                 if a != b:
                     h.counts[i] += a - b
                     h.count += a - b
             h.max = max(h.max, s.window.max)
+            h.min = low
         self._prev_window = list(counts)
         out = h.to_dict()
         h.reset()
@@ -567,6 +654,10 @@ class _Worker:
 
     async def main(self) -> None:
         plan = self.plan
+        with contextlib.suppress(OSError):  # unresolvable: every connect fails and says so
+            infos = await self.loop.getaddrinfo(plan.host, plan.port, type=socket.SOCK_STREAM)
+            self.address = (infos[0][0], infos[0][4])
+        self.loop.add_reader(self.epoll.fileno(), self.pump)
         self.loop.add_reader(self.conn.fileno(), self._on_control)
         slow_every = _slow_selector(plan.slow_share)
         ticker = self.loop.create_task(self._ticker())
@@ -604,7 +695,7 @@ class _Worker:
                 if all(
                     len(c.caught_up) >= c.npairs
                     for c in self.clients
-                    if not c.slow and c.transport is not None
+                    if not c.slow and c.sock is not None
                 ):
                     break
                 await asyncio.sleep(0.05)
@@ -616,13 +707,13 @@ class _Worker:
             self.window.stopping = True
             ticker.cancel()
             for c in self.clients:
-                if c.transport is not None:
-                    c.we_closed = True
-                    c.transport.abort()
+                c.close()
             for t in list(self.tasks):
                 t.cancel()
             with contextlib.suppress(Exception):
                 self.loop.remove_reader(self.conn.fileno())
+            self.loop.remove_reader(self.epoll.fileno())
+            self.epoll.close()
 
     def final(self) -> dict[str, Any]:
         """Everything the parent adds up into the report."""
@@ -645,7 +736,7 @@ class _Worker:
             else:
                 fast += 1
                 fast_events += c.events_window
-                if c.transport is not None:
+                if c.sock is not None:
                     open_at_end += 1
         fast += self.count - len(self.clients)  # clients the ramp never reached
         return {

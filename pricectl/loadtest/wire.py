@@ -29,6 +29,8 @@ from enum import Enum
 
 __all__ = [
     "BlockFields",
+    "Event",
+    "FrameMemo",
     "PriceFields",
     "ProtocolError",
     "StreamReader",
@@ -360,3 +362,44 @@ def fast_price(data: bytes, chunked: bool) -> FastPrice | None:
     if m is None or b"\n" in body[k + 1 : -2]:
         return None
     return kind, body[4:j], body[k + 16 : q].decode(), int(m[1]), int(m[2]), int(m[3])
+
+
+Event = tuple[bool, str, str, int, int, int]
+"""``(snapshot, id, pair, ingest_ns, epoch, seq)`` of one whole price or snapshot event."""
+
+
+class FrameMemo:
+    """:func:`fast_price` remembered by the frame's bytes, for every client of a loader.
+
+    ``serve`` serialises an update once and writes the same bytes to every subscriber
+    (DESIGN 1), so one loader process receives each frame thousands of times. The first
+    client to get it parses it; every other one finds it here with one hash and one
+    comparison of the bytes. The answer is a pure function of the bytes, so what is
+    measured does not change, only what it costs. Two tables, because the same bytes
+    mean different things with and without chunked transfer coding.
+
+    Only the newest ``limit`` frames are kept (the oldest goes first), so a memo stays
+    small whatever the run's length: at 10 updates/s a frame stays for ``limit``/10 s,
+    far longer than any client lags behind while its reads still hold whole events.
+    """
+
+    __slots__ = ("chunked", "limit", "plain")
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
+        #: ``bytes -> Event`` for chunked bodies and for plain ones; look up directly
+        #: (``memo.chunked.get(data)``), call :meth:`parse` on a miss.
+        self.chunked: dict[bytes, Event] = {}
+        self.plain: dict[bytes, Event] = {}
+
+    def parse(self, data: bytes, chunked: bool) -> Event | None:
+        """Read ``data`` with :func:`fast_price` and remember the answer when it is one."""
+        got = fast_price(data, chunked)
+        if got is None:
+            return None
+        table = self.chunked if chunked else self.plain
+        if len(table) >= self.limit:
+            del table[next(iter(table))]
+        event = (got[0] == b"snapshot", got[1].decode(), got[2], got[3], got[4], got[5])
+        table[data] = event
+        return event

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from pricectl.core.sse import encode_comment, encode_event
 from pricectl.core.ticks import PriceUpdate
 from pricectl.loadtest.wire import (
+    FrameMemo,
     ProtocolError,
     StreamReader,
     StreamState,
@@ -159,3 +160,34 @@ def test_fast_path_agrees_with_the_general_reader() -> None:
 def test_fast_path_declines_anything_else(wire: bytes) -> None:
     """fast_price returns None for anything but one whole event, leaving it to the reader."""
     assert fast_price(wire, True) is None
+
+
+def test_frame_memo_answers_what_fast_price_reads() -> None:
+    """FrameMemo.parse gives fast_price's reading (id decoded) and remembers it by bytes."""
+    memo = FrameMemo()
+    event = encode_event(_update(9).to_json(), event="price", id="7-27")
+    wire = _chunk(event)
+    got = memo.parse(wire, chunked=True)
+    assert got == (False, "7-27", "BTC/USD", 1_700_000_000_125_000_009, 7, 9)
+    assert memo.chunked[bytes(bytearray(wire))] is got  # another client's copy of the bytes
+    assert memo.plain == {}  # the same bytes mean something else without chunked coding
+    assert memo.parse(event, chunked=False) == got
+    snap = encode_event(_update(1).to_json(), event="snapshot", id="7-3")
+    assert memo.parse(snap, chunked=False) == (True, "7-3", "BTC/USD", *_numbers(1))
+    assert memo.parse(_chunk(encode_comment("ping")), chunked=True) is None
+    assert len(memo.chunked) == 1
+
+
+def _numbers(seq: int) -> tuple[int, int, int]:
+    return 1_700_000_000_125_000_000 + seq, 7, seq
+
+
+def test_frame_memo_keeps_only_the_newest_frames() -> None:
+    """Past its limit the memo forgets the oldest frame first."""
+    memo = FrameMemo(limit=3)
+    frames = [
+        _chunk(encode_event(_update(s).to_json(), event="price", id=f"7-{s}")) for s in range(5)
+    ]
+    for f in frames:
+        memo.parse(f, chunked=True)
+    assert list(memo.chunked) == frames[2:]
