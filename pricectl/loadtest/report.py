@@ -10,6 +10,7 @@ children, read directly: no psutil) or, failing that, from the server's ``/metri
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import urllib.request
@@ -247,6 +248,8 @@ class Report:
     loader: dict[str, float]
     server: dict[str, Any] | None
     lost_workers: int
+    #: How each loader process ended (``status``: on time, late, failed, lost).
+    workers: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     breaches: list[str] = field(default_factory=list)
 
@@ -391,8 +394,7 @@ def build_report(
     events_window = tot.get("events_window", 0)
     server: dict[str, Any] | None = None
     all_notes = list(notes or [])
-    if result.lost_workers:
-        all_notes.append(f"{result.lost_workers} loader process(es) ended without a report")
+    all_notes.extend(_worker_notes(result, plan.drain_timeout))
     late = sum(1 for f in finals if f.get("window_late"))
     if late:
         all_notes.append(
@@ -447,8 +449,33 @@ def build_report(
         },
         server=server,
         lost_workers=result.lost_workers,
+        workers=[dataclasses.asdict(w) for w in getattr(result, "workers", [])],
         notes=all_notes,
     )
+
+
+def _worker_notes(result: Any, drain_timeout: float) -> list[str]:
+    """One line per loader process that was not on time or did not read everything."""
+    out = []
+    for fate in getattr(result, "workers", []):
+        who = f"loader process {fate.index} (pid {fate.pid})"
+        if fate.status == "late":
+            out.append(
+                f"{who} was late: it sent its report only when asked to stop, "
+                "after the window and the drain (overloaded); its figures stop there"
+            )
+        elif fate.status == "failed":
+            out.append(f"{who} failed: {fate.detail}; its clients are in no figure")
+        elif fate.status == "lost":
+            out.append(f"{who} sent no report ({fate.detail}); its clients are in no figure")
+    for f in result.finals:
+        if f.get("behind"):
+            out.append(
+                f"loader process {f.get('worker', '?')}: {f['behind']} clients had not caught "
+                f"up {drain_timeout:g}s after the window (loader or server behind); "
+                "their events still unread are not counted"
+            )
+    return out
 
 
 def _server_figures(probe: ServerProbe, events: int, connections: int) -> dict[str, Any] | None:

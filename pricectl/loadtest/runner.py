@@ -64,6 +64,7 @@ __all__ = [
     "Plan",
     "Progress",
     "RunResult",
+    "WorkerFate",
     "WorkerStats",
     "plan_processes",
     "raise_nofile_limit",
@@ -78,8 +79,13 @@ _PROGRESS_EVERY = 0.5
 #: the first event of the window can arrive (a late worker is reported, not mis-counted).
 _WINDOW_LEAD_NS = 2_000_000_000
 _time_ns = time.time_ns
-#: Ready sockets read per :meth:`_Worker.pump` call before the event loop gets a turn.
-_PUMP_BATCH = 4096
+_NO_WINDOW = 1 << 62
+#: Ready sockets read per :meth:`_Worker.pump` call before the event loop gets a turn...
+_PUMP_BATCH = 1024
+#: ... or after this many seconds: an overloaded worker (reads full of backlog) still
+#: runs its timers, answers the parent and sends its report on time.
+_PUMP_BUDGET = 0.02
+_monotonic = time.monotonic
 #: One read takes whatever is there up to this; one event is a few hundred bytes.
 _RECV_SIZE = 65536
 
@@ -115,6 +121,9 @@ class Plan:
     #: CPUs the loader processes are pinned to (benchmarks: server on one core, loader on
     #: the other); ``None``: not pinned.
     cpus: tuple[int, ...] | None = None
+    #: After the window and the drain, how long the parent waits for a worker's report
+    #: before asking it to stop, and then how long for the report it sends on stopping.
+    report_grace: float = 5.0
 
     @property
     def target(self) -> str:
@@ -204,8 +213,8 @@ class _Window:
     __slots__ = ("stopping", "t0", "t1")
 
     def __init__(self) -> None:
-        self.t0 = 1 << 62  # nothing is "in the window" before the parent says so
-        self.t1 = 1 << 62
+        self.t0 = _NO_WINDOW  # nothing is "in the window" before the parent says so
+        self.t1 = _NO_WINDOW
         self.stopping = False
 
 
@@ -545,13 +554,18 @@ class _Worker:
         """Read every socket that has data and hand the bytes to its client.
 
         The hot loop of the loader, one call per wake-up of the event loop for all ready
-        sockets: a ``recv`` and a :meth:`Client.data_received` per ready socket, nothing
-        per socket in asyncio (no transport, no handle, no selector key). It is about a
-        fifth of an event's cost in this process; the kernel's receive path is most of
-        the rest (docs/benchmarks.md).
+        sockets (at most ``_PUMP_BUDGET`` seconds of them): a ``recv`` and a
+        :meth:`Client.data_received` per ready socket, nothing per socket in asyncio (no
+        transport, no handle, no selector key). The kernel's receive path is most of what
+        an event costs the loader (docs/benchmarks.md).
         """
         by_fd = self.by_fd
+        deadline = _monotonic() + _PUMP_BUDGET
+        n = 0
         for fd, _mask in self.epoll.poll(0, _PUMP_BATCH):
+            n += 1
+            if not n & 31 and _monotonic() > deadline:
+                break  # let the loop run timers and control messages; the rest stay ready
             client = by_fd.get(fd)
             if client is None or client.sock is None:
                 continue
@@ -603,6 +617,7 @@ class _Worker:
         self._send(
             "progress",
             {
+                "t": time.monotonic(),
                 "connected": connected,
                 "attempted": s.attempted,
                 "established": s.established,
@@ -653,59 +668,33 @@ class _Worker:
             await asyncio.sleep(0.001 if rate > 1000 else min(1.0 / rate, 0.05))
 
     async def main(self) -> None:
+        """Ramp, window, drain; then always one ``final`` (or ``failed``) to the parent.
+
+        The report goes out whatever happened: the window ran and drained, the drain
+        timed out with clients behind (an overloaded loader), the parent asked to stop
+        early, or something here raised (then ``failed`` names it).
+        """
         plan = self.plan
         with contextlib.suppress(OSError):  # unresolvable: every connect fails and says so
             infos = await self.loop.getaddrinfo(plan.host, plan.port, type=socket.SOCK_STREAM)
             self.address = (infos[0][0], infos[0][4])
         self.loop.add_reader(self.epoll.fileno(), self.pump)
         self.loop.add_reader(self.conn.fileno(), self._on_control)
-        slow_every = _slow_selector(plan.slow_share)
         ticker = self.loop.create_task(self._ticker())
+        actions: list[asyncio.TimerHandle] = []
         try:
-            ramp_end = self.loop.time() + self.count / max(plan.ramp / plan.processes, 1e-3)
-            ramp = self.loop.create_task(self._ramp())
-            deadline = ramp_end + plan.ready_timeout
-            while not self.parent_gone.is_set():
-                if ramp.done() and not self.pending_settle:
-                    break
-                if self.loop.time() > deadline:
-                    break
-                await asyncio.sleep(0.01)
-            await ramp
-            self._send("ready", {"established": self.stats.established})
-            await _first(self.window_set.wait(), self.parent_gone.wait())
-            if self.parent_gone.is_set():
-                return
-            w = self.window
-            actions: list[asyncio.TimerHandle] = []
-            start_in = max(0.0, (w.t0 - time.time_ns()) / 1e9)
-            if plan.slow_share > 0:
-                slow = [c for c in self.clients if slow_every(c.index)]
-                actions.append(self.loop.call_later(start_in + plan.slow_at, _each, slow, "pause"))
-            if plan.drop_at is not None:
-                fast = [c for c in self.clients if not slow_every(c.index)]
-                actions.append(self.loop.call_later(start_in + plan.drop_at, _each, fast, "drop"))
-            await _first(asyncio.sleep(start_in), self.parent_gone.wait())
-            cpu0, wall0 = _cpu_seconds(), time.monotonic()
-            await _first(asyncio.sleep((w.t1 - time.time_ns()) / 1e9), self.parent_gone.wait())
-            self.cpu_window = _cpu_seconds() - cpu0
-            self.wall_window = time.monotonic() - wall0
-            drain_end = self.loop.time() + plan.drain_timeout
-            while self.loop.time() < drain_end and not self.parent_gone.is_set():
-                if all(
-                    len(c.caught_up) >= c.npairs
-                    for c in self.clients
-                    if not c.slow and c.sock is not None
-                ):
-                    break
-                await asyncio.sleep(0.05)
-            for a in actions:
-                a.cancel()
+            try:
+                await self._phases(actions)
+            finally:
+                for a in actions:
+                    a.cancel()
+                ticker.cancel()
             self._progress()
             self._send("final", self.final())
+        except Exception as exc:  # reported by the parent as this worker's failure
+            self._send("failed", f"{type(exc).__name__}: {exc}")
         finally:
             self.window.stopping = True
-            ticker.cancel()
             for c in self.clients:
                 c.close()
             for t in list(self.tasks):
@@ -714,6 +703,54 @@ class _Worker:
                 self.loop.remove_reader(self.conn.fileno())
             self.loop.remove_reader(self.epoll.fileno())
             self.epoll.close()
+
+    async def _phases(self, actions: list[asyncio.TimerHandle]) -> None:
+        plan = self.plan
+        slow_every = _slow_selector(plan.slow_share)
+        ramp_end = self.loop.time() + self.count / max(plan.ramp / plan.processes, 1e-3)
+        ramp = self.loop.create_task(self._ramp())
+        self.tasks.add(ramp)
+        ramp.add_done_callback(self.tasks.discard)
+        deadline = ramp_end + plan.ready_timeout
+        while not self.parent_gone.is_set():
+            if ramp.done() and not self.pending_settle:
+                break
+            if self.loop.time() > deadline:
+                break
+            await asyncio.sleep(0.01)
+        if self.parent_gone.is_set():
+            return
+        await ramp
+        self._send("ready", {"established": self.stats.established})
+        await _first(self.window_set.wait(), self.parent_gone.wait())
+        if self.parent_gone.is_set():
+            return
+        w = self.window
+        start_in = max(0.0, (w.t0 - time.time_ns()) / 1e9)
+        if plan.slow_share > 0:
+            slow = [c for c in self.clients if slow_every(c.index)]
+            actions.append(self.loop.call_later(start_in + plan.slow_at, _each, slow, "pause"))
+        if plan.drop_at is not None:
+            fast = [c for c in self.clients if not slow_every(c.index)]
+            actions.append(self.loop.call_later(start_in + plan.drop_at, _each, fast, "drop"))
+        await _first(asyncio.sleep(start_in), self.parent_gone.wait())
+        cpu0, wall0 = _cpu_seconds(), time.monotonic()
+        await _first(asyncio.sleep((w.t1 - time.time_ns()) / 1e9), self.parent_gone.wait())
+        self.cpu_window = _cpu_seconds() - cpu0
+        self.wall_window = time.monotonic() - wall0
+        drain_end = self.loop.time() + plan.drain_timeout
+        while self.loop.time() < drain_end and not self.parent_gone.is_set():
+            if not self._behind():
+                break
+            await asyncio.sleep(0.05)
+
+    def _behind(self) -> int:
+        """Reading clients that have not yet seen an update ingested after the window."""
+        return sum(
+            1
+            for c in self.clients
+            if not c.slow and c.sock is not None and len(c.caught_up) < c.npairs
+        )
 
     def final(self) -> dict[str, Any]:
         """Everything the parent adds up into the report."""
@@ -765,6 +802,10 @@ class _Worker:
             "cpu_s": _cpu_seconds(),
             "cpu_window_s": self.cpu_window,
             "window_late": self.window_late,
+            # reading clients still behind the window's end when this was sent: their
+            # last events of the window were not read (loader or server overloaded)
+            "behind": self._behind() if self.window.t1 < _NO_WINDOW else 0,
+            "stopped": self.parent_gone.is_set(),
             "wall_window_s": self.wall_window,
             "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         }
@@ -835,6 +876,18 @@ class Progress:
 
 
 @dataclass
+class WorkerFate:
+    """How one loader process ended, for the report when it was not on time."""
+
+    index: int
+    pid: int | None
+    #: ``on time``; ``late`` (its report came only when asked to stop); ``failed`` (it
+    #: raised: ``detail`` says what); ``lost`` (no report: ``detail`` has the exit status)
+    status: str
+    detail: str = ""
+
+
+@dataclass
 class RunResult:
     """The merged finals of every worker, with the window's timing."""
 
@@ -844,6 +897,7 @@ class RunResult:
     t1_ns: int
     ready_after_s: float
     lost_workers: int = 0
+    workers: list[WorkerFate] = field(default_factory=list)
 
 
 def run(
@@ -856,6 +910,12 @@ def run(
     ``on_progress`` is called about twice a second; ``on_window(phase, seconds_into)`` lets
     the caller act on the server side (sample its CPU at ``"start"``/``"end"``, kill a
     leader at a scenario's time via ``"tick"``).
+
+    Every worker sends one report. One that has not sent it ``plan.report_grace``
+    seconds after the window and the drain is asked to stop (``on_window("overdue")``)
+    and then sends what it has (it is marked *late*); one that sends nothing within
+    another ``report_grace`` is killed and *lost*. :attr:`RunResult.workers` says which
+    worker ended how, so the report can name it.
     """
     ctx = multiprocessing.get_context("fork")
     n = plan.processes
@@ -879,41 +939,64 @@ def run(
     started = time.monotonic()
     progress = Progress(target=plan.clients)
     latest: dict[int, dict[str, Any]] = {}
+    rates: dict[int, float] = {}
     interval = Histogram()
     ready: set[int] = set()
     finals: dict[int, dict[str, Any]] = {}
+    late: set[int] = set()
+    failures: dict[int, str] = {}
     t0 = t1 = 0
     ready_after = -1.0
     ramp_time = plan.clients / plan.ramp
     ready_deadline = started + ramp_time + plan.ready_timeout + 5.0
-    last_events = 0
     last_tick = started
     open_conns = {i: c for i, c in enumerate(conns)}
-    hard_end = started + ramp_time + plan.ready_timeout + plan.duration + plan.drain_timeout + 30
+    # Until the window opens, the latest a report can be due; then the window's own end.
+    report_due = ready_deadline + _WINDOW_LEAD_NS / 1e9 + plan.duration + plan.drain_timeout
+    stop_sent: float | None = None
     try:
-        while open_conns and time.monotonic() < hard_end:
+        while open_conns:
+            now = time.monotonic()
+            if stop_sent is None and now > report_due + plan.report_grace:
+                stop_sent = now  # overdue: ask for what they have
+                if on_window is not None:
+                    on_window("overdue", (time.time_ns() - t0) / 1e9 if t0 else 0.0)
+                for i in open_conns:
+                    with contextlib.suppress(OSError):
+                        conns[i].send(("stop",))
+            if stop_sent is not None and now > stop_sent + plan.report_grace:
+                break
             for c in wait(list(open_conns.values()), timeout=0.25):
                 assert isinstance(c, Connection)
                 i = conns.index(c)
-                body: dict[str, Any]
+                body: Any
                 try:
                     kind, body = c.recv()
                 except (EOFError, OSError):
                     open_conns.pop(i, None)
                     continue
                 if kind == "progress":
+                    prev = latest.get(i)
+                    if prev is not None and body["t"] > prev["t"]:
+                        rates[i] = (body["events"] - prev["events"]) / (body["t"] - prev["t"])
                     latest[i] = body
                     interval.merge(Histogram.from_dict(body["interval"]))
                 elif kind == "ready":
                     ready.add(i)
                 elif kind == "final":
+                    body["worker"] = i
                     finals[i] = body
+                    if stop_sent is not None:
+                        late.add(i)
                     open_conns.pop(i, None)
+                elif kind == "failed":
+                    failures[i] = str(body)
             now = time.monotonic()
             if not t0 and (len(ready) == n or now > ready_deadline):
                 ready_after = now - started
                 t0 = time.time_ns() + _WINDOW_LEAD_NS
                 t1 = t0 + int(plan.duration * 1e9)
+                report_due = now + (t1 - time.time_ns()) / 1e9 + plan.drain_timeout
                 for c in conns:
                     with contextlib.suppress(OSError):
                         c.send(("window", t0, t1))
@@ -929,18 +1012,16 @@ def run(
                     if on_window is not None:
                         on_window("end", into)
             if now - last_tick >= 0.5:
-                events = sum(b["events"] for b in latest.values())
                 progress.connected = sum(b["connected"] for b in latest.values())
                 progress.established = sum(b["established"] for b in latest.values())
                 progress.failed = sum(b["failed"] for b in latest.values())
                 progress.errors = sum(b["errors"] for b in latest.values())
-                progress.events = events
-                progress.events_per_s = (events - last_events) / (now - last_tick)
+                progress.events = sum(b["events"] for b in latest.values())
+                progress.events_per_s = sum(rates.values())
                 progress.p99_ms = interval.quantile(0.99) / 1e6
                 progress.elapsed = now - started
                 progress.window_left = max(0.0, (t1 - time.time_ns()) / 1e9) if t1 else 0.0
                 interval.reset()
-                last_events = events
                 last_tick = now
                 if on_progress is not None:
                     on_progress(progress)
@@ -948,13 +1029,26 @@ def run(
         for c in conns:
             with contextlib.suppress(OSError):
                 c.send(("stop",))
-        for p in procs:
+        for i, p in enumerate(procs):
+            if i in open_conns and p.is_alive():  # had its grace: no point waiting longer
+                p.kill()
             p.join(timeout=5)
             if p.is_alive():
                 p.kill()
                 p.join(timeout=5)
         for c in conns:
             c.close()
+    fates = []
+    for i, p in enumerate(procs):
+        if i in finals:
+            status, detail = ("late", "") if i in late else ("on time", "")
+        elif i in failures:
+            status, detail = "failed", failures[i]
+        else:
+            status = "lost"
+            code = p.exitcode
+            detail = "killed: it did not stop when asked" if code == -9 else f"exit status {code}"
+        fates.append(WorkerFate(i, p.pid, status, detail))
     return RunResult(
         plan=plan,
         finals=[finals[i] for i in sorted(finals)],
@@ -962,4 +1056,5 @@ def run(
         t1_ns=t1,
         ready_after_s=ready_after,
         lost_workers=n - len(finals),
+        workers=fates,
     )
