@@ -31,6 +31,7 @@ __all__ = ["SCENARIO_DIR", "Scenario", "load_scenario", "shipped_scenarios"]
 SCENARIO_DIR = Path(__file__).with_name("scenarios")
 
 _THRESHOLDS = ("max_p99_ms", "min_delivery", "max_gaps", "max_errors")
+_LEASE = ("ttl", "renew_deadline", "retry")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class Scenario:
     drop_at: float | None = None
     kill_leader_at: float | None = None
     requires_redis: bool = False
+    #: The spawned ingest processes' lease (``ttl``, ``renew_deadline``, ``retry`` in
+    #: seconds) when not the configured one: a shorter lease, a shorter failover gap.
+    lease: dict[str, float] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
 
 
@@ -105,6 +109,7 @@ def load_scenario(name_or_path: str) -> Scenario:
         "drop_at",
         "kill_leader_at",
         "requires_redis",
+        "lease",
         "thresholds",
     }
     unknown = sorted(set(raw) - known)
@@ -123,6 +128,10 @@ def load_scenario(name_or_path: str) -> Scenario:
     if not isinstance(thresholds, dict) or set(thresholds) - set(_THRESHOLDS):
         raise UsageError(f"{where}: thresholds: expected keys among {', '.join(_THRESHOLDS)}")
     th = {k: _num(thresholds, k, f"{where}: thresholds") for k in thresholds}
+    lease_raw = raw.get("lease") or {}
+    if not isinstance(lease_raw, dict) or set(lease_raw) - set(_LEASE):
+        raise UsageError(f"{where}: lease: expected keys among {', '.join(_LEASE)}")
+    lease = {k: _num(lease_raw, k, f"{where}: lease", duration=True) for k in lease_raw}
     clients = _num(raw, "clients", where)
     slow_share = _num(raw, "slow_share", where) or 0.0
     if slow_share >= 1:
@@ -140,5 +149,6 @@ def load_scenario(name_or_path: str) -> Scenario:
         drop_at=_num(raw, "drop_at", where, duration=True),
         kill_leader_at=_num(raw, "kill_leader_at", where, duration=True),
         requires_redis=bool(raw.get("requires_redis", False)),
+        lease={k: v for k, v in lease.items() if v is not None},
         thresholds={k: v for k, v in th.items() if v is not None},
     )

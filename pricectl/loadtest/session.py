@@ -122,13 +122,19 @@ def _int(value: float | None) -> int | None:
 
 
 @contextlib.contextmanager
-def _system(o: Options) -> Iterator[tuple[str, int, str, int | None, Spawned | None]]:
+def _system(
+    o: Options, lease: dict[str, float] | None = None
+) -> Iterator[tuple[str, int, str, int | None, Spawned | None]]:
     if o.spawn:
         from pricectl.loadtest.spawn import spawned_system
 
         assert o.pairs is not None and o.update_rate is not None
         with spawned_system(
-            list(o.pairs), o.update_rate, redis_url=o.redis, serve_workers=o.serve_workers
+            list(o.pairs),
+            o.update_rate,
+            redis_url=o.redis,
+            serve_workers=o.serve_workers,
+            lease=lease,
         ) as system:
             if o.serve_cpus:
                 with contextlib.suppress(OSError):
@@ -159,7 +165,14 @@ def run_load_test(
         notes.append(note)
         if on_note is not None:
             on_note(note)
-    with _system(o) as (host, port, path, pid, system):
+    lease = scenario.lease if scenario and o.redis else None
+    if lease:
+        notes.append(
+            "ingest lease "
+            + ", ".join(f"{k} {v:g}s" for k, v in sorted(lease.items()))
+            + " (scenario)"
+        )
+    with _system(o, lease) as (host, port, path, pid, system):
         probe = ServerProbe(pid=pid, metrics_url=f"http://{host}:{port}/metrics")
         probe.at_baseline()
         plan = Plan(
@@ -192,13 +205,19 @@ def run_load_test(
                 assert o.redis is not None and system is not None
                 killed.append(system.kill_leader(o.redis))
                 if on_note is not None:
-                    on_note(f"killed the ingest leader (pid {killed[0]}) at {into:.1f}s")
+                    on_note(
+                        f"killed the ingest leader (pid {killed[0]}) at {into:.1f}s"
+                        if killed[0] is not None
+                        else f"no ingest process held the lease at {into:.1f}s: killed none"
+                    )
 
         result = run(plan, on_progress=on_progress, on_window=on_window)
         if probe.end is None:
             probe.at_end()
-    if killed:
+    if killed and killed[0] is not None:
         notes.append(f"ingest leader pid {killed[0]} killed at {kill_at:g}s into the window")
+    elif killed:
+        notes.append(f"failover: no ingest process held the lease at {kill_at:g}s, none killed")
     report = build_report(
         result, scenario=scenario.name if scenario else None, probe=probe, notes=notes
     )

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from pricectl.errors import PricectlError
@@ -111,18 +111,19 @@ class Spawned:
         return self.serve.pid
 
     def kill_leader(self, redis_url: str) -> int | None:
-        """SIGKILL the ingest process holding the lease (failover); returns its pid."""
+        """SIGKILL the ingest process holding the lease (failover); returns its pid, or
+        None (and kills nothing) when the lease names none of them."""
         alive = [p for p in self.ingest if p.poll() is None]
-        if not alive:
-            return None
-        leader = _leader_pid(redis_url, [p.pid for p in alive]) or alive[0].pid
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(leader, signal.SIGKILL)
+        leader = _leader_pid(redis_url, [p.pid for p in alive])
+        if leader is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(leader, signal.SIGKILL)
         return leader
 
 
 def _leader_pid(redis_url: str, pids: list[int]) -> int | None:
-    """The pid in the lease token (host + pid + random), when it is one of ``pids``."""
+    """The pid in the lease token (``host-pid-random``, bus.leader.make_token), when it is
+    one of ``pids``; None when no lease is held or it is not one of ours."""
     try:
         import redis
 
@@ -134,9 +135,9 @@ def _leader_pid(redis_url: str, pids: list[int]) -> int | None:
     if token is None:
         return None
     text = token.decode("utf-8", "replace") if isinstance(token, bytes) else str(token)
-    for pid in pids:
-        if f"-{pid}-" in text or f":{pid}:" in text or f"/{pid}/" in text:
-            return pid
+    parts = text.rsplit("-", 2)  # the host name may hold dashes; pid and random do not
+    if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) in pids:
+        return int(parts[1])
     return None
 
 
@@ -178,8 +179,13 @@ def spawned_system(
     ingest_processes: int = 2,
     serve_workers: int = 1,
     startup_timeout: float = 20.0,
+    lease: Mapping[str, float] | None = None,
 ) -> Iterator[Spawned]:
-    """Run simulator + serve (+ ingest with Redis) until the ``with`` block ends."""
+    """Run simulator + serve (+ ingest with Redis) until the ``with`` block ends.
+
+    ``lease`` (``ttl``, ``renew_deadline``, ``retry`` in seconds) overrides the ingest
+    processes' leader lease.
+    """
     exe = [sys.executable, "-m", "pricectl.cli"]
     sim_port = free_port()
     serve_port = free_port()
@@ -203,6 +209,8 @@ def spawned_system(
     if redis_url:
         env["PRICECTL_BUS__URL"] = redis_url
         env["REDIS_URL"] = redis_url
+    for key, seconds in (lease or {}).items():
+        env[f"PRICECTL_LEADER__{key.upper()}"] = f"{seconds:g}s"
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(name: str, args: list[str]) -> subprocess.Popen[bytes]:

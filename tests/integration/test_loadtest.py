@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from pricectl.errors import UsageError
 from pricectl.loadtest.report import build_report
 from pricectl.loadtest.runner import Plan, run
 from pricectl.loadtest.scenarios import load_scenario, shipped_scenarios
 from pricectl.loadtest.spawn import spawned_system
+from tests.redis_server import RedisServer
 from tests.waiting import UNIT
 
 PRICECTL = [sys.executable, "-m", "pricectl.cli"]
@@ -184,3 +186,53 @@ def test_a_stalled_loader_process_is_named_and_the_run_still_reports() -> None:
     assert f"loader process 2 (pid {fates[2].pid}) sent no report" in text
     assert report.established == 20  # the late worker's figures count; the lost one's cannot
     assert report.events_window > 0 and report.lost_workers == 1
+
+
+_SHORT_FAILOVER = """\
+# the shipped failover scenario, shortened for CI: a 2 s lease instead of 15 s
+description: ingest leader killed mid-run, short lease
+clients: 50
+pairs: [BTC/USD]
+ramp: 1000
+duration: 7s
+update_rate: 10
+kill_leader_at: 1.5s
+requires_redis: true
+lease: {ttl: 2s, renew_deadline: 1.5s, retry: 0.3s}
+thresholds: {max_gaps: 0, min_delivery: 0.999}
+"""
+
+
+@pytest.mark.timeout(90 * UNIT)
+def test_failover_scenario_end_to_end(tmp_path: Path, redis_server: RedisServer) -> None:
+    """--scenario failover with Redis and ingest: every client sees the gap and the new epoch."""
+    scenario = tmp_path / "failover-short.yaml"
+    scenario.write_text(_SHORT_FAILOVER)
+    out = tmp_path / "report.json"
+    proc = _run(
+        ["--spawn", "--redis", redis_server.url, "--scenario", str(scenario), "--json", str(out)],
+        timeout=80,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    killed = [n for n in report["notes"] if n.startswith("ingest leader pid")]
+    assert killed, report["notes"]
+    assert report["established"] == 50 and report["error_count"] == 0
+    # every client moved to the new leader's epoch, with nothing lost or repeated
+    assert report["epoch_changes"] == 50
+    assert report["gaps"] == 0 and report["duplicates"] == 0 and report["delivery"] >= 0.999
+    # the gap browsers saw: the dead leader's lease running out, then the standby taking over
+    silence = report["longest_silence_ms"]
+    assert 1000 <= silence["p50"] <= silence["max"] < 6000, silence
+
+
+def test_scenario_lease_is_read_and_checked(tmp_path: Path) -> None:
+    """A scenario's lease is read as durations; an unknown lease key is refused by name."""
+    good = tmp_path / "good.yaml"
+    good.write_text("lease: {ttl: 2s, renew_deadline: 1500ms, retry: 0.3s}\n")
+    assert load_scenario(str(good)).lease == {"ttl": 2.0, "renew_deadline": 1.5, "retry": 0.3}
+    assert load_scenario("failover").lease == {}  # the shipped one: the default lease
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lease: {tll: 2s}\n")
+    with pytest.raises(UsageError, match=r"bad\.yaml: lease: expected keys among ttl"):
+        load_scenario(str(bad))
