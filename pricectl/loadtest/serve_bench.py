@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from pricectl.loadtest.report import read_metrics, sample_process_tree
-from pricectl.loadtest.spawn import free_port, private_redis, spawned_system
+from pricectl.loadtest.spawn import free_port, pin_tree, private_redis, spawned_system
 
 __all__ = ["main", "nchan_server", "probe_connects", "run_case"]
 
@@ -50,18 +50,6 @@ END = "<!-- serve-bench:end -->"
 STREAM = "/api/market-data/stream?pairs=BTC/USD"
 RATE = 10.0
 NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
-
-
-def _pin(pid: int, cpus: set[int]) -> None:
-    """Every thread of ``pid`` and of its children onto ``cpus``."""
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        for tid in os.listdir(f"/proc/{p}/task"):
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(int(tid), cpus)
-        with contextlib.suppress(OSError), open(f"/proc/{p}/task/{p}/children") as f:
-            todo.extend(int(c) for c in f.read().split())
 
 
 def _core_busy(cpus: set[int] | None) -> float:
@@ -229,14 +217,14 @@ def run_case(
         cores = os.cpu_count() or 1
         pinned = workers == 1 and cores >= 2
         if pinned:
-            _pin(system.serve_pid, {0})
-            _pin(system.simulator.pid, {1})
+            pin_tree(system.serve_pid, {0})
+            pin_tree(system.simulator.pid, {1})
         elif cores >= workers:
             # One core per worker (the loader goes where there is room): the fan-out's
             # work splits across cores, which is what --workers is for.
             with open(f"/proc/{system.serve_pid}/task/{system.serve_pid}/children") as f:
                 for core, child in enumerate(int(c) for c in f.read().split()):
-                    _pin(child, {core % cores})
+                    pin_tree(child, {core % cores})
 
         def published() -> float:
             if workers > 1:  # /metrics reaches one worker at random: use the nominal rate
@@ -363,7 +351,7 @@ def run_floor(
 ) -> dict[str, Any]:
     """The same-sitting floor: a bare asyncio fan-out pinned to CPU 0, loader on CPU 1."""
     with floor_server() as (port, pid):
-        _pin(pid, {0})
+        pin_tree(pid, {0})
         started = time.monotonic()
         row = _measure(
             pid,
@@ -387,7 +375,7 @@ def run_nchan(
 ) -> dict[str, Any]:
     """The anchor: nginx + nchan, worker pinned to CPU 0, loader on CPU 1."""
     with nchan_server() as (port, worker, published):
-        _pin(worker, {0})
+        pin_tree(worker, {0})
         row = _measure(
             worker, port, "/sub", binary, clients, ramp, duration, extra, "1", published, {0}
         )
