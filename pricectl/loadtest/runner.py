@@ -85,6 +85,8 @@ _PUMP_BATCH = 1024
 #: ... or after this many seconds: an overloaded worker (reads full of backlog) still
 #: runs its timers, answers the parent and sends its report on time.
 _PUMP_BUDGET = 0.02
+#: The budget is checked every this many sockets (not per socket: that costs per event).
+_PUMP_SLICE = 64
 _monotonic = time.monotonic
 #: One read takes whatever is there up to this; one event is a few hundred bytes.
 _RECV_SIZE = 65536
@@ -561,25 +563,25 @@ class _Worker:
         """
         by_fd = self.by_fd
         deadline = _monotonic() + _PUMP_BUDGET
-        n = 0
-        for fd, _mask in self.epoll.poll(0, _PUMP_BATCH):
-            n += 1
-            if not n & 31 and _monotonic() > deadline:
-                break  # let the loop run timers and control messages; the rest stay ready
-            client = by_fd.get(fd)
-            if client is None or client.sock is None:
-                continue
-            try:
-                data = client.sock.recv(_RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError as exc:
-                client.lost(exc)
-                continue
-            if data:
-                client.data_received(data)
-            else:
-                client.lost(None)
+        ready = self.epoll.poll(0, _PUMP_BATCH)
+        for start in range(0, len(ready), _PUMP_SLICE):
+            if start and _monotonic() > deadline:
+                return  # let the loop run timers and control messages; the rest stay ready
+            for fd, _mask in ready[start : start + _PUMP_SLICE]:
+                client = by_fd.get(fd)
+                if client is None or client.sock is None:
+                    continue
+                try:
+                    data = client.sock.recv(_RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as exc:
+                    client.lost(exc)
+                    continue
+                if data:
+                    client.data_received(data)
+                else:
+                    client.lost(None)
 
     def launch(self, client: Client) -> None:
         """Start (or restart) ``client``'s connection attempt, keeping the task referenced."""
