@@ -15,14 +15,15 @@ of one worker, each event a fresh ``bytes`` object as ``recv`` gives:
   silently measure less.
 
 It leaves out what the event loop and the kernel add per event (``epoll_wait``,
-``recv``, asyncio's handle dispatch): measure those in place with ``pricectl loadtest``.
+``recv``, the worker's pump): measure those in place with ``pricectl loadtest``.
 Timings on a shared machine are noisy; instruction counts are not. Run it under
-callgrind twice, with two event counts, and divide the difference::
+callgrind twice, feeding two numbers of the same prepared events, and divide the
+difference (the driver's own loop is about 800 instructions of it)::
 
     python -m pricectl.loadtest.loader_bench                      # ns/event
-    valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
-        python -m pricectl.loadtest.loader_bench --clients 200 --events 20 --runs 1
-    # ... and --events 40; (Ir(40) - Ir(20)) / (200 * 20) = instructions per event
+    valgrind --tool=callgrind --callgrind-out-file=a.out \\
+        python -m pricectl.loadtest.loader_bench --clients 200 --events 40 --feed 10 --runs 1
+    # ... and --feed 30 into b.out; (Ir(b) - Ir(a)) / (200 * 20) = instructions per event
 """
 
 from __future__ import annotations
