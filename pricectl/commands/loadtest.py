@@ -64,8 +64,14 @@ def command(ctx: click.Context, /, **kw: Any) -> None:
 
     Latency is receive time minus the update's ingest_ns (same host); gaps and
     duplicates come from each pair's (epoch, seq). Thresholds make it exit 1.
+    Linux only: the clients are read from one epoll per loader process.
     """
+    import select
+
     from pricectl.errors import UsageError
+
+    if not hasattr(select, "epoll"):
+        raise UsageError(f"pricectl loadtest needs Linux (epoll); this is {sys.platform}")
     from pricectl.loadtest.session import Options, run_load_test
 
     settings = ctx.obj.settings if ctx.obj is not None else None
