@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pricectl.loadtest import sseload
 from pricectl.loadtest.report import ServerProbe, sample_process_tree
 from pricectl.loadtest.session import Options, run_load_test
 from pricectl.loadtest.spawn import private_redis, spawned_system
@@ -97,28 +98,17 @@ def run_sseload(
         with tempfile.TemporaryDirectory() as tmp:
             ready = Path(tmp, "ready")
             out = Path(tmp, "out.json")
-            cmd = [
+            cmd = sseload.command(
                 binary,
-                "-p",
-                str(system.serve_port),
-                "-u",
+                system.serve_port,
                 "/api/market-data/stream?pairs=BTC/USD",
-                "-n",
-                str(clients),
-                "-r",
-                f"{ramp:g}",
-                "-d",
-                f"{duration:g}",
-                "-k",
-                "ingest_ns",
-                "-R",
-                str(ready),
-                "-J",
-                str(out),
-                "-q",
-            ]
-            if cpus:
-                cmd = ["taskset", "-c", ",".join(map(str, cpus)), *cmd]
+                clients,
+                ramp=ramp,
+                duration=duration,
+                json_out=out,
+                ready=ready,
+                cpus=",".join(map(str, cpus)) if cpus else None,
+            )
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
             start = end = None
             while proc.poll() is None:
@@ -258,14 +248,13 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"{name}: run {i + 1} failed: {exc}")
         if reports:
             rows.append(_row(name, _cli(options), reports))
-    source = Path(args.sseload) if args.sseload else _find_sseload()
-    if not args.quick and source is not None and shutil.which("gcc"):
-        binary = Path(tempfile.gettempdir(), "pricectl-sseload")
-        subprocess.run(["gcc", "-O2", "-o", str(binary), str(source)], check=True)
+    source = sseload.find_source(args.sseload)
+    binary = None if args.quick else sseload.build(source)
+    if binary is not None and source is not None:
         runs = []
         for i in range(args.repeat):
             print(f"bench: sseload run {i + 1}/{args.repeat}", file=sys.stderr, flush=True)
-            runs.append(run_sseload(str(binary), 10_000, 20.0, 2000.0, (1,) if two else None))
+            runs.append(run_sseload(binary, 10_000, 20.0, 2000.0, (1,) if two else None))
         cmd = (
             f"gcc -O2 -o /tmp/sseload {source.name}; taskset -c 1 /tmp/sseload -p PORT "
             "-u '/api/market-data/stream?pairs=BTC/USD' -n 10000 -r 2000 -d 20 -k ingest_ns"
@@ -275,15 +264,6 @@ def main(argv: list[str] | None = None) -> int:
     write_section(args.out, _section(rows, started, notes))
     print(_table(rows))
     return 0
-
-
-def _find_sseload() -> Path | None:
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent.parent / "shared" / "bench" / "sseload.c"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 class _redis_for:

@@ -27,7 +27,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pricectl.loadtest import sseload
 from pricectl.loadtest.report import read_metrics
 from pricectl.loadtest.session import Options, run_load_test
 from pricectl.loadtest.spawn import pin_tree, spawned_system
@@ -89,28 +89,17 @@ def run_sseload(
     two = (os.cpu_count() or 1) >= 2
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "out.json")
-        cmd = [
+        cmd = sseload.command(
             binary,
-            "-p",
-            str(port),
-            "-u",
+            port,
             STREAM,
-            "-n",
-            str(clients),
-            "-r",
-            f"{ramp:g}",
-            "-d",
-            f"{duration:g}",
-            "-T",
-            "30",
-            "-k",
-            "ingest_ns",
-            "-J",
-            str(out),
-            "-q",
-        ]
-        if two:
-            cmd = ["taskset", "-c", "1", *cmd]
+            clients,
+            ramp=ramp,
+            duration=duration,
+            json_out=out,
+            ready_timeout=30,
+            cpus="1" if two else None,
+        )
         subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, timeout=duration + 180)
         r: dict[str, Any] = json.loads(out.read_text())
     events, missing = r["events"], r["seq_gaps"]
@@ -193,12 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sseload", default=None, help="path to shared/bench/sseload.c")
     ap.add_argument("--json", type=Path, default=None, help="append every run here")
     args = ap.parse_args(argv)
-    source = Path(args.sseload) if args.sseload else _find_sseload()
-    if source is None or not shutil.which("gcc"):
+    binary = sseload.build(sseload.find_source(args.sseload), "pricectl-crosscheck-sseload")
+    if binary is None:
         print("crosscheck: needs gcc and shared/bench/sseload.c", file=sys.stderr)
         return 2
-    binary = str(Path(tempfile.gettempdir(), "pricectl-crosscheck-sseload"))
-    subprocess.run(["gcc", "-O2", "-Wall", "-o", binary, str(source)], check=True)
     started = dt.datetime.now(dt.UTC)
     runs: list[dict[str, Any]] = []
     with spawned_system(["BTC/USD"], RATE) as system:
@@ -230,14 +217,6 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(row)
     print(table(runs))
     return 0
-
-
-def _find_sseload() -> Path | None:
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent.parent / "shared" / "bench" / "sseload.c"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 if __name__ == "__main__":

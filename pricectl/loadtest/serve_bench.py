@@ -27,7 +27,6 @@ import datetime as dt
 import http.client
 import json
 import os
-import shutil
 import signal
 import socket
 import statistics
@@ -40,6 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pricectl.loadtest import sseload
 from pricectl.loadtest.report import read_metrics, sample_process_tree
 from pricectl.loadtest.spawn import free_port, pin_tree, private_redis, spawned_system
 
@@ -107,32 +107,19 @@ def _sseload(
     cpus: str | None,
 ) -> tuple[subprocess.Popen[bytes], Path, Path]:
     ready, out = tmp / "ready", tmp / "out.json"
-    cmd = [
+    cmd = sseload.command(
         binary,
-        "-p",
-        str(port),
-        "-u",
+        port,
         path,
-        "-n",
-        str(clients),
-        "-r",
-        f"{ramp:g}",
-        "-d",
-        f"{duration:g}",
-        "-T",
-        "30",
-        "-S",
-        "4",
-        "-k",
-        "ingest_ns",
-        "-R",
-        str(ready),
-        "-J",
-        str(out),
-        "-q",
-    ]
-    if cpus:
-        cmd = ["taskset", "-c", cpus, *cmd]
+        clients,
+        ramp=ramp,
+        duration=duration,
+        json_out=out,
+        ready=ready,
+        ready_timeout=30,
+        sources=4,
+        cpus=cpus,
+    )
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL), ready, out
 
 
@@ -456,12 +443,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.out, _section(table, dt.datetime.now(dt.UTC), os.getloadavg()[0], cmd)
             )
         return 0
-    source = Path(args.sseload) if args.sseload else _find_sseload()
-    if source is None or not shutil.which("gcc"):
+    binary = sseload.build(sseload.find_source(args.sseload))
+    if binary is None:
         print("serve_bench: needs gcc and shared/bench/sseload.c", file=sys.stderr)
         return 2
-    binary = str(Path(tempfile.gettempdir(), "pricectl-sseload"))
-    subprocess.run(["gcc", "-O2", "-Wall", "-o", binary, str(source)], check=True)
     started = dt.datetime.now(dt.UTC)
     load = os.getloadavg()[0]
     cases: list[tuple[str, int, int]] = []
@@ -508,14 +493,6 @@ def _section(table: str, started: dt.datetime, load: float, cmd: str) -> str:
         f"Generated {started:%Y-%m-%d %H:%M} UTC by `{cmd}` (load average {load:.1f} "
         "at the start).\n\n" + table + f"{END}"
     )
-
-
-def _find_sseload() -> Path | None:
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent.parent / "shared" / "bench" / "sseload.c"
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 if __name__ == "__main__":
