@@ -67,10 +67,21 @@ class Consumer:
         async for event in self.bus.subscribe(PAIRS):
             if isinstance(event, Gap):
                 self.gaps.append((time.monotonic(), event.reason))
-                with contextlib.suppress(Exception):
-                    self.resyncs.append(await self.bus.snapshot(PAIRS))
+                await self._resync()
                 continue
             self.seen.append(Seen(time.monotonic(), event.update))
+
+    async def _resync(self) -> None:
+        """Re-read the snapshot as serve's hub does: retried (with backoff) until Redis
+        answers, since the first command after a restart may meet a dead pooled socket."""
+        delay = 0.05
+        for _ in range(40):
+            try:
+                self.resyncs.append(await self.bus.snapshot(PAIRS))
+                return
+            except Exception:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     def epochs(self) -> list[int]:
         """Distinct epochs in arrival order."""
