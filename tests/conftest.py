@@ -26,12 +26,8 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests see no pricectl settings from the developer's shell."""
     import os
 
+    from pricectl.config import ENV_ALIASES
+
     for name in list(os.environ):
-        if name.startswith("PRICECTL_") or name in (
-            "BINANCE_WS_URL",
-            "BINANCE_REST_URL",
-            "REDIS_URL",
-            "LOG_LEVEL",
-            "PRICE_STREAM_UPDATE_DEBOUNCE_MS",
-        ):
+        if name.startswith("PRICECTL_") or name in ENV_ALIASES:
             monkeypatch.delenv(name, raising=False)

@@ -34,7 +34,7 @@ from pricectl.bus import keys
 from pricectl.bus.base import Gap
 from pricectl.bus.redis import RedisBus, connect_redis
 from pricectl.exchange.simulator import Simulator
-from pricectl.loadtest.spawn import private_redis
+from pricectl.loadtest.spawn import child_env, private_redis
 
 __all__ = ["main", "run_failovers"]
 
@@ -60,12 +60,7 @@ async def run_failovers(
     with private_redis() as url:
         sim = Simulator(symbols=("BTCUSDT", "ETHUSDT"), trade_rate=rate)
         await sim.start()
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("PRICECTL_") and k not in ("BINANCE_WS_URL", "BINANCE_REST_URL")
-        }
-        env.update(
+        env = child_env(
             {
                 "REDIS_URL": url,
                 "BINANCE_WS_URL": sim.ws_url,

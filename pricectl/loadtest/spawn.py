@@ -49,6 +49,21 @@ def pin_tree(pid: int, cpus: set[int]) -> None:
             todo.extend(int(c) for c in f.read().split())
 
 
+def child_env(settings: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a spawned pricectl process: this one's without any pricectl
+    setting from the caller's shell (``PRICECTL_*`` and config.ENV_ALIASES, so a stray
+    REDIS_URL cannot redirect a spawned serve's bus), plus ``settings``."""
+    from pricectl.config import ENV_ALIASES
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PRICECTL_") and k not in ENV_ALIASES
+    }
+    env.update(settings)
+    return env
+
+
 @contextlib.contextmanager
 def private_redis() -> Iterator[str]:
     """A throwaway redis-server (no persistence) on a free loopback port; yields its URL.
@@ -190,12 +205,7 @@ def spawned_system(
     sim_port = free_port()
     serve_port = free_port()
     logdir = tempfile.mkdtemp(prefix="pricectl-loadtest-")
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("PRICECTL_") and k not in ("BINANCE_WS_URL", "BINANCE_REST_URL")
-    }
-    env.update(
+    env = child_env(
         {
             "PRICECTL_PAIRS": ",".join(pairs),
             "PRICECTL_EXCHANGE__STREAM": "bookTicker",

@@ -408,7 +408,7 @@ class Hub:
         if stop == len(clients):
             group.trim(group.pass_end)
             group.pass_clients = None
-            del self._active[group]
+            self._active.pop(group, None)
             if group.end > group.pass_end and group.clients:
                 self._active[group] = None  # updates arrived during the pass: another one
         return max(1, stop - pos)

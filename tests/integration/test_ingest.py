@@ -31,6 +31,7 @@ from pricectl.bus.base import Gap
 from pricectl.bus.redis import RedisBus, connect_redis
 from pricectl.core.ticks import PriceUpdate
 from pricectl.exchange.simulator import Simulator
+from pricectl.loadtest.spawn import child_env
 from tests.redis_server import RedisServer
 from tests.waiting import UNIT, until
 
@@ -192,12 +193,7 @@ class System:
 
 
 def _env(redis_url: str, sim: Simulator, extra: dict[str, str]) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("PRICECTL_") and k not in ("BINANCE_WS_URL", "BINANCE_REST_URL")
-    }
-    env.update(
+    return child_env(
         {
             "REDIS_URL": redis_url,
             "BINANCE_WS_URL": sim.ws_url,
@@ -205,10 +201,9 @@ def _env(redis_url: str, sim: Simulator, extra: dict[str, str]) -> dict[str, str
             "PRICECTL_PAIRS": ",".join(PAIRS),
             "PRICECTL_EXCHANGE__STREAM": "bookTicker",
             "LOG_LEVEL": "info",
+            **extra,
         }
     )
-    env.update(extra)
-    return env
 
 
 @contextlib.asynccontextmanager
