@@ -39,8 +39,8 @@ system-packages:
 	fi
 
 lint: $(STAMP)
-	$(BIN)/ruff check pricectl tests
-	$(BIN)/ruff format --check pricectl tests
+	$(BIN)/ruff check pricectl benchmarks tests
+	$(BIN)/ruff format --check pricectl benchmarks tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -51,7 +51,7 @@ pytest: $(STAMP) system-packages
 test: system-packages lint typecheck pytest
 
 bench: $(STAMP)
-	$(BIN)/python -m pricectl.loadtest.bench
+	$(BIN)/python -m benchmarks.bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,6 +1,6 @@
 """``pricectl ingest``: one candidate of the leader-elected exchange relay (needs Redis).
 
-Thin glue over :func:`pricectl.ingest.run_ingest`.
+Thin glue over :func:`pricectl.ingest.candidate.run_ingest`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def command(ctx: click.Context) -> None:
     import asyncio
 
     from pricectl.config import load_settings
-    from pricectl.ingest import check_bus, run_ingest
+    from pricectl.ingest.candidate import check_bus, run_ingest
 
     settings = ctx.obj.settings if ctx.obj is not None else load_settings()
     check_bus(settings)

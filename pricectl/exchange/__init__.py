@@ -1,1 +1,1 @@
-"""Exchange adapters: the Binance WebSocket and REST clients, and the local simulator."""
+"""The real Binance adapters: the market-data WebSocket and the REST client."""

@@ -9,7 +9,7 @@ the worker reads all of them itself from one epoll (:meth:`_Worker.pump`), and a
 holding one whole event, the usual case, is looked up by its bytes
 (:class:`~pricectl.loadtest.wire.FrameMemo`) rather than parsed again for every client,
 since the server writes the same bytes to all of them. The loader's CPU per event is
-measured in docs/benchmarks.md; ``python -m pricectl.loadtest.loader_bench`` times the
+measured in docs/benchmarks.md; ``python -m benchmarks.loader_bench`` times the
 per-event Python path alone. Linux only (epoll).
 
 The phases, coordinated by the parent (:func:`run`), mirror ``shared/bench/sseload.c``:

@@ -378,11 +378,11 @@ class _RelayStatus:
 def _embedded_relay(
     settings: Settings, bus: Bus
 ) -> tuple[Awaitable[None] | None, UpstreamStatus | None]:
-    """The in-process relay for memory:// (``pricectl.relay.run_embedded``)."""
+    """The in-process relay for memory:// (``pricectl.ingest.relay.run_embedded``)."""
     try:
-        from pricectl.relay import run_embedded
+        from pricectl.ingest.relay import run_embedded
     except ImportError:  # pragma: no cover - the relay ships with pricectl
-        log.warning("embedded mode: pricectl.relay is not available; serving an empty bus")
+        log.warning("embedded mode: pricectl.ingest.relay is not available; serving an empty bus")
         return None, None
     holder = _RelayStatus()
     return run_embedded(settings, bus, on_relay=holder.set), holder

@@ -22,7 +22,7 @@ from pricectl.core.binance import (
 )
 from pricectl.core.pairs import PairMap
 from pricectl.core.ticks import PriceUpdate
-from pricectl.loadtest.parse_bench import RECORDING_PAIRS
+from tests.recordings import RECORDING_PAIRS
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "binance"
 REAL = DATA / "real"

@@ -1,0 +1,194 @@
+"""Failover gap of ``pricectl ingest`` under SIGKILL (or SIGTERM) of the leader (issue 4).
+
+Run ``python -m benchmarks.failover_bench`` (about 20 s a run with the default
+lease: ttl 15 s, renew_deadline 10 s, retry 2 s). It starts a private redis-server, the
+simulator (``bookTicker`` at ``--rate`` events per symbol per second, so the gap is
+measured to ~1/(2*rate) s), ``--candidates`` ingest processes, and a bus consumer. Each
+run SIGKILLs the process holding the lease and measures, at the consumer, the gap
+between the last update of the old epoch and the first of the new one; a fresh ingest
+process replaces the dead one so every run starts with the same number of candidates.
+
+The gap with SIGKILL is bounded by the lease: the key outlives its holder by up to
+``ttl`` (less the time since the last renew, at most ``retry``), then a standby notices
+at its next jittered poll (``retry`` to ``1.5 * retry``) and publishes its REST snapshot.
+Expect ``ttl - retry`` to ``ttl + 1.5 * retry`` (13 to 18 s with the defaults).
+``--ttl/--renew-deadline/--retry`` change the lease for the run; ``--signal TERM``
+measures a graceful handover (release and announce) instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from pricectl.bus import keys
+from pricectl.bus.base import Gap
+from pricectl.bus.redis import RedisBus, connect_redis
+from pricectl.loadtest.spawn import child_env, private_redis
+from pricectl.simulator.server import Simulator
+
+__all__ = ["main", "run_failovers"]
+
+_PAIRS = ["BTC/USD", "ETH/USD"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def run_failovers(
+    runs: int,
+    candidates: int,
+    rate: float,
+    lease: dict[str, str],
+    folder: str,
+    on_run: object = print,
+    sig: int = signal.SIGKILL,
+) -> list[float]:
+    """``runs`` failovers by sending ``sig`` to the leader; the gap of each, in seconds."""
+    with private_redis() as url:
+        sim = Simulator(symbols=("BTCUSDT", "ETHUSDT"), trade_rate=rate)
+        await sim.start()
+        env = child_env(
+            {
+                "REDIS_URL": url,
+                "BINANCE_WS_URL": sim.ws_url,
+                "BINANCE_REST_URL": sim.rest_url,
+                "PRICECTL_PAIRS": ",".join(_PAIRS),
+                "PRICECTL_EXCHANGE__STREAM": "bookTicker",
+                "LOG_LEVEL": "info",
+                **lease,
+            }
+        )
+        procs: list[subprocess.Popen[bytes]] = []
+
+        def spawn() -> None:
+            with open(os.path.join(folder, f"ingest-{len(procs)}.log"), "wb") as out:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "pricectl.cli", "ingest"],
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+
+        bus = RedisBus(url)
+        await bus.start()
+        seen: list[tuple[float, int]] = []  # (arrival, epoch)
+
+        async def consume() -> None:
+            async for event in bus.subscribe(_PAIRS):
+                if not isinstance(event, Gap):
+                    seen.append((time.monotonic(), event.update.epoch))
+
+        consumer = asyncio.create_task(consume())
+        client = connect_redis(url)
+        gaps: list[float] = []
+        try:
+            for _ in range(candidates):
+                spawn()
+            for i in range(runs):
+                await _until(lambda: len(seen) > 20, 60)
+                token = None
+                while token is None:
+                    token = await client.get(keys.leader(""))
+                    await asyncio.sleep(0.05)
+                victim = next(p for p in procs if p.poll() is None and f"-{p.pid}-" in token)
+                mark = len(seen)
+                await _until(lambda m=mark: len(seen) > m + 10, 30)  # flowing right now
+                old = seen[-1][1]
+                victim.send_signal(sig)
+                victim.wait()
+                await _until(lambda o=old: seen[-1][1] > o, 60)
+                last_old = max(t for t, e in seen if e == old)
+                first_new = min(t for t, e in seen if e > old)
+                gaps.append(first_new - last_old)
+                spawn()
+                if callable(on_run):
+                    on_run(f"run {i + 1}/{runs}: gap {gaps[-1]:.2f}s")
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            consumer.cancel()
+            await bus.close()
+            await asyncio.gather(consumer, return_exceptions=True)
+            await client.aclose()
+            await sim.stop()
+        return gaps
+
+
+async def _until(predicate: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:g}s")
+        await asyncio.sleep(0.01)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry: run the failovers and print each gap, the median and the max."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.failover_bench", description=__doc__
+    )
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--candidates", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=50.0, help="events per symbol per second")
+    parser.add_argument("--ttl", help="leader.ttl (default 15s)")
+    parser.add_argument("--renew-deadline", help="leader.renew_deadline (default 10s)")
+    parser.add_argument("--retry", help="leader.retry (default 2s)")
+    parser.add_argument(
+        "--signal",
+        choices=["KILL", "TERM"],
+        default="KILL",
+        help="KILL: a crash (takeover after the ttl); TERM: a release",
+    )
+    parser.add_argument("--keep-logs", action="store_true", help="keep the ingest logs")
+    args = parser.parse_args(argv)
+    lease = {
+        f"PRICECTL_LEADER__{name}": value
+        for name, value in (
+            ("TTL", args.ttl),
+            ("RENEW_DEADLINE", args.renew_deadline),
+            ("RETRY", args.retry),
+        )
+        if value
+    }
+    folder = tempfile.mkdtemp(prefix="pricectl-failover-")
+    gaps = asyncio.run(
+        run_failovers(
+            args.runs,
+            args.candidates,
+            args.rate,
+            lease,
+            folder,
+            on_run=print,
+            sig=getattr(signal, f"SIG{args.signal}"),
+        )
+    )
+    print(
+        f"failover gap over {len(gaps)} SIG{args.signal} runs "
+        f"({', '.join(f'{k}={v}' for k, v in lease.items()) or 'default lease'}): "
+        f"median {statistics.median(gaps):.2f}s, min {min(gaps):.2f}s, max {max(gaps):.2f}s"
+    )
+    if args.keep_logs:
+        print(f"logs in {folder}")
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""``pricectl ingest``: N candidates, one leader holding the exchange connection (DESIGN 3.4).
+
+Every instance runs the candidate loop of :class:`~pricectl.bus.leader.Leader`:
+
+- **standby**: no exchange connection at all. It keeps a bus subscription to every pair
+  and the latest value of each (re-read from ``prices:latest`` after any gap), so a
+  takeover starts warm: those values seed the relay's cache stage.
+- **leader**: runs :func:`pricectl.ingest.relay.lead` under its fence: check the pairs, publish
+  a REST snapshot, then go live on the WebSocket. Every publish is the fenced script, so
+  nothing is ever published unfenced. A :class:`~pricectl.errors.FencedError` (Redis
+  says someone else holds the lease) ends the term at once: the relay stops, the
+  exchange socket closes, and the process is a candidate again.
+- Redis unreachable, at start or later: the lease loop, the bus probe and the
+  subscription each retry with backoff and say so in the log; the process never exits
+  for it. A leader that cannot renew steps down at ``renew_deadline``.
+- SIGTERM / SIGINT: stop the relay, release the lease (compare-and-delete, announced to
+  the standbys, who take over at once), exit 0.
+
+Leadership is visible in the log: ``elected leader: <identity> epoch N``, ``stepped
+down (epoch N): <why>``, and one ``ingest status:`` line every :data:`STATUS_EVERY`
+seconds (role, epoch, updates published or followed, renew latency and failures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import Any
+
+from pricectl.bus.base import Fence, Gap
+from pricectl.bus.leader import Leader
+from pricectl.bus.redis import RedisBus
+from pricectl.config import Settings, redact_url
+from pricectl.core.lease import LeasePolicy
+from pricectl.core.ticks import PriceUpdate
+from pricectl.errors import BusError, ConfigError, FencedError, UsageError
+from pricectl.ingest.relay import Relay, lead
+
+__all__ = ["STATUS_EVERY", "Ingest", "check_bus", "run_ingest"]
+
+log = logging.getLogger("pricectl.ingest")
+
+#: Seconds between two ``ingest status:`` log lines: often enough to read the state of a
+#: quiet standby from its log, rare enough not to drown anything else.
+STATUS_EVERY = 60.0
+
+
+def check_bus(settings: Settings) -> None:
+    """Raise UsageError unless the bus is shared: ingest on ``memory://`` reaches no one."""
+    if settings.bus.url.startswith("memory://"):
+        raise UsageError(
+            "ingest needs a shared bus: set bus.url / REDIS_URL to redis://... "
+            "(with memory://, `pricectl serve` runs ingest in-process by itself)"
+        )
+
+
+class Ingest:
+    """One ingest process: candidate loop, warm standby state, the relay while leader.
+
+    Construct, then ``await run(stop)``; it returns after ``stop`` is set and the lease is
+    released. :meth:`status` is safe to call any time.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        check_bus(settings)
+        self.settings = settings
+        self.pairs = settings.pair_map.pairs
+        self.bus = RedisBus(settings.bus.url, settings.bus.prefix)
+        self.leader = Leader(
+            settings.bus.url,
+            settings.bus.prefix,
+            policy=LeasePolicy.from_settings(settings.leader),
+        )
+        #: The relay of the current term (None as a standby).
+        self.relay: Relay | None = None
+        #: Standby's warm view: the latest update of each pair seen on the bus.
+        self.latest: dict[str, PriceUpdate] = {}
+        #: Updates seen on the bus as a standby, and snapshot re-reads after a gap.
+        self.followed = 0
+        self.resyncs = 0
+        #: Terms that ended because Redis refused a publish.
+        self.fenced = 0
+        self._standby = asyncio.Event()
+        self._standby.set()
+        self._fatal: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+
+    # --- running -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Compete for the lease until ``stop`` is set; then release it and return.
+
+        Raises ConfigError if a term found the configured pairs wrong (unknown symbols):
+        every candidate would fail the same way, so the process ends.
+        """
+        self._stop = stop
+        lease = self.settings.leader
+        log.info(
+            "ingest %s: candidate for the lease at %s (ttl %gs, renew_deadline %gs, "
+            "retry %gs), %d pairs",
+            self.leader.identity,
+            redact_url(self.settings.bus.url),
+            lease.ttl,
+            lease.renew_deadline,
+            lease.retry,
+            len(self.pairs),
+        )
+        await self.bus.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                candidate = tg.create_task(self.leader.run(self._term), name="ingest-candidate")
+                others = [
+                    tg.create_task(self._follow(), name="ingest-follow"),
+                    tg.create_task(self._report(), name="ingest-status"),
+                ]
+                await stop.wait()
+                log.info("ingest: stopping; releasing the lease if held")
+                # The candidate first: its end stops the relay and then releases the lease.
+                candidate.cancel()
+                await asyncio.wait([candidate])
+                for t in others:
+                    t.cancel()
+        finally:
+            await self.leader.close()
+            await self.bus.close()
+        if self._fatal is not None:
+            raise self._fatal
+        log.info("ingest: stopped")
+
+    async def _term(self, fence: Fence) -> None:
+        """One term as leader (run by the Leader as a task, cancelled at step-down)."""
+        self._standby.clear()
+        relay = Relay(self.settings, self.bus, fence)
+        relay.seed(self.latest.values())
+        self.relay = relay
+        try:
+            await lead(relay)
+        except (FencedError, ConfigError) as exc:
+            # A TaskGroup that ends with a child's error drops a cancel aimed at us (the
+            # Leader stepping down at the same moment): honour it, or step-down would wait
+            # for us forever.
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError from exc
+            if isinstance(exc, FencedError):
+                self.fenced += 1
+                self.leader.lost(f"fenced by redis: {exc}")
+            else:
+                log.error("ingest: %s; stopping", exc)
+                self._fatal = exc
+                if self._stop is not None:
+                    self._stop.set()
+            await asyncio.Event().wait()  # the Leader cancels us as it steps down
+        finally:
+            self.relay = None
+            self._standby.set()
+
+    async def _follow(self) -> None:
+        """As a standby, keep a subscription and the latest value of every pair warm."""
+        while True:
+            await self._standby.wait()
+            sub = self.bus.subscribe(self.pairs)
+            try:
+                async for event in sub:
+                    if not self._standby.is_set():
+                        break  # we lead now: our own publishes need no watching
+                    if isinstance(event, Gap):
+                        with contextlib.suppress(BusError):
+                            self.latest.update(await self.bus.snapshot(self.pairs))
+                            self.resyncs += 1
+                        continue
+                    self.latest[event.update.pair] = event.update
+                    self.followed += 1
+                else:
+                    return  # the bus was closed
+            finally:
+                aclose = getattr(sub, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_EVERY)
+            st = self.status()
+            if st["role"] == "leader":
+                relay = st["relay"] or {}
+                log.info(
+                    "ingest status: leader epoch %s since %s, published %s %s, "
+                    "renew latency %s, renew failures %s",
+                    st["epoch"],
+                    time.strftime("%H:%M:%S", time.localtime(st["since"] or 0)),
+                    relay.get("published"),
+                    relay.get("published_by_source"),
+                    _ms(st["last_renew_latency"]),
+                    st["renew_failures"],
+                )
+            else:
+                log.info(
+                    "ingest status: standby, leader epoch %s, %d updates followed, "
+                    "%d resyncs, redis %s",
+                    st["followed_epoch"],
+                    self.followed,
+                    self.resyncs,
+                    "connected" if self.bus.connected else "unreachable",
+                )
+
+    # --- observability -----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Leadership, bus and relay state as a JSON-ready dict."""
+        lead_st = self.leader.status()
+        epochs = [u.epoch for u in self.latest.values()]
+        relay = self.relay
+        return {
+            **lead_st,
+            "role": "leader" if lead_st["is_leader"] else "standby",
+            "followed_epoch": max(epochs) if epochs else None,
+            "followed": self.followed,
+            "resyncs": self.resyncs,
+            "fenced": self.fenced,
+            "bus": {"connected": self.bus.connected, "reconnects": self.bus.reconnects},
+            "relay": relay.status() if relay is not None else None,
+        }
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}ms"
+
+
+async def run_ingest(settings: Settings) -> None:
+    """``pricectl ingest``: run one candidate until SIGTERM/SIGINT, then release and return.
+
+    Raises UsageError at once for a ``memory://`` bus.
+    """
+    check_bus(settings)
+    ingest = Ingest(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await ingest.run(stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,325 @@
+"""The Binance WebSocket client against the real simulator over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from pricectl.config import (
+    BackoffSettings,
+    BreakerSettings,
+    FallbackSettings,
+    HeartbeatSettings,
+    ResilienceSettings,
+    Settings,
+)
+from pricectl.core.ticks import PriceUpdate
+from pricectl.exchange.binance_ws import BinanceWS
+from pricectl.simulator.server import Simulator
+from tests.waiting import UNIT, until
+
+pytestmark = pytest.mark.timeout(60 * UNIT)
+
+
+def fast_settings(sim: Simulator, stream: str = "ticker", **exchange: Any) -> Settings:
+    """Settings for tests: the simulator's URLs and resilience timings in tenths of seconds."""
+    base = Settings()
+    ex = replace(
+        base.exchange,
+        ws_url=sim.ws_url,
+        rest_url=sim.rest_url,
+        stream=stream,  # type: ignore[arg-type]
+        connect_timeout=2.0,
+        rest_timeout=2.0,
+        **exchange,
+    )
+    res = ResilienceSettings(
+        backoff=BackoffSettings(initial=0.05, max=0.2, multiplier=2.0, reset_after=5.0),
+        breaker=BreakerSettings(failure_threshold=3, cooldown=0.5),
+        heartbeat=HeartbeatSettings(idle_timeout=0.6, stale_after=1.0),
+        fallback=FallbackSettings(rest_poll_interval=0.2, rest_failures_before_cache=3),
+    )
+    return replace(base, exchange=ex, pairs=("BTC/USD", "ETH/USD"), resilience=res)
+
+
+class Collector:
+    """The ``on_batch`` callback: records every batch and every update per pair."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[PriceUpdate]] = []
+        self.by_pair: dict[str, list[PriceUpdate]] = defaultdict(list)
+
+    async def __call__(self, batch: list[PriceUpdate]) -> None:
+        self.batches.append(batch)
+        for u in batch:
+            self.by_pair[u.pair].append(u)
+
+    def count(self, pair: str | None = None) -> int:
+        if pair is None:
+            return sum(len(v) for v in self.by_pair.values())
+        return len(self.by_pair[pair])
+
+
+@pytest.fixture
+async def start_sim() -> AsyncIterator[Callable[..., Awaitable[Simulator]]]:
+    """Start simulators on free ports (config overrides as keywords); stopped after the test."""
+    started: list[Simulator] = []
+
+    async def start(**overrides: Any) -> Simulator:
+        overrides.setdefault("ticker_interval", 0.1)
+        simulator = Simulator(**overrides)
+        await simulator.start("127.0.0.1", 0)
+        started.append(simulator)
+        return simulator
+
+    yield start
+    for simulator in started:
+        await simulator.stop()
+
+
+@pytest.fixture
+async def sim(start_sim: Callable[..., Awaitable[Simulator]]) -> Simulator:
+    """A simulator with default settings (ticker every 0.1 s)."""
+    return await start_sim()
+
+
+class Running:
+    """A BinanceWS running in a task of the test's loop, cancelled on exit."""
+
+    def __init__(self, ws: BinanceWS) -> None:
+        self.ws = ws
+
+    async def __aenter__(self) -> BinanceWS:
+
+        self._task = asyncio.get_running_loop().create_task(self.ws.run())
+        return self.ws
+
+    async def __aexit__(self, *exc: object) -> None:
+
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+
+def assert_consecutive(updates: list[PriceUpdate]) -> None:
+    """Trade ids of one pair go up by exactly one: nothing lost, nothing twice."""
+    keys = [u.order_key for u in updates]
+    assert keys, "no updates"
+    gaps = [(a, b) for a, b in itertools.pairwise(keys) if b != a + 1]
+    assert not gaps, f"gaps or duplicates in order keys: {gaps[:5]}"
+
+
+async def test_pairs_stream_on_one_connection(sim: Simulator):
+    """Both configured pairs stream ticker updates over one combined connection."""
+    got = Collector()
+    ws = BinanceWS(fast_settings(sim), got)
+    async with Running(ws):
+        await until(lambda: got.count("BTC/USD") >= 3 and got.count("ETH/USD") >= 3, 10, "ticks")
+        assert sim.connections == 1
+        assert ws.connected and ws.healthy
+        status = ws.status()
+    assert status["breaker"] == "closed" and status["reconnects"] == 0
+    assert status["last_frame_age"] is not None and status["last_frame_age"] < 1.0
+    u = got.by_pair["BTC/USD"][-1]
+    assert u.symbol == "BTCUSDT" and u.source == "ws" and isinstance(u.price, str)
+    assert u.bid is not None and u.change_pct is not None
+    assert sorted(sim.state()["subscriptions"][0]) == ["btcusdt@ticker", "ethusdt@ticker"]
+
+
+async def test_dropped_connection_is_back_within_backoff(sim: Simulator):
+    """After the server aborts every socket, the client is streaming again within backoff."""
+    got = Collector()
+    ws = BinanceWS(fast_settings(sim), got)
+    async with Running(ws):
+        await until(lambda: got.count() >= 2, 10, "first ticks")
+        sim.set_fault(drop=True)
+        dropped = time.monotonic()
+        await until(lambda: ws.reconnects == 1 and ws.connected, 5, "reconnect")
+        back_after = time.monotonic() - dropped
+        before = got.count()
+        await until(lambda: got.count() > before, 5, "ticks after the reconnect")
+    # Backoff max is 0.2 s: the reconnect must not wait longer than that plus the handshake.
+    assert back_after < 0.2 + 1.0 * UNIT
+    assert "connection lost" in (ws.last_disconnect or "") or "closed" in (ws.last_disconnect or "")
+
+
+async def test_stall_is_detected_within_idle_timeout(sim: Simulator):
+    """A server that goes silent is noticed within the idle timeout and replaced."""
+    got = Collector()
+    settings = fast_settings(sim)
+    ws = BinanceWS(settings, got)
+    async with Running(ws):
+        await until(lambda: got.count() >= 2, 10, "first ticks")
+        sim.set_fault(stall=True)
+        stalled = time.monotonic()
+        await until(lambda: ws.reconnects >= 1, 5, "idle detection")
+        detected_after = time.monotonic() - stalled
+        assert "idle" in (ws.last_disconnect or "")
+        sim.set_fault(stall=False)
+        before = got.count()
+        await until(lambda: got.count() > before, 5, "ticks after the stall")
+    # The last frame came at most one ticker interval before the stall began.
+    assert detected_after < settings.resilience.heartbeat.idle_timeout + 0.5 * UNIT
+
+
+async def test_garbage_frames_are_skipped_and_counted(sim: Simulator):
+    """Garbage frames are counted as skips while good frames keep flowing on one connection."""
+    got = Collector()
+    ws = BinanceWS(fast_settings(sim), got)
+    async with Running(ws):
+        await until(lambda: got.count() >= 2, 10, "first ticks")
+        sim.set_fault(garbage=100.0)
+        await until(lambda: sum(ws.skips.values()) >= 20, 10, "garbage counted")
+        before = got.count()
+        await until(lambda: got.count() >= before + 4, 5, "good ticks among the garbage")
+        sim.set_fault(garbage=0.0)
+    skips = ws.skips
+    assert {"invalid_json", "unknown_event", "missing_field"} <= set(skips)
+    assert ws.reconnects == 0
+    assert ws.status()["skips"] == skips
+
+
+async def test_pongs_keep_the_connection_alive(start_sim: Callable[..., Awaitable[Simulator]]):
+    """Server pings every 0.2 s with a 0.5 s pong deadline: the connection survives them all."""
+    sim = await start_sim(ping_interval=0.2, pong_timeout=0.5)
+    got = Collector()
+    ws = BinanceWS(fast_settings(sim), got)
+    async with Running(ws):
+        await until(lambda: sim.stats.pongs_received >= 10, 10, "ten pings answered")
+        assert sim.stats.cut_pong_timeout == 0
+        assert ws.reconnects == 0 and sim.stats.total_connects == 1
+        assert ws.connected
+
+
+async def test_connection_age_replacement_loses_and_duplicates_nothing(
+    start_sim: Callable[..., Awaitable[Simulator]],
+):
+    """Two make-before-break replacements at our max age: trade ids stay consecutive."""
+    sim = await start_sim(trade_rate=40.0)
+    got = Collector()
+    ws = BinanceWS(fast_settings(sim, stream="aggTrade", max_connection_age=0.8), got)
+    async with Running(ws):
+        await until(lambda: ws.reconnects >= 2, 10, "two age replacements")
+        count = got.count()
+        await until(lambda: got.count() >= count + 10, 5, "trades after the switch")
+        await until(lambda: sim.connections == 1, 5, "old connections closed")
+    assert ws.duplicates > 0, "the overlap delivered nothing twice to de-duplicate"
+    for pair in ("BTC/USD", "ETH/USD"):
+        assert_consecutive(got.by_pair[pair])
+
+
+async def test_server_shutdown_is_crossed_without_gap(
+    start_sim: Callable[..., Awaitable[Simulator]],
+):
+    """serverShutdown then a cut 0.5 s later: the switch happens first, ids stay consecutive."""
+    sim = await start_sim(trade_rate=40.0)
+    got = Collector()
+    ws = BinanceWS(fast_settings(sim, stream="trade"), got)
+    async with Running(ws):
+        await until(lambda: got.count("BTC/USD") >= 10, 10, "first trades")
+        sim.server_shutdown(0.5)
+        await until(lambda: ws.reconnects == 1, 5, "replacement after serverShutdown")
+        count = got.count()
+        await until(lambda: got.count() >= count + 20, 5, "trades after the switch")
+        await until(lambda: sim.connections == 1, 5, "old connection closed")
+        assert ws.connected
+    for pair in ("BTC/USD", "ETH/USD"):
+        assert_consecutive(got.by_pair[pair])
+
+
+async def test_simulator_age_cut_is_crossed_without_gap(
+    start_sim: Callable[..., Awaitable[Simulator]],
+):
+    """The exchange's own age limit (announced by serverShutdown) is crossed losing no trade."""
+    sim = await start_sim(trade_rate=40.0, max_connection_age=1.2, shutdown_notice=0.6)
+    got = Collector()
+    ws = BinanceWS(fast_settings(sim, stream="aggTrade"), got)
+    async with Running(ws):
+        await until(lambda: ws.reconnects >= 2, 10, "two exchange cuts crossed")
+        count = got.count()
+        await until(lambda: got.count() >= count + 10, 5, "trades after the switch")
+    # Each connection was replaced after its serverShutdown, before the exchange's cut.
+    assert sim.stats.cut_age == 0
+    for pair in ("BTC/USD", "ETH/USD"):
+        assert_consecutive(got.by_pair[pair])
+
+
+async def test_add_and_remove_pairs_on_the_live_connection(sim: Simulator):
+    """SUBSCRIBE/UNSUBSCRIBE change the streams without reconnecting."""
+    got = Collector()
+    settings = replace(fast_settings(sim), pairs=("BTC/USD",))
+    ws = BinanceWS(settings, got)
+    async with Running(ws):
+        await until(lambda: got.count("BTC/USD") >= 2, 10, "BTC ticks")
+        assert await ws.add_pairs(["SOL/USD"]) == ["SOL/USD"]
+        await until(lambda: got.count("SOL/USD") >= 2, 5, "SOL ticks after SUBSCRIBE")
+        assert await ws.remove_pairs(["BTC/USD"]) == ["BTC/USD"]
+        await until(
+            lambda: sim.state()["subscriptions"] == [["solusdt@ticker"]], 5, "UNSUBSCRIBE applied"
+        )
+        assert ws.pairs == ("SOL/USD",)
+        assert ws.reconnects == 0 and sim.stats.total_connects == 1
+
+
+async def test_outgoing_messages_stay_under_the_rate_limit(sim: Simulator):
+    """Ten SUBSCRIBEs in a row are paced under 5/s: the exchange never cuts us."""
+    got = Collector()
+    settings = replace(fast_settings(sim, max_messages_per_second=4.0), pairs=("BTC/USD",))
+    ws = BinanceWS(settings, got)
+    extra = ["ETH/USD", "SOL/USD", "BNB/USD", "XRP/USD", "ADA/USD"]
+    async with Running(ws):
+        await until(lambda: ws.connected, 10, "connected")
+        started = time.monotonic()
+        for pair in extra:
+            await ws.add_pairs([pair])
+            await ws.remove_pairs([pair])
+        took = time.monotonic() - started
+        await until(lambda: got.count("BTC/USD") >= 2, 5, "still streaming")
+        assert sim.stats.cut_rate_limit == 0 and ws.reconnects == 0
+    assert ws.messages_sent == 10
+    # 10 messages at 4 per second cannot take less than 2 full windows.
+    assert took >= 2.0
+
+
+async def test_breaker_opens_on_refused_connections_and_closes_after(sim: Simulator):
+    """Refused handshakes open the breaker (unhealthy); a later probe reconnects and closes it."""
+    got = Collector()
+    ws = BinanceWS(fast_settings(sim), got)
+    async with Running(ws):
+        await until(lambda: ws.connected, 10, "connected")
+        sim.set_fault(refuse=True, drop=True)
+        await until(lambda: ws.breaker.state.value == "open", 5, "breaker open")
+        assert not ws.healthy and not ws.connected
+        sim.set_fault(refuse=False)
+        await until(lambda: ws.connected and ws.healthy, 5, "reconnected after cooldown")
+        before = got.count()
+        await until(lambda: got.count() > before, 5, "ticks again")
+    assert sim.stats.refused >= 3
+
+
+async def test_connect_attempts_never_exceed_the_limit(sim: Simulator):
+    """With connections refused, attempts stop at max_connects_per_5m within the window."""
+    settings = fast_settings(sim, max_connects_per_5m=4)
+    settings = replace(
+        settings,
+        resilience=replace(
+            settings.resilience,
+            breaker=BreakerSettings(failure_threshold=100, cooldown=0.1),
+            backoff=BackoffSettings(initial=0.01, max=0.02, multiplier=2.0, reset_after=5.0),
+        ),
+    )
+    sim.set_fault(refuse=True)
+    ws = BinanceWS(settings, Collector())
+    async with Running(ws):
+        await until(lambda: ws.connect_limited >= 1, 5, "the connect limit to bite")
+        assert ws.connect_attempts == 4
+        assert sim.stats.refused == 4

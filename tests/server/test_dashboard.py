@@ -1,0 +1,170 @@
+"""The dashboard in headless Chromium (Debian's chromium driven by Python Playwright)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from pricectl.server.app import FAULTS
+from tests.server.harness import Running, make_settings, running
+from tests.waiting import UNIT, until
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """A headless Chromium for the test."""
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def open_dashboard(browser: Browser, r: Running, query: str = "") -> Page:
+    page = await browser.new_page()
+    page.set_default_timeout(10_000 * UNIT)
+    await page.goto(r.url("/" + query))
+    return page
+
+
+def row(page: Page, pair: str, cell: str):
+    return page.locator(f'tr[data-pair="{pair}"] .{cell}')
+
+
+async def test_prices_appear_and_change(browser):
+    """Published prices show up with bid/ask, change colour and a Live badge, and update."""
+    async with running(make_settings(update_debounce_ms=50)) as r:
+        up = r.ticker("BTC/USD", "43250.12")
+        await r.publish(up)
+        page = await open_dashboard(browser, r)
+        await row(page, "BTC/USD", "price").filter(has_text="43250.12").wait_for()
+        assert await row(page, "BTC/USD", "badge").text_content() == "Live"
+        assert await row(page, "BTC/USD", "bid").text_content() == "43250.12"
+        assert "up" in (await row(page, "BTC/USD", "change").get_attribute("class") or "")
+        assert await page.locator("#conn").get_attribute("data-state") == "live"
+        await r.publish_pairs("BTC/USD", price="43300.50")
+        await row(page, "BTC/USD", "price").filter(has_text="43300.50").wait_for()
+        assert await page.evaluate("window.pricectl.mode") == "shared"
+
+
+async def test_stale_marker_appears_and_clears(browser):
+    """When updates stop for stale_after the Stale marker shows; a new update clears it."""
+    async with running(make_settings(stale_after=1.0, update_debounce_ms=50)) as r:
+        await r.publish_pairs("ETH/USD", price="2000.00")
+        page = await open_dashboard(browser, r)
+        await row(page, "ETH/USD", "price").filter(has_text="2000.00").wait_for()
+        stale = row(page, "ETH/USD", "stale")
+        await stale.wait_for(state="visible")  # no update for 1 s
+        await r.publish_pairs("ETH/USD", price="2001.00")
+        await row(page, "ETH/USD", "price").filter(has_text="2001.00").wait_for()
+        await stale.wait_for(state="hidden")
+        # ingest's own stale flag is honoured too
+        await r.publish_pairs("ETH/USD", price="2001.00", source="cache", stale=True)
+        await stale.wait_for(state="visible")
+        assert await row(page, "ETH/USD", "badge").text_content() == "Cached"
+
+
+async def _page_stats(page: Page) -> dict:
+    await page.evaluate("window.pricectl.refreshStats()")
+    await page.wait_for_function("window.pricectl.stats !== null")
+    stats = await page.evaluate("window.pricectl.stats")
+    await page.evaluate("window.pricectl.stats = null")
+    return stats
+
+
+async def test_one_stream_across_30_forced_reconnects(browser):
+    """Across 30 server-side disconnects the page never has two streams open and keeps
+    one EventSource (the browser reconnects it; nothing creates another)."""
+    settings = make_settings(retry=0.05, retry_jitter=0.05, update_debounce_ms=50)
+    async with running(settings) as r:
+        await r.publish_pairs("BTC/USD", "ETH/USD")
+        page = await open_dashboard(browser, r)
+        await until(lambda: r.hub.clients == 1, 10, "the page's stream")
+        for i in range(30):
+            before = r.hub.connections_total
+            assert r.hub.disconnect_all() == 1
+            await until(
+                lambda b=before: r.hub.connections_total == b + 1 and r.hub.clients == 1,
+                10,
+                f"reconnect {i + 1}",
+            )
+            assert r.hub.clients <= 1
+        assert r.hub.peak_clients == 1
+        assert r.hub.connections_total == 31
+        stats = await _page_stats(page)
+        assert stats["created"] == 1 and stats["open"] == 1, stats
+        # the page still shows live data afterwards
+        await r.publish_pairs("BTC/USD", price="777.00")
+        await row(page, "BTC/USD", "price").filter(has_text="777.00").wait_for()
+
+
+async def test_two_tabs_share_one_stream(browser):
+    """Two tabs of the dashboard use one stream through the SharedWorker."""
+    async with running(make_settings(update_debounce_ms=50)) as r:
+        await r.publish_pairs("BTC/USD", price="1.00")
+        ctx = await browser.new_context()
+        a = await ctx.new_page()
+        b = await ctx.new_page()
+        await a.goto(r.url("/"))
+        await b.goto(r.url("/"))
+        await row(b, "BTC/USD", "price").filter(has_text="1.00").wait_for()
+        await until(lambda: r.hub.clients == 1, 10, "one shared stream")
+        await r.publish_pairs("BTC/USD", price="2.00")
+        await row(a, "BTC/USD", "price").filter(has_text="2.00").wait_for()
+        await row(b, "BTC/USD", "price").filter(has_text="2.00").wait_for()
+        assert r.hub.peak_clients == 1
+        assert (await _page_stats(a))["tabs"] == 2
+        await ctx.close()
+        await until(lambda: r.hub.clients == 0, 10, "stream closed when every tab is gone")
+
+
+async def test_direct_mode_without_shared_worker(browser):
+    """With SharedWorker unavailable the page holds its own single EventSource."""
+    async with running(make_settings(update_debounce_ms=50)) as r:
+        await r.publish_pairs("SOL/USD", price="150.00")
+        page = await open_dashboard(browser, r, "?shared=0&pairs=SOL/USD")
+        await row(page, "SOL/USD", "price").filter(has_text="150.00").wait_for()
+        assert await page.evaluate("window.pricectl.mode") == "direct"
+        assert await page.locator("tr[data-pair]").count() == 1
+        stats = await _page_stats(page)
+        assert stats["created"] == 1 and stats["open"] == 1
+        await page.close()
+        await until(lambda: r.hub.clients == 0, 10, "stream closed on pagehide")
+
+
+async def test_stream_failure_falls_back_to_rest_then_live(browser):
+    """With the stream endpoint failing the page polls REST and marks values Cached;
+    when the stream works again it returns to Live."""
+    async with running(make_settings(update_debounce_ms=50)) as r:
+        await r.publish_pairs("BTC/USD", price="100.00")
+        page = await open_dashboard(browser, r)
+        badge = row(page, "BTC/USD", "badge")
+        await badge.filter(has_text="Live").wait_for()
+        r.app[FAULTS].add("stream")
+        r.hub.disconnect_all()
+        await r.publish_pairs("BTC/USD", price="101.00")  # only REST can deliver this now
+        await (
+            row(page, "BTC/USD", "price").filter(has_text="101.00").wait_for(timeout=20_000 * UNIT)
+        )
+        assert await badge.text_content() == "Cached"
+        assert await page.locator("#conn").get_attribute("data-state") == "offline"
+        r.app[FAULTS].discard("stream")
+        await page.locator('#conn[data-state="live"]').wait_for(timeout=30_000 * UNIT)
+        await r.publish_pairs("BTC/USD", price="102.00")
+        await row(page, "BTC/USD", "price").filter(has_text="102.00").wait_for()
+        await badge.filter(has_text="Live").wait_for()
+        assert r.hub.peak_clients == 1

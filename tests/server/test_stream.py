@@ -1,0 +1,188 @@
+"""The SSE endpoint with real sockets: opening, live updates, resume, bad requests, limits."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+
+from tests.server.harness import SSEConn, make_settings, running
+from tests.waiting import until
+
+STREAM = "/api/market-data/stream"
+
+
+async def test_snapshot_then_live():
+    """A client gets headers, a comment, retry, one snapshot per pair, then live prices."""
+    async with running() as r:
+        await r.publish_pairs("BTC/USD", "ETH/USD", "SOL/USD")
+        await until(lambda: len(r.hub.latest) == 3, 5, "hub has three pairs")
+        c = await SSEConn.open(r.port, f"{STREAM}?pairs=BTC/USD,ETH/USD")
+        try:
+            assert c.status == 200
+            assert c.headers["content-type"] == "text/event-stream"
+            assert c.headers["cache-control"] == "no-store"
+            assert c.headers["x-accel-buffering"] == "no"
+            assert "content-encoding" not in c.headers
+            evs = await c.wait_events(2)
+            assert c.body.startswith(b": ok\n")
+            assert 3000 <= c.decoder.retry <= 5000
+            assert [(e.event, json.loads(e.data)["pair"]) for e in evs] == [
+                ("snapshot", "BTC/USD"),
+                ("snapshot", "ETH/USD"),
+            ]
+            ups = await r.publish_pairs("SOL/USD", "ETH/USD", price="200.5")
+            evs = await c.wait_events(3)
+            live = evs[2]
+            assert live.event == "price"
+            assert live.id == f"{ups[1].epoch}-{ups[1].gseq}"
+            assert json.loads(live.data)["price"] == "200.5"
+        finally:
+            c.close()
+
+
+async def test_resume_from_ring_without_gap_or_duplicate():
+    """Reconnecting with Last-Event-ID replays exactly what was missed while the ring covers it."""
+    async with running() as r:
+        await r.publish_pairs("BTC/USD")
+        c = await SSEConn.open(r.port, f"{STREAM}?pairs=BTC/USD")
+        await c.wait_events(1)
+        await r.publish_pairs("BTC/USD", "ETH/USD", price="1")
+        await c.wait_events(2)
+        last = c.decoder.last_event_id
+        c.close()
+        missed = await r.publish_pairs("BTC/USD", "ETH/USD", "BTC/USD", price="2")
+        c2 = await SSEConn.open(r.port, f"{STREAM}?pairs=BTC/USD", {"Last-Event-ID": last})
+        try:
+            evs = await c2.wait_events(2)
+            assert [e.event for e in evs] == ["price", "price"]
+            seqs = [json.loads(e.data)["seq"] for e in evs]
+            assert seqs == [missed[0].seq, missed[2].seq]
+            # and live continues with the next one, no duplicate
+            nxt = await r.publish_pairs("BTC/USD", price="3")
+            evs = await c2.wait_events(3)
+            assert json.loads(evs[2].data)["seq"] == nxt[0].seq
+            assert len(evs) == 3
+        finally:
+            c2.close()
+
+
+async def test_resume_query_parameter_and_uncovered_position_gets_snapshot():
+    """lastEventId in the query works; a position the ring no longer covers gets a snapshot."""
+    async with running(make_settings(history_size=2)) as r:
+        await r.publish_pairs("BTC/USD")
+        first = f"{r.hub.epoch}-{r.hub.gseq}"
+        await r.publish_pairs("BTC/USD", "BTC/USD", "BTC/USD", price="9")
+        await until(lambda: r.hub.gseq == 4, 5, "four updates")
+        c = await SSEConn.open(r.port, f"{STREAM}?pairs=BTC/USD&lastEventId={first}")
+        try:
+            evs = await c.wait_events(1)
+            assert evs[0].event == "snapshot"
+            assert json.loads(evs[0].data)["seq"] == 4
+            assert evs[0].id == f"{r.hub.epoch}-4"
+        finally:
+            c.close()
+        # a position from another epoch is not covered either
+        c = await SSEConn.open(r.port, f"{STREAM}?pairs=BTC/USD", {"Last-Event-ID": "1-3"})
+        try:
+            assert (await c.wait_events(1))[0].event == "snapshot"
+        finally:
+            c.close()
+
+
+async def test_bad_requests_are_400_json():
+    """Unknown pair (with the allowed list), malformed pair, too many pairs, malformed id: 400."""
+    async with running(make_settings(max_pairs_per_connection=2)) as r:
+        async with aiohttp.ClientSession() as s:
+
+            async def get(q: str, **headers: str) -> tuple[int, dict]:
+                async with s.get(r.url(STREAM + q), headers=headers) as resp:
+                    return resp.status, await resp.json()
+
+            st, body = await get("?pairs=DOGE/USD")
+            assert st == 400 and body["error"] == "unknown_pair"
+            assert body["allowed"] == ["BTC/USD", "ETH/USD", "SOL/USD"]
+            assert "BTC/USD" in body["detail"]
+            st, body = await get("?pairs=BTC-USD")
+            assert st == 400 and body["error"] == "malformed_pair"
+            st, body = await get("?pairs=BTC/USD,ETH/USD,SOL/USD")
+            assert st == 400 and body["error"] == "too_many_pairs"
+            st, body = await get("?pairs=BTC/USD", **{"Last-Event-ID": "banana"})
+            assert st == 400 and body["error"] == "malformed_event_id"
+            st, body = await get("?pairs=BTC/USD&lastEventId=7-")
+            assert st == 400 and body["error"] == "malformed_event_id"
+            async with s.get(r.url("/nope")) as resp:
+                assert resp.status == 404
+                assert (await resp.json())["error"] == "not_found"
+            async with s.post(r.url(STREAM), data=b"x" * 10) as resp:
+                assert resp.status == 405
+        assert r.hub.clients == 0
+
+
+async def test_connection_limits():
+    """Over max_connections an EventSource gets 200 + long retry and is closed; others get 503."""
+    settings = make_settings(max_connections=2, overload_retry=30.0, retry_jitter=2.0)
+    async with running(settings) as r:
+        a = await SSEConn.open(r.port, STREAM)
+        b = await SSEConn.open(r.port, STREAM)
+        await until(lambda: r.hub.clients == 2, 5, "two clients")
+        c = await SSEConn.open(r.port, STREAM)
+        try:
+            assert c.status == 200
+            await c.read_until_closed()
+            assert c.decoder.retry is not None and 30000 <= c.decoder.retry <= 32000
+            assert c.events == []
+            async with aiohttp.ClientSession() as s, s.get(r.url(STREAM)) as resp:
+                assert resp.status == 503
+                assert int(resp.headers["Retry-After"]) == 30
+                assert (await resp.json())["error"] == "overloaded"
+            assert r.hub.rejected["max_connections"] == 2
+            a.close()
+            await until(lambda: r.hub.clients == 1, 5, "a client slot freed")
+            d = await SSEConn.open(r.port, STREAM)
+            await until(lambda: r.hub.clients == 2, 5, "new client admitted")
+            d.close()
+        finally:
+            for x in (a, b, c):
+                x.close()
+
+
+async def test_per_ip_limit():
+    """max_connections_per_ip turns away the extra stream from the same address."""
+    async with running(make_settings(max_connections_per_ip=1)) as r:
+        a = await SSEConn.open(r.port, STREAM)
+        await until(lambda: r.hub.clients == 1, 5, "one client")
+        async with aiohttp.ClientSession() as s, s.get(r.url(STREAM)) as resp:
+            assert resp.status == 503
+        assert r.hub.rejected == {"max_connections_per_ip": 1}
+        a.close()
+
+
+async def test_heartbeat_ping():
+    """Every client gets ': ping' comments at the ping interval."""
+    async with running(make_settings(ping_interval=0.05)) as r:
+        c = await SSEConn.open(r.port, STREAM)
+        try:
+
+            async def pinged() -> bool:
+                try:
+                    await c._read_more(0.2)
+                except TimeoutError:
+                    pass
+                return c.decoder.comments >= 3
+
+            await until(pinged, 5, "three pings")
+            assert b": ping\n\n" in c.body
+        finally:
+            c.close()
+
+
+async def test_closed_client_is_unregistered():
+    """A client that disconnects is removed from the hub at once."""
+    async with running() as r:
+        c = await SSEConn.open(r.port, STREAM)
+        await until(lambda: r.hub.clients == 1, 5, "client registered")
+        c.close()
+        await until(lambda: r.hub.clients == 0, 5, "client unregistered")
+        await r.publish_pairs("BTC/USD")
+        assert r.hub.clients == 0

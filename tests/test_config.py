@@ -1,0 +1,158 @@
+"""Settings: defaults equal the shipped file, durations, environment overrides, error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pricectl.config import (
+    Settings,
+    format_duration,
+    load_settings,
+    parse_duration,
+    redact_url,
+    settings_to_dict,
+)
+from pricectl.errors import ConfigError
+
+SHIPPED = Path(__file__).resolve().parents[1] / "config" / "pricectl.yaml"
+
+
+def test_defaults_equal_shipped_file() -> None:
+    """The built-in defaults and config/pricectl.yaml say exactly the same thing."""
+    assert load_settings(SHIPPED, env={}) == load_settings(None, env={})
+    shipped = yaml.safe_load(SHIPPED.read_text())
+    assert set(shipped) == set(settings_to_dict(Settings()))
+
+
+def test_shipped_file_sets_every_key() -> None:
+    """Every setting appears in the shipped file, so it documents them all."""
+
+    def keys(d: object, prefix: str = "") -> set[str]:
+        if isinstance(d, dict) and prefix != "quote_aliases":
+            return set().union(*(keys(v, f"{prefix}.{k}" if prefix else k) for k, v in d.items()))
+        return {prefix}
+
+    shipped = yaml.safe_load(SHIPPED.read_text())
+    assert keys(shipped) == keys(settings_to_dict(Settings()))
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("15s", 15.0), ("2m", 120.0), ("23h", 82800.0), (3, 3.0), ("1.5s", 1.5)],
+)
+def test_parse_duration(text: object, seconds: float) -> None:
+    """Durations accept ms, s, m, h and bare numbers of seconds."""
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["ten", "-1s", "5 days", True, None, "1.2.3s"])
+def test_parse_duration_rejects(text: object) -> None:
+    """Anything else is refused with what was expected."""
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@given(st.integers(min_value=0, max_value=10**7))
+def test_format_duration_round_trips(ms: int) -> None:
+    """format_duration is the inverse of parse_duration for whole milliseconds."""
+    assert parse_duration(format_duration(ms / 1000)) == pytest.approx(ms / 1000)
+
+
+def test_environment_overrides() -> None:
+    """Conventional variables and PRICECTL_<SECTION>__<KEY> override the file."""
+    s = load_settings(
+        SHIPPED,
+        env={
+            "BINANCE_WS_URL": "ws://127.0.0.1:9443",
+            "BINANCE_REST_URL": "http://127.0.0.1:9443",
+            "REDIS_URL": "redis://127.0.0.1:6390/0",
+            "LOG_LEVEL": "DEBUG",
+            "PRICE_STREAM_UPDATE_DEBOUNCE_MS": "100",
+            "PRICECTL_RESILIENCE__BACKOFF__MAX": "30s",
+            "PRICECTL_PAIRS": "[BTC/USD, ETH/USD]",
+            "PRICECTL_SERVER__CORS_ORIGINS": "https://a.example,https://b.example",
+        },
+    )
+    assert s.exchange.ws_url == "ws://127.0.0.1:9443"
+    assert s.exchange.rest_url == "http://127.0.0.1:9443"
+    assert s.bus.url == "redis://127.0.0.1:6390/0"
+    assert s.logging.level == "debug"
+    assert s.server.update_debounce_ms == 100
+    assert s.resilience.backoff.max == 30.0
+    assert s.pairs == ("BTC/USD", "ETH/USD")
+    assert s.server.cors_origins == ("https://a.example", "https://b.example")
+
+
+def test_environment_error_names_the_variable() -> None:
+    """A bad value from the environment names the variable, not a file line."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, env={"PRICECTL_LEADER__TTL": "soon"})
+    assert err.value.problems == [
+        "environment PRICECTL_LEADER__TTL: leader.ttl: expected a duration such as "
+        "250ms, 15s, 2m, got 'soon'"
+    ]
+
+
+def test_impossible_combination_names_file_line_and_key(tmp_path: Path) -> None:
+    """renew_deadline >= ttl stops start-up with the file, line and both values."""
+    f = tmp_path / "c.yaml"
+    f.write_text("bus:\n  url: memory://\nleader:\n  ttl: 15s\n  renew_deadline: 20s\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(f, env={})
+    assert err.value.problems == [
+        f"{f}:5: leader.renew_deadline: must be shorter than leader.ttl (15s), got 20s"
+    ]
+
+
+def test_wrong_types_and_unknown_sections(tmp_path: Path) -> None:
+    """Wrong types, bad choices and unknown sections are each reported with their key."""
+    f = tmp_path / "c.yaml"
+    f.write_text("server:\n  port: eighty\n  workers: -1\nexchange:\n  stream: depth\nbogus: {}\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(f, env={})
+    text = "\n".join(err.value.problems)
+    assert f"{f}:2: server.port: expected a whole number >= 0, got 'eighty'" in text
+    assert f"{f}:3: server.workers: expected a whole number >= 0, got -1" in text
+    assert f"{f}:5: exchange.stream: expected one of ticker, miniTicker" in text
+    assert f"{f}:6: bogus: unknown key" in text
+
+
+def test_malformed_yaml_names_line(tmp_path: Path) -> None:
+    """A YAML syntax error names the file and line."""
+    f = tmp_path / "c.yaml"
+    f.write_text("server:\n  port: [1,\n")
+    with pytest.raises(ConfigError, match=rf"{f}:\d+: not valid YAML"):
+        load_settings(f, env={})
+
+
+def test_bad_bus_url_and_pairs(tmp_path: Path) -> None:
+    """A bus URL of an unknown scheme and malformed or duplicate pairs are refused."""
+    f = tmp_path / "c.yaml"
+    f.write_text("bus:\n  url: kafka://x\npairs: [BTC/USD, btc/usd, BTCUSD]\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(f, env={})
+    text = "\n".join(err.value.problems)
+    assert "bus.url: expected memory://, redis://, rediss:// or unix://" in text
+    assert "pairs[1]: duplicate pair BTC/USD" in text
+    assert "pairs[2]: malformed pair 'BTCUSD'" in text
+
+
+def test_settings_are_frozen() -> None:
+    """Settings cannot be changed after validation."""
+    s = load_settings(None, env={})
+    with pytest.raises(AttributeError):
+        s.server.port = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        s.quote_aliases["EUR"] = "EUR"  # type: ignore[index]
+
+
+def test_redact_url() -> None:
+    """Passwords in URLs are replaced by ***; URLs without one are unchanged."""
+    assert redact_url("redis://u:pw@h:6379/0") == "redis://u:***@h:6379/0"
+    assert redact_url("redis://:pw@h") == "redis://:***@h"
+    assert redact_url("memory://") == "memory://"
