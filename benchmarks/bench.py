@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import sseload
-from pricectl.loadtest.report import ServerProbe, sample_process_tree
+from pricectl.loadtest.probe import ServerProbe, sample_process_tree
 from pricectl.loadtest.session import Options, run_load_test
 from pricectl.loadtest.spawn import private_redis, spawned_system
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import sseload
-from pricectl.loadtest.report import read_metrics
+from pricectl.loadtest.probe import read_metrics
 from pricectl.loadtest.session import Options, run_load_test
 from pricectl.loadtest.spawn import pin_tree, spawned_system
 

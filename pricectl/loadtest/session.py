@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from pricectl.errors import UsageError
-from pricectl.loadtest.report import Report, ServerProbe, Thresholds, build_report
-from pricectl.loadtest.runner import STREAM_PATH, Plan, Progress, plan_processes, run
+from pricectl.loadtest.plan import STREAM_PATH, Plan, plan_processes
+from pricectl.loadtest.probe import ServerProbe
+from pricectl.loadtest.report import Report, Thresholds, build_report
+from pricectl.loadtest.runner import Progress, run
 from pricectl.loadtest.scenarios import Scenario, load_scenario
 
 if TYPE_CHECKING:

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from pricectl.errors import UsageError
+from pricectl.loadtest.plan import Plan
 from pricectl.loadtest.report import build_report
-from pricectl.loadtest.runner import Plan, run
+from pricectl.loadtest.runner import run
 from pricectl.loadtest.scenarios import load_scenario, shipped_scenarios
 from pricectl.loadtest.spawn import spawned_system
 from tests.redis_server import RedisServer
