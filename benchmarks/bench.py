@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import sseload
-from pricectl.loadtest.report import ServerProbe, sample_process_tree
+from pricectl.loadtest.probe import ServerProbe, sample_process_tree
 from pricectl.loadtest.session import Options, run_load_test
 from pricectl.loadtest.spawn import private_redis, spawned_system
 
@@ -38,7 +38,6 @@ __all__ = ["main", "run_sseload"]
 
 BEGIN = "<!-- loadtest:begin -->"
 END = "<!-- loadtest:end -->"
-_DEFAULTS = {"clients": 1000.0, "ramp": 2000.0, "duration": 30.0}
 
 
 def _median(values: list[float]) -> float:
@@ -244,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: {name} run {i + 1}/{args.repeat}", file=sys.stderr, flush=True)
             try:
                 with _redis_for(options) as opts:
-                    reports.append(run_load_test(opts, _DEFAULTS).to_dict())
+                    reports.append(run_load_test(opts).to_dict())
             except Exception as exc:  # a case that cannot run is reported, not fatal
                 notes.append(f"{name}: run {i + 1} failed: {exc}")
         if reports:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import sseload
-from pricectl.loadtest.report import read_metrics
+from pricectl.loadtest.probe import read_metrics
 from pricectl.loadtest.session import Options, run_load_test
 from pricectl.loadtest.spawn import pin_tree, spawned_system
 
@@ -45,7 +45,6 @@ __all__ = ["main", "run_pricectl", "run_sseload"]
 
 STREAM = "/api/market-data/stream?pairs=BTC/USD"
 RATE = 10.0
-_DEFAULTS = {"clients": 1000.0, "ramp": 2000.0, "duration": 20.0}
 
 
 def run_pricectl(
@@ -62,8 +61,7 @@ def run_pricectl(
             processes=processes,
             server_pid=serve_pid,
             loader_cpus=(1,) if two else None,
-        ),
-        _DEFAULTS,
+        )
     ).to_dict()
     return {
         "loader": f"pricectl loadtest ({processes} process{'es' if processes > 1 else ''})",

@@ -2,7 +2,7 @@
 
 ``pricectl loadtest`` must stay well below the server it measures: at 10,000 clients x
 10 updates/s that is 100,000 events/s on one loader core. This driver times the hot
-path alone, :meth:`pricectl.loadtest.runner.Client.data_received` on the bytes a real
+path alone, :meth:`pricectl.loadtest.client.Client.data_received` on the bytes a real
 ``serve`` writes (one HTTP chunk per event, captured from ``serve``), for many clients
 of one worker, each event a fresh ``bytes`` object as ``recv`` gives:
 
@@ -37,7 +37,9 @@ import sys
 import time
 from typing import Any
 
-from pricectl.loadtest.runner import Client, Plan, _Worker
+from pricectl.loadtest.client import Client
+from pricectl.loadtest.plan import Plan
+from pricectl.loadtest.worker import _Worker
 
 __all__ = ["frame", "main", "run"]
 

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import sseload
-from pricectl.loadtest.report import read_metrics, sample_process_tree
+from pricectl.loadtest.probe import read_metrics, sample_process_tree
 from pricectl.loadtest.spawn import free_port, pin_tree, private_redis, spawned_system
 
 __all__ = ["main", "nchan_server", "probe_connects", "run_case"]

@@ -602,3 +602,37 @@ def settings_to_dict(s: Any) -> Any:
     if isinstance(s, Mapping):
         return dict(s)
     return s
+
+
+# --- other YAML documents, read by the same rules ------------------------------------------
+
+_Document = typing.TypeVar("_Document")
+
+
+def load_document(
+    cls: type[_Document],
+    text: str,
+    origin: str,
+    check: typing.Callable[[_Document, typing.Callable[[str, str], None]], None] | None = None,
+) -> _Document:
+    """Read the YAML ``text`` into the dataclass ``cls`` by the rules of the config file.
+
+    Keys, types, durations (fields whose metadata has ``duration``) and nested
+    dataclasses are checked as they are for the settings; ``check(value, problem)``
+    adds cross-field problems as ``problem(dotted key, message)``. Every problem is in
+    the one :class:`ConfigError`, each as ``origin:line: dotted.key: message``, an
+    unknown key with the closest known one ("did you mean ...?").
+    """
+    raw, lines = _compose(text, origin)
+    problems = _Problems(origin, lines)
+    value: _Document = _build(cls, raw, "", problems)
+    if check is not None:
+        check(value, problems.add)
+    if problems.items:
+        n = len(problems.items)
+        head = problems.items[0] if n == 1 else f"{origin}: {n} problems"
+        raise ConfigError(head, problems.items)
+    return value
+
+
+__all__ += ["load_document"]

@@ -45,7 +45,7 @@ def _ramp(_ctx: click.Context, _param: click.Parameter, value: str | None) -> fl
 @click.option("--pairs", help="Pairs every client subscribes to, e.g. BTC/USD,ETH/USD.")
 @click.option("--ramp", callback=_ramp, help="New connections per second, e.g. 2000/s.")
 @click.option("--duration", callback=_duration, help="Measurement window, e.g. 30s.")
-@click.option("--processes", type=int, default=0, help="Loader processes (0: one per core).")
+@click.option("--processes", type=int, help="Loader processes (0: one per core).")
 @click.option("--scenario", help="steady|burst|reconnect-storm|slow-readers|failover or a file.")
 @click.option("--spawn", is_flag=True, help="Start a simulator and serve here, test, stop them.")
 @click.option("--redis", "redis_url", help="With --spawn: use this Redis bus and ingest processes.")
@@ -79,8 +79,6 @@ def command(ctx: click.Context, /, **kw: Any) -> None:
         from pricectl.config import load_settings
 
         settings = load_settings()
-    lt = settings.loadtest
-    defaults = {"clients": lt.clients, "ramp": lt.ramp, "duration": lt.duration}
     pairs = None
     if kw["pairs"]:
         from pricectl.core.pairs import parse_pair_list
@@ -95,17 +93,15 @@ def command(ctx: click.Context, /, **kw: Any) -> None:
         pairs=pairs,
         ramp=kw["ramp"],
         duration=kw["duration"],
-        processes=kw["processes"] or lt.processes,
+        processes=kw["processes"],
         scenario=kw["scenario"],
         spawn=kw["spawn"],
         redis=kw["redis_url"],
         serve_workers=kw["serve_workers"],
         update_rate=kw["update_rate"],
         server_pid=kw["server_pid"],
-        max_p99_ms=kw["max_p99_ms"] if kw["max_p99_ms"] is not None else lt.max_p99_ms or None,
-        min_delivery=kw["min_delivery"]
-        if kw["min_delivery"] is not None
-        else lt.min_delivery or None,
+        max_p99_ms=kw["max_p99_ms"],
+        min_delivery=kw["min_delivery"],
         max_gaps=kw["max_gaps"],
         max_errors=kw["max_errors"],
     )
@@ -119,7 +115,9 @@ def command(ctx: click.Context, /, **kw: Any) -> None:
         from pricectl.console import LoadtestProgress
 
         with LoadtestProgress() as live:
-            report = run_load_test(options, defaults, on_progress=live.update, on_note=note)
+            report = run_load_test(
+                options, settings.loadtest, on_progress=live.update, on_note=note
+            )
     else:
         last = [0.0]
 
@@ -133,7 +131,7 @@ def command(ctx: click.Context, /, **kw: Any) -> None:
                     err=True,
                 )
 
-        report = run_load_test(options, defaults, on_progress=plain, on_note=note)
+        report = run_load_test(options, settings.loadtest, on_progress=plain, on_note=note)
     for line in report.lines():
         click.echo(line)
     if kw["json_path"] is not None:

@@ -3,7 +3,9 @@
 A scenario names the load (clients, pairs, ramp, window, the simulator's update rate
 for ``--spawn``), the client-side actions (``slow_share``/``slow_at``, ``drop_at``), the
 server-side ones (``kill_leader_at``, which needs ``--spawn --redis``) and default
-thresholds. Command-line options override any of them. Example (``steady.yaml``)::
+thresholds. Command-line options override any of them, and they override the
+``loadtest`` section of the configuration (:func:`pricectl.loadtest.session.resolve`).
+Example (``steady.yaml``)::
 
     description: steady load, 10 updates/s to every client
     clients: 1000
@@ -12,17 +14,26 @@ thresholds. Command-line options override any of them. Example (``steady.yaml``)
     duration: 30s
     update_rate: 10
     thresholds: {min_delivery: 0.999, max_gaps: 0}
+
+A scenario file is read by the configuration's own rules
+(:func:`pricectl.config.load_document`), so a mistake is reported as in
+``pricectl.yaml``: file and line, the dotted key, what was expected, the closest known
+key for a typo, every problem at once::
+
+    mine.yaml:2: clientz: unknown key (did you mean clients?); expected one of ...
+    mine.yaml:3: duration: expected a duration such as 250ms, 15s, 2m, got 'ten'
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pricectl.config import parse_duration
+from pricectl.config import load_document
+from pricectl.core.pairs import parse_pair
 from pricectl.errors import UsageError
 
 __all__ = ["SCENARIO_DIR", "Scenario", "load_scenario", "shipped_scenarios"]
@@ -30,13 +41,10 @@ __all__ = ["SCENARIO_DIR", "Scenario", "load_scenario", "shipped_scenarios"]
 #: Where the shipped scenario files live (package data).
 SCENARIO_DIR = Path(__file__).with_name("scenarios")
 
-_THRESHOLDS = ("max_p99_ms", "min_delivery", "max_gaps", "max_errors")
-_LEASE = ("ttl", "renew_deadline", "retry")
-
 
 @dataclass(frozen=True)
 class Scenario:
-    """One scenario file, validated."""
+    """One scenario file, validated; ``None`` (or absent from a dict) means "not given"."""
 
     name: str
     description: str = ""
@@ -44,7 +52,7 @@ class Scenario:
     pairs: tuple[str, ...] | None = None
     ramp: float | None = None
     duration: float | None = None
-    update_rate: float = 10.0
+    update_rate: float | None = None
     slow_share: float = 0.0
     slow_at: float = 0.0
     drop_at: float | None = None
@@ -53,7 +61,86 @@ class Scenario:
     #: The spawned ingest processes' lease (``ttl``, ``renew_deadline``, ``retry`` in
     #: seconds) when not the configured one: a shorter lease, a shorter failover gap.
     lease: dict[str, float] = field(default_factory=dict)
+    #: ``max_p99_ms``, ``min_delivery``, ``max_gaps``, ``max_errors``: those given.
     thresholds: dict[str, float] = field(default_factory=dict)
+
+
+# --- the file, as the configuration's reader sees it ---------------------------------------
+
+#: "Not given" in the file's schema: the configuration's types refuse a negative
+#: number, so no file can write it, and zero stays a value (``max_gaps: 0``, ``drop_at: 0s``).
+_UNSET = -1
+
+
+def _dur(default: float) -> Any:
+    return field(default=default, metadata={"duration": True})
+
+
+@dataclass(frozen=True)
+class _ThresholdsFile:
+    max_p99_ms: float = _UNSET
+    min_delivery: float = _UNSET
+    max_gaps: int = _UNSET
+    max_errors: int = _UNSET
+
+
+@dataclass(frozen=True)
+class _LeaseFile:
+    ttl: float = _dur(_UNSET)
+    renew_deadline: float = _dur(_UNSET)
+    retry: float = _dur(_UNSET)
+
+
+@dataclass(frozen=True)
+class _ScenarioFile:
+    name: str = ""
+    description: str = ""
+    clients: int = _UNSET
+    pairs: tuple[str, ...] = ()
+    ramp: float = _UNSET
+    duration: float = _dur(_UNSET)
+    update_rate: float = _UNSET
+    slow_share: float = 0.0
+    slow_at: float = _dur(0.0)
+    drop_at: float = _dur(_UNSET)
+    kill_leader_at: float = _dur(_UNSET)
+    requires_redis: bool = False
+    lease: _LeaseFile = field(default_factory=_LeaseFile)
+    thresholds: _ThresholdsFile = field(default_factory=_ThresholdsFile)
+
+
+def _check(f: _ScenarioFile, problem: Callable[[str, str], None]) -> None:
+    """What the types alone do not say: a load must be a load, pairs must be pairs."""
+    if f.clients == 0:
+        problem("clients", "must be at least 1")
+    for key in ("ramp", "duration", "update_rate"):
+        if getattr(f, key) == 0:
+            problem(key, "must be greater than 0")
+    if f.slow_share >= 1:
+        problem("slow_share", f"expected a share below 1, got {f.slow_share:g}")
+    if f.thresholds.min_delivery > 1:
+        problem(
+            "thresholds.min_delivery", f"must be between 0 and 1, got {f.thresholds.min_delivery:g}"
+        )
+    for i, text in enumerate(f.pairs):
+        try:
+            parse_pair(text)
+        except ValueError as exc:
+            problem(f"pairs[{i}]", str(exc))
+
+
+def _given(value: float) -> float | None:
+    return None if value == _UNSET else value
+
+
+def _pairs(texts: tuple[str, ...]) -> tuple[str, ...] | None:
+    """Normalised (``btc/usd`` -> ``BTC/USD``) without duplicates, as ``--pairs`` does."""
+    out: list[str] = []
+    for text in texts:
+        pair = "/".join(parse_pair(text))
+        if pair not in out:
+            out.append(pair)
+    return tuple(out) or None
 
 
 def shipped_scenarios() -> list[str]:
@@ -61,22 +148,13 @@ def shipped_scenarios() -> list[str]:
     return sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
 
 
-def _num(raw: dict[str, Any], key: str, where: str, *, duration: bool = False) -> float | None:
-    value = raw.get(key)
-    if value is None:
-        return None
-    try:
-        if duration:
-            return parse_duration(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError("a number >= 0")
-        return float(value)
-    except ValueError as exc:
-        raise UsageError(f"{where}: {key}: expected {exc}, got {value!r}") from None
-
-
 def load_scenario(name_or_path: str) -> Scenario:
-    """A shipped scenario by name, or a YAML file by path; UsageError naming what is wrong."""
+    """A shipped scenario by name, or a YAML file by path.
+
+    An unknown name or an unreadable file is a :class:`~pricectl.errors.UsageError`;
+    what is wrong inside the file is a :class:`~pricectl.errors.ConfigError` listing
+    every problem with its line.
+    """
     path = Path(name_or_path)
     if not (name_or_path.endswith((".yaml", ".yml")) or path.is_file()):
         path = SCENARIO_DIR / f"{name_or_path}.yaml"
@@ -87,68 +165,26 @@ def load_scenario(name_or_path: str) -> Scenario:
             )
     where = str(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read scenario {where}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{where}: not valid YAML: {exc}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UsageError(f"{where}: expected a mapping of settings")
-    known = {
-        "name",
-        "description",
-        "clients",
-        "pairs",
-        "ramp",
-        "duration",
-        "update_rate",
-        "slow_share",
-        "slow_at",
-        "drop_at",
-        "kill_leader_at",
-        "requires_redis",
-        "lease",
-        "thresholds",
-    }
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise UsageError(
-            f"{where}: unknown key {unknown[0]!r}; expected one of {', '.join(sorted(known))}"
-        )
-    pairs = raw.get("pairs")
-    if isinstance(pairs, str):
-        pairs = [p.strip() for p in pairs.split(",") if p.strip()]
-    if pairs is not None and (
-        not isinstance(pairs, list) or not pairs or not all(isinstance(p, str) for p in pairs)
-    ):
-        raise UsageError(f"{where}: pairs: expected a list of pairs such as [BTC/USD]")
-    thresholds = raw.get("thresholds") or {}
-    if not isinstance(thresholds, dict) or set(thresholds) - set(_THRESHOLDS):
-        raise UsageError(f"{where}: thresholds: expected keys among {', '.join(_THRESHOLDS)}")
-    th = {k: _num(thresholds, k, f"{where}: thresholds") for k in thresholds}
-    lease_raw = raw.get("lease") or {}
-    if not isinstance(lease_raw, dict) or set(lease_raw) - set(_LEASE):
-        raise UsageError(f"{where}: lease: expected keys among {', '.join(_LEASE)}")
-    lease = {k: _num(lease_raw, k, f"{where}: lease", duration=True) for k in lease_raw}
-    clients = _num(raw, "clients", where)
-    slow_share = _num(raw, "slow_share", where) or 0.0
-    if slow_share >= 1:
-        raise UsageError(f"{where}: slow_share: expected a share below 1, got {slow_share}")
+    f = load_document(_ScenarioFile, text, where, _check)
+    clients = _given(f.clients)
+    lease = dataclasses.asdict(f.lease)
+    thresholds = dataclasses.asdict(f.thresholds)
     return Scenario(
-        name=str(raw.get("name") or path.stem),
-        description=str(raw.get("description") or ""),
+        name=f.name or path.stem,
+        description=f.description,
         clients=int(clients) if clients is not None else None,
-        pairs=tuple(pairs) if pairs else None,
-        ramp=_num(raw, "ramp", where),
-        duration=_num(raw, "duration", where, duration=True),
-        update_rate=_num(raw, "update_rate", where) or 10.0,
-        slow_share=slow_share,
-        slow_at=_num(raw, "slow_at", where, duration=True) or 0.0,
-        drop_at=_num(raw, "drop_at", where, duration=True),
-        kill_leader_at=_num(raw, "kill_leader_at", where, duration=True),
-        requires_redis=bool(raw.get("requires_redis", False)),
-        lease={k: v for k, v in lease.items() if v is not None},
-        thresholds={k: v for k, v in th.items() if v is not None},
+        pairs=_pairs(f.pairs),
+        ramp=_given(f.ramp),
+        duration=_given(f.duration),
+        update_rate=_given(f.update_rate),
+        slow_share=f.slow_share,
+        slow_at=f.slow_at,
+        drop_at=_given(f.drop_at),
+        kill_leader_at=_given(f.kill_leader_at),
+        requires_redis=f.requires_redis,
+        lease={k: v for k, v in lease.items() if v != _UNSET},
+        thresholds={k: v for k, v in thresholds.items() if v != _UNSET},
     )

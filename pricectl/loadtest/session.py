@@ -1,7 +1,7 @@
 """One load-test run from options to report: scenario, target or spawned system, probe.
 
 ``pricectl loadtest`` is glue over :func:`run_load_test`; ``make bench`` calls it too.
-Options given explicitly win over the scenario's values, which win over defaults.
+Every knob follows one precedence (:func:`resolve`): flag > scenario > config > built-in.
 """
 
 from __future__ import annotations
@@ -11,12 +11,15 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
+from pricectl.config import LoadtestSettings
 from pricectl.errors import UsageError
-from pricectl.loadtest.report import Report, ServerProbe, Thresholds, build_report
-from pricectl.loadtest.runner import STREAM_PATH, Plan, Progress, plan_processes, run
+from pricectl.loadtest.plan import STREAM_PATH, Plan, plan_processes
+from pricectl.loadtest.probe import ServerProbe
+from pricectl.loadtest.report import Report, Thresholds, build_report
+from pricectl.loadtest.runner import Progress, run
 from pricectl.loadtest.scenarios import Scenario, load_scenario
 
 if TYPE_CHECKING:
@@ -27,14 +30,15 @@ __all__ = ["Options", "check_reachable", "parse_target", "resolve", "run_load_te
 
 @dataclass(frozen=True)
 class Options:
-    """Everything ``pricectl loadtest`` accepts; ``None`` means "scenario or default"."""
+    """Everything ``pricectl loadtest`` accepts; ``None`` means "not given on the command line"."""
 
     url: str | None = None
     clients: int | None = None
     pairs: tuple[str, ...] | None = None
     ramp: float | None = None
     duration: float | None = None
-    processes: int = 0
+    #: Loader processes; 0 is one per core.
+    processes: int | None = None
     scenario: str | None = None
     spawn: bool = False
     redis: str | None = None
@@ -76,27 +80,43 @@ def check_reachable(host: str, port: int, timeout: float = 3.0) -> None:
         raise UsageError(f"cannot reach http://{host}:{port}: {reason}") from None
 
 
-def resolve(options: Options, defaults: dict[str, float]) -> tuple[Options, Scenario | None]:
-    """Fill ``options`` from the scenario, then ``defaults``; validate (UsageError, exit 2)."""
+#: The last layer, for the knobs the ``loadtest`` section of the configuration has no
+#: key for (those it has take their built-in from :class:`LoadtestSettings`).
+_BUILT_IN_PAIRS = ("BTC/USD",)
+_BUILT_IN_UPDATE_RATE = 10.0
+
+
+def resolve(
+    options: Options, config: LoadtestSettings | None = None
+) -> tuple[Options, Scenario | None]:
+    """Fill every knob ``options`` leaves ``None``, then validate (UsageError, exit 2).
+
+    One precedence for every knob: the flag (``options``), else the scenario's value,
+    else the configuration's (``config``, the ``loadtest`` section; ``None`` for none),
+    else the built-in. A layer that has no such knob is skipped: a scenario has no
+    ``processes``, the configuration no ``pairs``, ``update_rate``, ``max_gaps`` or
+    ``max_errors``. A configured threshold of 0 means "not checked", as in the file.
+    """
     scenario = load_scenario(options.scenario) if options.scenario else None
     sc = scenario or Scenario(name="")
-    o = options
-    clients = o.clients if o.clients is not None else sc.clients or int(defaults["clients"])
-    ramp = o.ramp if o.ramp is not None else sc.ramp or defaults["ramp"]
-    duration = o.duration if o.duration is not None else sc.duration or defaults["duration"]
-    pairs = o.pairs or sc.pairs or ("BTC/USD",)
+    cfg = config if config is not None else LoadtestSettings()
     th = sc.thresholds
+    o = options
+    clients = _pick(o.clients, sc.clients, last=cfg.clients)
+    ramp = _pick(o.ramp, sc.ramp, last=float(cfg.ramp))
+    duration = _pick(o.duration, sc.duration, last=cfg.duration)
     o = replace(
         o,
         clients=clients,
         ramp=ramp,
         duration=duration,
-        pairs=tuple(pairs),
-        update_rate=o.update_rate if o.update_rate is not None else sc.update_rate,
-        max_p99_ms=o.max_p99_ms if o.max_p99_ms is not None else th.get("max_p99_ms"),
-        min_delivery=o.min_delivery if o.min_delivery is not None else th.get("min_delivery"),
-        max_gaps=o.max_gaps if o.max_gaps is not None else _int(th.get("max_gaps")),
-        max_errors=o.max_errors if o.max_errors is not None else _int(th.get("max_errors")),
+        processes=_pick(o.processes, last=cfg.processes),
+        pairs=_pick(o.pairs, sc.pairs, last=_BUILT_IN_PAIRS),
+        update_rate=_pick(o.update_rate, sc.update_rate, last=_BUILT_IN_UPDATE_RATE),
+        max_p99_ms=_pick(o.max_p99_ms, th.get("max_p99_ms"), last=cfg.max_p99_ms or None),
+        min_delivery=_pick(o.min_delivery, th.get("min_delivery"), last=cfg.min_delivery or None),
+        max_gaps=_pick(o.max_gaps, last=_int(th.get("max_gaps"))),
+        max_errors=_pick(o.max_errors, last=_int(th.get("max_errors"))),
     )
     if clients <= 0:
         raise UsageError(f"--clients must be at least 1, got {clients}")
@@ -115,6 +135,14 @@ def resolve(options: Options, defaults: dict[str, float]) -> tuple[Options, Scen
             f"scenario {scenario.name} kills the ingest leader: it needs --spawn --redis URL"
         )
     return o, scenario
+
+
+_T = TypeVar("_T")
+
+
+def _pick(*layers: _T | None, last: _T) -> _T:
+    """The first of ``layers`` (highest first) that sets the knob, else ``last``."""
+    return next((v for v in layers if v is not None), last)
 
 
 def _int(value: float | None) -> int | None:
@@ -149,14 +177,14 @@ def _system(
 
 def run_load_test(
     options: Options,
-    defaults: dict[str, float],
+    config: LoadtestSettings | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     on_note: Callable[[str], None] | None = None,
 ) -> Report:
     """Resolve, (spawn,) run, report, check thresholds. The report carries any breaches."""
-    o, scenario = resolve(options, defaults)
+    o, scenario = resolve(options, config)
     assert o.clients is not None and o.ramp is not None and o.duration is not None
-    assert o.pairs is not None
+    assert o.pairs is not None and o.processes is not None
     if o.url is not None:
         parse_target(o.url)  # bad URLs fail before anything starts
     procs, _per_proc, note = plan_processes(o.clients, o.processes)
