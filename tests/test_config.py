@@ -109,6 +109,71 @@ def test_impossible_combination_names_file_line_and_key(tmp_path: Path) -> None:
     ]
 
 
+def test_every_broken_lease_ordering_is_reported(tmp_path: Path) -> None:
+    """ttl > renew_deadline > retry: each broken step is its own problem with both values."""
+    f = tmp_path / "c.yaml"
+    f.write_text("leader:\n  ttl: 5s\n  renew_deadline: 10s\n  retry: 12s\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(f, env={})
+    assert err.value.problems == [
+        f"{f}:3: leader.renew_deadline: must be shorter than leader.ttl (5s), got 10s",
+        f"{f}:4: leader.retry: must be shorter than leader.renew_deadline (10s), got 12s",
+    ]
+
+
+def test_backoff_rules_name_the_key_and_the_values(tmp_path: Path) -> None:
+    """initial > 0, max >= initial and multiplier >= 1, as written in the file or the env."""
+    f = tmp_path / "c.yaml"
+    f.write_text("resilience:\n  backoff:\n    initial: 0s\n    multiplier: 0.5\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(f, env={})
+    assert err.value.problems == [
+        f"{f}:3: resilience.backoff.initial: must be greater than 0",
+        f"{f}:4: resilience.backoff.multiplier: must be >= 1, got 0.5",
+    ]
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, env={"PRICECTL_RESILIENCE__BACKOFF__MAX": "100ms"})
+    assert err.value.problems == [
+        "environment PRICECTL_RESILIENCE__BACKOFF__MAX: resilience.backoff.max: "
+        "must be at least resilience.backoff.initial (1s), got 100ms"
+    ]
+
+
+def test_rules_follow_the_type_errors_in_schema_order(tmp_path: Path) -> None:
+    """Type errors come first in file order, then each section's rules in schema order."""
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "server:\n"
+        "  port: eighty\n"
+        "resilience:\n"
+        "  fallback:\n"
+        "    rest_poll_interval: 0s\n"
+        "  heartbeat:\n"
+        "    idle_timeout: 0s\n"
+        "    stale_after: 0ms\n"
+        "  breaker:\n"
+        "    failure_threshold: 0\n"
+        "    cooldown: soon\n"
+        "leader:\n"
+        "  ttl: 1s\n"
+        "bus:\n"
+        "  url: kafka://x\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(f, env={})
+    assert err.value.problems == [
+        f"{f}:2: server.port: expected a whole number >= 0, got 'eighty'",
+        f"{f}:11: resilience.breaker.cooldown: expected a duration such as 250ms, 15s, 2m, "
+        "got 'soon'",
+        f"{f}: leader.renew_deadline: must be shorter than leader.ttl (1s), got 10s",
+        f"{f}:10: resilience.breaker.failure_threshold: must be at least 1",
+        f"{f}:7: resilience.heartbeat.idle_timeout: must be greater than 0",
+        f"{f}:8: resilience.heartbeat.stale_after: must be greater than 0",
+        f"{f}:5: resilience.fallback.rest_poll_interval: must be greater than 0",
+        f"{f}:15: bus.url: expected memory://, redis://, rediss:// or unix://, got 'kafka://x'",
+    ]
+
+
 def test_wrong_types_and_unknown_sections(tmp_path: Path) -> None:
     """Wrong types, bad choices and unknown sections are each reported with their key."""
     f = tmp_path / "c.yaml"
