@@ -43,7 +43,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from pricectl.config import Settings
-from pricectl.core.backoff import Backoff, BackoffPolicy
+from pricectl.core.backoff import Backoff
 from pricectl.core.binance import (
     ControlError,
     ControlReply,
@@ -55,7 +55,7 @@ from pricectl.core.binance import (
     combined_url,
     subscribe_message,
 )
-from pricectl.core.breaker import Breaker, BreakerPolicy, BreakerState
+from pricectl.core.breaker import Breaker, BreakerState
 from pricectl.core.heartbeat import IdleDetector
 from pricectl.core.pairs import PairMap
 from pricectl.core.ratelimit import SlidingWindow
@@ -130,8 +130,8 @@ class BinanceWS:
         self._on_batch = on_batch
         self._on_state = on_state
         self._clock = clock
-        self.backoff = Backoff(BackoffPolicy.from_settings(res.backoff), rand=rand)
-        self.breaker = Breaker(BreakerPolicy.from_settings(res.breaker), self._breaker_moved)
+        self.backoff = Backoff(res.backoff, rand=rand)
+        self.breaker = Breaker(res.breaker, self._breaker_moved)
         self._connects = SlidingWindow(ex.max_connects_per_5m, CONNECT_WINDOW_S)
         self._sends = SlidingWindow.per_second(ex.max_messages_per_second, slack=SEND_SLACK_S)
         self._idle_timeout = res.heartbeat.idle_timeout

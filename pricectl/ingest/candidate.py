@@ -34,7 +34,6 @@ from pricectl.bus.base import Fence, Gap
 from pricectl.bus.leader import Leader
 from pricectl.bus.redis import RedisBus
 from pricectl.config import Settings, redact_url
-from pricectl.core.lease import LeasePolicy
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import BusError, ConfigError, FencedError, UsageError
 from pricectl.ingest.relay import Relay, lead
@@ -72,7 +71,7 @@ class Ingest:
         self.leader = Leader(
             settings.bus.url,
             settings.bus.prefix,
-            policy=LeasePolicy.from_settings(settings.leader),
+            policy=settings.leader,
         )
         #: The relay of the current term (None as a standby).
         self.relay: Relay | None = None

@@ -36,8 +36,8 @@ from typing import Any
 
 from pricectl.bus.base import Bus, Fence
 from pricectl.config import Settings
-from pricectl.core.backoff import Backoff, BackoffPolicy
-from pricectl.core.fallback import Cascade, FallbackPolicy, Source
+from pricectl.core.backoff import Backoff
+from pricectl.core.fallback import Cascade, Source
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import BusError, FeedError, FencedError, PricectlError, RateLimitedError
 from pricectl.exchange.binance_rest import BinanceRest
@@ -79,7 +79,8 @@ class Relay:
         self.bus = bus
         self.fence = fence
         self.pairs = settings.pair_map.pairs
-        self.cascade = Cascade(self.pairs, FallbackPolicy.from_settings(settings.resilience))
+        res = settings.resilience
+        self.cascade = Cascade(self.pairs, res.fallback, stale_after=res.heartbeat.stale_after)
         self._clock = clock
         self._wake = asyncio.Event()
         self.ws = (ws_factory or _default_ws)(settings, self._on_ws_batch, self._wake.set)
@@ -265,7 +266,7 @@ class Relay:
                 why = (
                     "WebSocket breaker open"
                     if not self.ws.healthy
-                    else f"no WS update for {self.cascade.policy.stale_after:g}s"
+                    else f"no WS update for {self.cascade.stale_after:g}s"
                 )
                 if src is Source.CACHE:
                     why = f"{self.cascade.rest_failures} REST polls failed"
@@ -314,7 +315,7 @@ def _unwrap(group: BaseExceptionGroup[Any]) -> BaseException:
 
 async def _validate_until_ok(rest: BinanceRest, settings: Settings, first_error: str) -> None:
     """Retry the exchangeInfo check with backoff; UnknownPairError ends everything."""
-    backoff = Backoff(BackoffPolicy.from_settings(settings.resilience.backoff), rand=random.random)
+    backoff = Backoff(settings.resilience.backoff, rand=random.random)
     error = first_error
     while True:
         delay = backoff.next_delay(time.monotonic())

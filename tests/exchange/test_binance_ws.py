@@ -12,14 +12,11 @@ from typing import Any
 
 import pytest
 
-from pricectl.config import (
-    BackoffSettings,
-    BreakerSettings,
-    FallbackSettings,
-    HeartbeatSettings,
-    ResilienceSettings,
-    Settings,
-)
+from pricectl.config import ResilienceSettings, Settings
+from pricectl.core.backoff import BackoffPolicy
+from pricectl.core.breaker import BreakerPolicy
+from pricectl.core.fallback import FallbackPolicy
+from pricectl.core.heartbeat import HeartbeatPolicy
 from pricectl.core.ticks import PriceUpdate
 from pricectl.exchange.binance_ws import BinanceWS
 from pricectl.simulator.server import Simulator
@@ -41,10 +38,10 @@ def fast_settings(sim: Simulator, stream: str = "ticker", **exchange: Any) -> Se
         **exchange,
     )
     res = ResilienceSettings(
-        backoff=BackoffSettings(initial=0.05, max=0.2, multiplier=2.0, reset_after=5.0),
-        breaker=BreakerSettings(failure_threshold=3, cooldown=0.5),
-        heartbeat=HeartbeatSettings(idle_timeout=0.6, stale_after=1.0),
-        fallback=FallbackSettings(rest_poll_interval=0.2, rest_failures_before_cache=3),
+        backoff=BackoffPolicy(initial=0.05, max=0.2, multiplier=2.0, reset_after=5.0),
+        breaker=BreakerPolicy(failure_threshold=3, cooldown=0.5),
+        heartbeat=HeartbeatPolicy(idle_timeout=0.6, stale_after=1.0),
+        fallback=FallbackPolicy(rest_poll_interval=0.2, rest_failures_before_cache=3),
     )
     return replace(base, exchange=ex, pairs=("BTC/USD", "ETH/USD"), resilience=res)
 
@@ -313,8 +310,8 @@ async def test_connect_attempts_never_exceed_the_limit(sim: Simulator):
         settings,
         resilience=replace(
             settings.resilience,
-            breaker=BreakerSettings(failure_threshold=100, cooldown=0.1),
-            backoff=BackoffSettings(initial=0.01, max=0.02, multiplier=2.0, reset_after=5.0),
+            breaker=BreakerPolicy(failure_threshold=100, cooldown=0.1),
+            backoff=BackoffPolicy(initial=0.01, max=0.02, multiplier=2.0, reset_after=5.0),
         ),
     )
     sim.set_fault(refuse=True)

@@ -17,14 +17,11 @@ import pytest
 
 from pricectl.bus.base import Update
 from pricectl.bus.memory import MemoryBus
-from pricectl.config import (
-    BackoffSettings,
-    BreakerSettings,
-    FallbackSettings,
-    HeartbeatSettings,
-    ResilienceSettings,
-    Settings,
-)
+from pricectl.config import ResilienceSettings, Settings
+from pricectl.core.backoff import BackoffPolicy
+from pricectl.core.breaker import BreakerPolicy
+from pricectl.core.fallback import FallbackPolicy
+from pricectl.core.heartbeat import HeartbeatPolicy
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import FencedError, UnknownPairError
 from pricectl.ingest.relay import Relay, run_embedded
@@ -37,8 +34,8 @@ pytestmark = pytest.mark.timeout(60 * UNIT)
 REAL = Path(__file__).resolve().parent.parent / "data" / "binance" / "real"
 StartSim = Callable[..., Awaitable[Simulator]]
 
-BACKOFF = BackoffSettings(initial=0.05, max=0.2, multiplier=2.0, reset_after=5.0)
-BREAKER = BreakerSettings(failure_threshold=3, cooldown=0.5)
+BACKOFF = BackoffPolicy(initial=0.05, max=0.2, multiplier=2.0, reset_after=5.0)
+BREAKER = BreakerPolicy(failure_threshold=3, cooldown=0.5)
 
 
 def fast_settings(
@@ -62,8 +59,8 @@ def fast_settings(
     res = ResilienceSettings(
         backoff=BACKOFF,
         breaker=BREAKER,
-        heartbeat=HeartbeatSettings(idle_timeout=0.6, stale_after=1.0),
-        fallback=FallbackSettings(rest_poll_interval=0.2, rest_failures_before_cache=3),
+        heartbeat=HeartbeatPolicy(idle_timeout=0.6, stale_after=1.0),
+        fallback=FallbackPolicy(rest_poll_interval=0.2, rest_failures_before_cache=3),
     )
     return replace(base, exchange=exchange, pairs=pairs, resilience=res)
 
@@ -299,6 +296,18 @@ async def test_fenced_publish_stops_the_relay(start_sim: StartSim):
         assert isinstance(task.exception(), FencedError)
 
 
+async def test_the_cascade_takes_stale_after_from_the_heartbeat_section():
+    """The relay's cascade: stale_after from resilience.heartbeat, its pace from fallback."""
+    settings = fast_settings("ws://127.0.0.1:9", "http://127.0.0.1:9")
+    bus = MemoryBus()
+    relay = Relay(settings, bus, bus.local_fence())
+    try:
+        assert relay.cascade.stale_after == settings.resilience.heartbeat.stale_after == 1.0
+        assert relay.cascade.policy == settings.resilience.fallback
+    finally:
+        await relay.close()
+
+
 async def test_publish_rest_snapshot_on_takeover(start_sim: StartSim):
     """A takeover publishes one REST update per pair, seq 1, before going live."""
     sim = await start_sim()
@@ -381,7 +390,7 @@ async def test_replay_of_a_real_recording_goes_end_to_end(start_sim: StartSim):
         settings,
         resilience=replace(
             settings.resilience,
-            heartbeat=HeartbeatSettings(idle_timeout=30.0, stale_after=30.0),
+            heartbeat=HeartbeatPolicy(idle_timeout=30.0, stale_after=30.0),
         ),
     )
     last_frame: dict[str, dict[str, Any]] = {}
