@@ -480,12 +480,6 @@ def _set_path(raw: dict[str, Any], path: str, value: Any) -> None:
 # --- entry points ------------------------------------------------------------------------
 
 
-def default_config_path() -> Path | None:
-    """``$PRICECTL_CONFIG`` if set; else ``None`` (built-in defaults)."""
-    env = os.environ.get("PRICECTL_CONFIG")
-    return Path(env) if env else None
-
-
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Read ``path`` (or only defaults), apply the environment, validate everything.
 
