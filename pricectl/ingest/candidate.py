@@ -132,7 +132,10 @@ class Ingest:
     async def _term(self, fence: Fence) -> None:
         """One term as leader (run by the Leader as a task, cancelled at step-down)."""
         self._standby.clear()
-        relay = Relay(self.settings, self.bus, fence)
+        s = self.settings
+        relay = Relay(
+            self.bus, fence, exchange=s.exchange, pair_map=s.pair_map, resilience=s.resilience
+        )
         relay.seed(self.latest.values())
         self.relay = relay
         try:

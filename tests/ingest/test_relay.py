@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pricectl.bus.base import Update
+from pricectl.bus.base import Fence, Update
 from pricectl.bus.memory import MemoryBus
 from pricectl.config import ResilienceSettings, Settings
 from pricectl.core.backoff import BackoffPolicy
@@ -67,6 +67,17 @@ def fast_settings(
 
 def sim_settings(sim: Simulator, **kw: Any) -> Settings:
     return fast_settings(sim.ws_url, sim.rest_url, **kw)
+
+
+def relay_for(settings: Settings, bus: MemoryBus, fence: Fence) -> Relay:
+    """The relay as ingest builds it from the config's sections."""
+    return Relay(
+        bus,
+        fence,
+        exchange=settings.exchange,
+        pair_map=settings.pair_map,
+        resilience=settings.resilience,
+    )
 
 
 @pytest.fixture
@@ -123,7 +134,7 @@ class Harness:
         self.settings = settings
         self.bus = MemoryBus()
         self.fence = self.bus.local_fence()
-        self.relay = Relay(settings, self.bus, self.fence)
+        self.relay = relay_for(settings, self.bus, self.fence)
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Harness:
@@ -300,7 +311,7 @@ async def test_the_cascade_takes_stale_after_from_the_heartbeat_section():
     """The relay's cascade: stale_after from resilience.heartbeat, its pace from fallback."""
     settings = fast_settings("ws://127.0.0.1:9", "http://127.0.0.1:9")
     bus = MemoryBus()
-    relay = Relay(settings, bus, bus.local_fence())
+    relay = relay_for(settings, bus, bus.local_fence())
     try:
         assert relay.cascade.stale_after == settings.resilience.heartbeat.stale_after == 1.0
         assert relay.cascade.policy == settings.resilience.fallback
@@ -312,7 +323,7 @@ async def test_publish_rest_snapshot_on_takeover(start_sim: StartSim):
     """A takeover publishes one REST update per pair, seq 1, before going live."""
     sim = await start_sim()
     bus = MemoryBus()
-    relay = Relay(sim_settings(sim), bus, bus.local_fence())
+    relay = relay_for(sim_settings(sim), bus, bus.local_fence())
     rec = Recorder(bus, relay.pairs)
     try:
         assert await relay.publish_rest_snapshot() == 2
