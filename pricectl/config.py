@@ -1,6 +1,10 @@
-"""YAML + environment -> frozen, validated settings (DESIGN 6).
+"""YAML + environment -> frozen, validated settings holding core's policies (DESIGN 6).
 
-Every setting is a field of a frozen dataclass below, with its default. The shipped
+Every setting is a field of a frozen dataclass, with its default. The sections that are
+core policies are those policies themselves (``leader`` is a
+:class:`~pricectl.core.lease.LeasePolicy`, ``resilience.backoff`` a
+:class:`~pricectl.core.backoff.BackoffPolicy`, ...): each policy validates its own values
+and this module reports what it refuses like any other problem. The shipped
 ``config/pricectl.yaml`` holds the same defaults with a comment each (a test checks
 that they agree), so the program runs with no file at all.
 
@@ -21,10 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,17 +35,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from pricectl.core.backoff import BackoffPolicy
+from pricectl.core.breaker import BreakerPolicy
+from pricectl.core.duration import duration as _dur
+from pricectl.core.duration import format_duration, is_duration, parse_duration
+from pricectl.core.fallback import FallbackPolicy
+from pricectl.core.heartbeat import HeartbeatPolicy
+from pricectl.core.lease import LeasePolicy
 from pricectl.core.pairs import PairMap, known_symbols, parse_pair
+from pricectl.core.policy import PolicyError
 from pricectl.errors import ConfigError
 
 __all__ = [
-    "BackoffSettings",
-    "BreakerSettings",
     "BusSettings",
     "ExchangeSettings",
-    "FallbackSettings",
-    "HeartbeatSettings",
-    "LeaderSettings",
     "LoadtestSettings",
     "LoggingSettings",
     "ResilienceSettings",
@@ -58,11 +64,6 @@ __all__ = [
 StreamKind = Literal["ticker", "miniTicker", "bookTicker", "aggTrade", "trade"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
-
-
-def _dur(default: float) -> Any:
-    """A duration field: seconds as float, written ``250ms``, ``15s``, ``2m``, ``23h``."""
-    return field(default=default, metadata={"duration": True})
 
 
 @dataclass(frozen=True)
@@ -90,56 +91,13 @@ class BusSettings:
 
 
 @dataclass(frozen=True)
-class LeaderSettings:
-    """The ingest leader lease (DESIGN 3.4), in the spirit of client-go's defaults."""
-
-    ttl: float = _dur(15.0)
-    renew_deadline: float = _dur(10.0)
-    retry: float = _dur(2.0)
-
-
-@dataclass(frozen=True)
-class BackoffSettings:
-    """Reconnect delays: ``initial`` doubling (``multiplier``) to ``max``, full jitter."""
-
-    initial: float = _dur(1.0)
-    max: float = _dur(60.0)
-    multiplier: float = 2.0
-    reset_after: float = _dur(60.0)
-
-
-@dataclass(frozen=True)
-class BreakerSettings:
-    """Circuit breaker around exchange connects."""
-
-    failure_threshold: int = 5
-    cooldown: float = _dur(30.0)
-
-
-@dataclass(frozen=True)
-class HeartbeatSettings:
-    """Idle connection and stale pair detection."""
-
-    idle_timeout: float = _dur(30.0)
-    stale_after: float = _dur(30.0)
-
-
-@dataclass(frozen=True)
-class FallbackSettings:
-    """The per-pair source cascade: WebSocket -> REST polling -> cached and stale."""
-
-    rest_poll_interval: float = _dur(2.0)
-    rest_failures_before_cache: int = 3
-
-
-@dataclass(frozen=True)
 class ResilienceSettings:
-    """The shared resilience core (DESIGN 4)."""
+    """The shared resilience core (DESIGN 4): the policies of ``pricectl.core``."""
 
-    backoff: BackoffSettings = field(default_factory=BackoffSettings)
-    breaker: BreakerSettings = field(default_factory=BreakerSettings)
-    heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
-    fallback: FallbackSettings = field(default_factory=FallbackSettings)
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    heartbeat: HeartbeatPolicy = field(default_factory=HeartbeatPolicy)
+    fallback: FallbackPolicy = field(default_factory=FallbackPolicy)
 
 
 @dataclass(frozen=True)
@@ -197,7 +155,8 @@ class Settings:
         default_factory=lambda: types.MappingProxyType({"USD": "USDT"})
     )
     bus: BusSettings = field(default_factory=BusSettings)
-    leader: LeaderSettings = field(default_factory=LeaderSettings)
+    #: The ingest leader lease (DESIGN 3.4), in the spirit of client-go's defaults.
+    leader: LeasePolicy = field(default_factory=LeasePolicy)
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     loadtest: LoadtestSettings = field(default_factory=LoadtestSettings)
@@ -213,38 +172,6 @@ class Settings:
             cached = PairMap.build(self.pairs, self.quote_aliases)
             object.__setattr__(self, "_pair_map", cached)
         return cached
-
-
-# --- durations ---------------------------------------------------------------------------
-
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: object) -> float:
-    """``"250ms"`` -> 0.25, ``"15s"`` -> 15.0, ``"2m"`` -> 120.0, ``3`` -> 3.0 (seconds)."""
-    if isinstance(value, bool):
-        raise ValueError("a duration such as 250ms, 15s, 2m")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError("a duration >= 0")
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION_RE.match(value)
-        if m:
-            return float(m.group(1)) * _UNIT[m.group(2) or "s"]
-    raise ValueError("a duration such as 250ms, 15s, 2m")
-
-
-def format_duration(seconds: float) -> str:
-    """The inverse of :func:`parse_duration`, shortest exact unit: 0.25 -> ``250ms``."""
-    for unit, scale in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
-        if seconds >= scale and (seconds / scale).is_integer():
-            return f"{int(seconds / scale)}{unit}"
-    ms = seconds * 1000.0
-    if ms.is_integer():
-        return f"{int(ms)}ms"
-    return f"{seconds}s"
 
 
 # --- YAML with line numbers ----------------------------------------------------------------
@@ -288,11 +215,16 @@ def _compose(text: str, origin: str) -> tuple[Any, dict[str, int]]:
 
 
 class _Problems:
+    """Every problem of one configuration, each as ``where: dotted.key: message``."""
+
     def __init__(self, origin: str, lines: dict[str, int]) -> None:
         self.origin = origin
         self.lines = lines
         self.items: list[str] = []
         self.env_origin: dict[str, str] = {}
+        #: ``(section, dotted key, message)`` refused by a section's own dataclass, held
+        #: back by :meth:`refuse` until :meth:`settle`.
+        self.refused: list[tuple[str, str, str]] = []
 
     def add(self, path: str, message: str) -> None:
         where = self.env_origin.get(path)
@@ -300,6 +232,35 @@ class _Problems:
             line = self.lines.get(path)
             where = f"{self.origin}:{line}" if line else self.origin
         self.items.append(f"{where}: {path}: {message}")
+
+    def refuse(self, section: str, error: ValueError) -> None:
+        """The dataclass of ``section`` refused its values (a core policy's rules)."""
+        if isinstance(error, PolicyError):
+            prefix = f"{section}." if section else ""
+            for p in error.problems:
+                self.refused.append((section, prefix + p.field, p.message(prefix)))
+        else:
+            self.refused.append((section, section or "(top level)", str(error)))
+
+    def settle(self, cls: type) -> None:
+        """Add the refused values after the type errors, section by section in the order
+        ``cls`` declares them, each section's problems in its rules' order: the list then
+        reads the same whatever order the file or the environment gave the sections in."""
+        order = {name: i for i, name in enumerate(_sections(cls))}
+        for _, key, message in sorted(self.refused, key=lambda r: order.get(r[0], -1)):
+            self.add(key, message)
+        self.refused.clear()
+
+
+def _sections(cls: type, path: str = "") -> Iterator[str]:
+    """The dotted path of every dataclass section under ``cls``, depth first, as declared."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            sub = f"{path}.{f.name}" if path else f.name
+            yield sub
+            yield from _sections(tp, sub)  # type: ignore[arg-type]
 
 
 def _show(value: object) -> str:
@@ -311,7 +272,13 @@ def _show(value: object) -> str:
 
 
 def _build(cls: type, raw: Any, path: str, problems: _Problems) -> Any:
-    """Turn a raw mapping into ``cls`` (a settings dataclass), recording every problem."""
+    """Turn a raw mapping into ``cls`` (a settings dataclass), recording every problem.
+
+    A section whose dataclass refuses its values (a policy's ``__post_init__`` raising
+    ``ValueError``) is recorded and replaced by its defaults, so the rest can still be
+    built and checked. Called at the top level (``path`` empty), it settles those
+    refusals into ``problems.items`` before returning.
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -332,7 +299,14 @@ def _build(cls: type, raw: Any, path: str, problems: _Problems) -> Any:
             kwargs[key] = _convert(hints[key], f, value, sub, problems)
         except ValueError as exc:
             problems.add(sub, f"expected {exc}, got {_show(value)}")
-    return cls(**kwargs)
+    try:
+        built = cls(**kwargs)
+    except ValueError as exc:
+        problems.refuse(path, exc)
+        built = cls()
+    if not path:
+        problems.settle(cls)
+    return built
 
 
 def _closest(key: str, names: Mapping[str, Any]) -> str | None:
@@ -343,7 +317,7 @@ def _closest(key: str, names: Mapping[str, Any]) -> str | None:
 
 
 def _convert(tp: Any, f: dataclasses.Field[Any], value: Any, path: str, problems: _Problems) -> Any:
-    if f.metadata.get("duration"):
+    if is_duration(f):
         return parse_duration(value)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path, problems)  # type: ignore[arg-type]
@@ -385,38 +359,11 @@ def _convert(tp: Any, f: dataclasses.Field[Any], value: Any, path: str, problems
 
 
 def _check(s: Settings, problems: _Problems) -> None:
-    """Cross-field rules: impossible combinations, pairs, URLs."""
-    lead = s.leader
-    if lead.renew_deadline >= lead.ttl:
-        problems.add(
-            "leader.renew_deadline",
-            f"must be shorter than leader.ttl ({format_duration(lead.ttl)}), "
-            f"got {format_duration(lead.renew_deadline)}",
-        )
-    if lead.retry >= lead.renew_deadline:
-        problems.add(
-            "leader.retry",
-            f"must be shorter than leader.renew_deadline ({format_duration(lead.renew_deadline)}), "
-            f"got {format_duration(lead.retry)}",
-        )
-    b = s.resilience.backoff
-    if b.initial <= 0:
-        problems.add("resilience.backoff.initial", "must be greater than 0")
-    if b.max < b.initial:
-        problems.add(
-            "resilience.backoff.max",
-            f"must be at least resilience.backoff.initial ({format_duration(b.initial)}), "
-            f"got {format_duration(b.max)}",
-        )
-    if b.multiplier < 1:
-        problems.add("resilience.backoff.multiplier", f"must be >= 1, got {b.multiplier}")
-    if s.resilience.breaker.failure_threshold < 1:
-        problems.add("resilience.breaker.failure_threshold", "must be at least 1")
-    for key in ("idle_timeout", "stale_after"):
-        if getattr(s.resilience.heartbeat, key) <= 0:
-            problems.add(f"resilience.heartbeat.{key}", "must be greater than 0")
-    if s.resilience.fallback.rest_poll_interval <= 0:
-        problems.add("resilience.fallback.rest_poll_interval", "must be greater than 0")
+    """Rules across fields that no policy owns: the exchange's limits, URLs, pairs.
+
+    The policies' own rules (``leader.retry < leader.renew_deadline``, ...) were applied
+    when :func:`_build` made them.
+    """
     if s.exchange.max_messages_per_second <= 0 or s.exchange.max_messages_per_second > 5:
         problems.add(
             "exchange.max_messages_per_second",
@@ -533,12 +480,6 @@ def _set_path(raw: dict[str, Any], path: str, value: Any) -> None:
 # --- entry points ------------------------------------------------------------------------
 
 
-def default_config_path() -> Path | None:
-    """``$PRICECTL_CONFIG`` if set; else ``None`` (built-in defaults)."""
-    env = os.environ.get("PRICECTL_CONFIG")
-    return Path(env) if env else None
-
-
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Read ``path`` (or only defaults), apply the environment, validate everything.
 
@@ -590,7 +531,7 @@ def settings_to_dict(s: Any) -> Any:
             if f.name == "source":
                 continue
             value = getattr(s, f.name)
-            if f.metadata.get("duration"):
+            if is_duration(f):
                 out[f.name] = format_duration(value)
             elif f.name.endswith("url") and isinstance(value, str):
                 out[f.name] = redact_url(value)

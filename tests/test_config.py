@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import given
-from hypothesis import strategies as st
 
 from pricectl.config import (
+    ResilienceSettings,
     Settings,
     format_duration,
     load_settings,
@@ -17,6 +16,12 @@ from pricectl.config import (
     redact_url,
     settings_to_dict,
 )
+from pricectl.core import duration
+from pricectl.core.backoff import BackoffPolicy
+from pricectl.core.breaker import BreakerPolicy
+from pricectl.core.fallback import FallbackPolicy
+from pricectl.core.heartbeat import HeartbeatPolicy
+from pricectl.core.lease import LeasePolicy
 from pricectl.errors import ConfigError
 
 SHIPPED = Path(__file__).resolve().parents[1] / "config" / "pricectl.yaml"
@@ -41,26 +46,39 @@ def test_shipped_file_sets_every_key() -> None:
     assert keys(shipped) == keys(settings_to_dict(Settings()))
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("250ms", 0.25), ("15s", 15.0), ("2m", 120.0), ("23h", 82800.0), (3, 3.0), ("1.5s", 1.5)],
-)
-def test_parse_duration(text: object, seconds: float) -> None:
-    """Durations accept ms, s, m, h and bare numbers of seconds."""
-    assert parse_duration(text) == seconds
+def test_config_reuses_core_durations() -> None:
+    """parse_duration and format_duration are core's, so every reader spells them alike."""
+    assert parse_duration is duration.parse_duration
+    assert format_duration is duration.format_duration
 
 
-@pytest.mark.parametrize("text", ["ten", "-1s", "5 days", True, None, "1.2.3s"])
-def test_parse_duration_rejects(text: object) -> None:
-    """Anything else is refused with what was expected."""
-    with pytest.raises(ValueError, match="duration"):
-        parse_duration(text)
+def test_sections_are_the_core_policies(tmp_path: Path) -> None:
+    """leader and each resilience section are built as core's policies, values as written."""
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "leader: {ttl: 30s, renew_deadline: 20s, retry: 5s}\n"
+        "resilience:\n"
+        "  backoff: {initial: 500ms, max: 30s, multiplier: 3.0, reset_after: 45s}\n"
+        "  breaker: {failure_threshold: 7, cooldown: 12500ms}\n"
+        "  heartbeat: {idle_timeout: 20s, stale_after: 12s}\n"
+        "  fallback: {rest_poll_interval: 3s, rest_failures_before_cache: 4}\n"
+    )
+    s = load_settings(f, env={})
+    assert s.leader == LeasePolicy(30.0, 20.0, 5.0)
+    assert s.resilience.backoff == BackoffPolicy(0.5, 30.0, 3.0, 45.0)
+    assert s.resilience.breaker == BreakerPolicy(7, 12.5)
+    # The cascade's stale_after is the heartbeat's; its pace is the fallback section.
+    assert s.resilience.heartbeat == HeartbeatPolicy(idle_timeout=20.0, stale_after=12.0)
+    assert s.resilience.fallback == FallbackPolicy(3.0, 4)
 
 
-@given(st.integers(min_value=0, max_value=10**7))
-def test_format_duration_round_trips(ms: int) -> None:
-    """format_duration is the inverse of parse_duration for whole milliseconds."""
-    assert parse_duration(format_duration(ms / 1000)) == pytest.approx(ms / 1000)
+def test_default_sections_are_the_default_policies() -> None:
+    """With no file, every policy section is the core policy's own default."""
+    s = Settings()
+    assert s.leader == LeasePolicy()
+    assert s.resilience == ResilienceSettings(
+        BackoffPolicy(), BreakerPolicy(), HeartbeatPolicy(), FallbackPolicy()
+    )
 
 
 def test_environment_overrides() -> None:
@@ -106,6 +124,71 @@ def test_impossible_combination_names_file_line_and_key(tmp_path: Path) -> None:
         load_settings(f, env={})
     assert err.value.problems == [
         f"{f}:5: leader.renew_deadline: must be shorter than leader.ttl (15s), got 20s"
+    ]
+
+
+def test_every_broken_lease_ordering_is_reported(tmp_path: Path) -> None:
+    """ttl > renew_deadline > retry: each broken step is its own problem with both values."""
+    f = tmp_path / "c.yaml"
+    f.write_text("leader:\n  ttl: 5s\n  renew_deadline: 10s\n  retry: 12s\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(f, env={})
+    assert err.value.problems == [
+        f"{f}:3: leader.renew_deadline: must be shorter than leader.ttl (5s), got 10s",
+        f"{f}:4: leader.retry: must be shorter than leader.renew_deadline (10s), got 12s",
+    ]
+
+
+def test_backoff_rules_name_the_key_and_the_values(tmp_path: Path) -> None:
+    """initial > 0, max >= initial and multiplier >= 1, as written in the file or the env."""
+    f = tmp_path / "c.yaml"
+    f.write_text("resilience:\n  backoff:\n    initial: 0s\n    multiplier: 0.5\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(f, env={})
+    assert err.value.problems == [
+        f"{f}:3: resilience.backoff.initial: must be greater than 0",
+        f"{f}:4: resilience.backoff.multiplier: must be >= 1, got 0.5",
+    ]
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, env={"PRICECTL_RESILIENCE__BACKOFF__MAX": "100ms"})
+    assert err.value.problems == [
+        "environment PRICECTL_RESILIENCE__BACKOFF__MAX: resilience.backoff.max: "
+        "must be at least resilience.backoff.initial (1s), got 100ms"
+    ]
+
+
+def test_rules_follow_the_type_errors_in_schema_order(tmp_path: Path) -> None:
+    """Type errors come first in file order, then each section's rules in schema order."""
+    f = tmp_path / "c.yaml"
+    f.write_text(
+        "server:\n"
+        "  port: eighty\n"
+        "resilience:\n"
+        "  fallback:\n"
+        "    rest_poll_interval: 0s\n"
+        "  heartbeat:\n"
+        "    idle_timeout: 0s\n"
+        "    stale_after: 0ms\n"
+        "  breaker:\n"
+        "    failure_threshold: 0\n"
+        "    cooldown: soon\n"
+        "leader:\n"
+        "  ttl: 1s\n"
+        "bus:\n"
+        "  url: kafka://x\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(f, env={})
+    assert err.value.problems == [
+        f"{f}:2: server.port: expected a whole number >= 0, got 'eighty'",
+        f"{f}:11: resilience.breaker.cooldown: expected a duration such as 250ms, 15s, 2m, "
+        "got 'soon'",
+        f"{f}: leader.renew_deadline: must be shorter than leader.ttl (1s), got 10s",
+        f"{f}:10: resilience.breaker.failure_threshold: must be at least 1",
+        f"{f}:7: resilience.heartbeat.idle_timeout: must be greater than 0",
+        f"{f}:8: resilience.heartbeat.stale_after: must be greater than 0",
+        f"{f}:5: resilience.fallback.rest_poll_interval: must be greater than 0",
+        f"{f}:15: bus.url: expected memory://, redis://, rediss:// or unix://, got 'kafka://x'",
     ]
 
 

@@ -97,6 +97,7 @@ async def exchange_events(
     from websockets.asyncio.client import connect
 
     from pricectl.core.binance import combined_url
+    from pricectl.core.pairs import PairMap
     from pricectl.exchange.binance_ws import BinanceWS
 
     tracker = tracker if tracker is not None else SequenceTracker()
@@ -134,7 +135,16 @@ async def exchange_events(
             reason = ws.last_disconnect or "the exchange connection dropped"
             queue.put_nowait(Disconnected(reason=reason, retry_in=0.0, reconnects=ws.reconnects))
 
-    ws = BinanceWS(settings, on_batch, pairs=pairs, on_state=on_state)
+    res = settings.resilience
+    ws = BinanceWS(
+        settings.exchange,
+        PairMap.build(pairs, settings.quote_aliases),
+        on_batch,
+        backoff=res.backoff,
+        breaker=res.breaker,
+        idle_timeout=res.heartbeat.idle_timeout,
+        on_state=on_state,
+    )
     # A task we own and cancel explicitly: a TaskGroup cannot span the generator's yields.
     runner = asyncio.create_task(ws.run(), name="tail-binance-ws")
     try:

@@ -50,7 +50,6 @@ def command(
 
     from pricectl.client.tail import TailOptions, TailResult, run_tail
     from pricectl.config import load_settings, parse_duration
-    from pricectl.core.backoff import BackoffPolicy
     from pricectl.core.pairs import parse_pair
     from pricectl.errors import UsageError
 
@@ -94,7 +93,7 @@ def command(
         duration=seconds,
         stale_after=settings.resilience.heartbeat.stale_after,
         idle_timeout=max(2.5 * settings.server.ping_interval, 5.0),
-        backoff=BackoffPolicy.from_settings(settings.resilience.backoff),
+        backoff=settings.resilience.backoff,
     )
     if source == "redis" and opts.redis_url.startswith("memory://"):
         raise UsageError(

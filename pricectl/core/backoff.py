@@ -21,67 +21,43 @@ injected ``rand()`` returning a float in ``[0, 1)``, so tests can pin the exact 
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
-__all__ = ["Backoff", "BackoffPolicy", "BackoffSettingsLike", "delays"]
+from pricectl.core.duration import duration
+from pricectl.core.policy import Rules
+
+__all__ = ["Backoff", "BackoffPolicy", "delays"]
 
 #: A source of uniform floats in ``[0, 1)``; ``random.random`` in production.
 Rand = Callable[[], float]
 
 
-class BackoffSettingsLike(Protocol):
-    """What :meth:`BackoffPolicy.from_settings` reads (``pricectl.config.BackoffSettings``).
-
-    A protocol rather than an import: ``pricectl.core`` must not import the config module.
-    """
-
-    @property
-    def initial(self) -> float: ...
-    @property
-    def max(self) -> float: ...
-    @property
-    def multiplier(self) -> float: ...
-    @property
-    def reset_after(self) -> float: ...
-
-
 @dataclass(frozen=True)
 class BackoffPolicy:
-    """The schedule's shape. Defaults: 1 s doubling to 60 s, reset after 60 s of health.
+    """The schedule's shape (config ``resilience.backoff``). Defaults: 1 s doubling to 60 s,
+    reset after 60 s of health.
 
     ``reset_after`` equals ``max`` so that a connection which survives one full maximum
-    delay's worth of time is trusted again.
+    delay's worth of time is trusted again. Requires ``0 < initial <= max`` and
+    ``multiplier >= 1``, all finite: a zero ``initial`` would reconnect in a tight loop,
+    a ``max`` below ``initial`` is a typo more often than a wish.
     """
 
-    initial: float = 1.0
-    max: float = 60.0
+    initial: float = duration(1.0)
+    max: float = duration(60.0)
     multiplier: float = 2.0
-    reset_after: float = 60.0
+    reset_after: float = duration(60.0)
 
     def __post_init__(self) -> None:
-        # Written as ``not (x >= 0)`` so that NaN is refused too.
-        if not (self.initial >= 0 and math.isfinite(self.initial)):
-            raise ValueError(f"backoff initial must be a finite number >= 0, got {self.initial}")
-        if not (self.max >= 0 and math.isfinite(self.max)):
-            raise ValueError(f"backoff max must be a finite number >= 0, got {self.max}")
-        if not (self.multiplier >= 1 and math.isfinite(self.multiplier)):
-            raise ValueError(f"backoff multiplier must be >= 1, got {self.multiplier}")
-        if not (self.reset_after >= 0):
-            raise ValueError(f"backoff reset_after must be >= 0, got {self.reset_after}")
-
-    @classmethod
-    def from_settings(cls, s: BackoffSettingsLike) -> BackoffPolicy:
-        """Build from ``settings.resilience.backoff``."""
-        return cls(
-            initial=float(s.initial),
-            max=float(s.max),
-            multiplier=float(s.multiplier),
-            reset_after=float(s.reset_after),
-        )
+        rules = Rules(self)
+        rules.require(self.initial > 0, "initial", "must be greater than 0", got=False)
+        rules.require(self.max >= self.initial, "max", "must be at least", than="initial")
+        rules.require(self.multiplier >= 1, "multiplier", "must be >= 1")
+        rules.require(self.reset_after >= 0, "reset_after", "must be >= 0")
+        rules.finite("initial", "max", "multiplier")
+        rules.check()
 
     def cap(self, attempt: int) -> float:
         """Upper bound of delay number ``attempt`` (0-based): ``min(max, initial * mult**n)``.
@@ -89,8 +65,8 @@ class BackoffPolicy:
         Computed without overflowing: after a few hundred attempts ``mult**n`` would not fit
         in a float, but the answer is simply ``max`` by then.
         """
-        if self.initial == 0 or attempt <= 0:
-            return min(self.max, self.initial)
+        if attempt <= 0:
+            return self.initial
         try:
             grown = self.initial * self.multiplier**attempt
         except OverflowError:
@@ -121,7 +97,7 @@ class Backoff:
 
     Call pattern in a reconnect loop::
 
-        backoff = Backoff(BackoffPolicy.from_settings(settings.resilience.backoff))
+        backoff = Backoff(settings.resilience.backoff)
         while True:
             try:
                 ws = await connect()

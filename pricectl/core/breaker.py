@@ -30,12 +30,13 @@ Pure: time is ``now`` (monotonic seconds); no logging here, an optional
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
-__all__ = ["Breaker", "BreakerPolicy", "BreakerSettingsLike", "BreakerState"]
+from pricectl.core.duration import duration
+from pricectl.core.policy import Rules
+
+__all__ = ["Breaker", "BreakerPolicy", "BreakerState"]
 
 
 class BreakerState(enum.Enum):
@@ -46,34 +47,24 @@ class BreakerState(enum.Enum):
     HALF_OPEN = "half_open"
 
 
-class BreakerSettingsLike(Protocol):
-    """What :meth:`BreakerPolicy.from_settings` reads (``pricectl.config.BreakerSettings``)."""
-
-    @property
-    def failure_threshold(self) -> int: ...
-    @property
-    def cooldown(self) -> float: ...
-
-
 @dataclass(frozen=True)
 class BreakerPolicy:
-    """Open after ``failure_threshold`` consecutive failures; probe after ``cooldown`` seconds."""
+    """Open after ``failure_threshold`` consecutive failures; probe after ``cooldown`` seconds.
+
+    Config ``resilience.breaker``. Requires a threshold of at least 1 and a finite cooldown.
+    """
 
     failure_threshold: int = 5
-    cooldown: float = 30.0
+    cooldown: float = duration(30.0)
 
     def __post_init__(self) -> None:
-        if self.failure_threshold < 1:
-            raise ValueError(
-                f"breaker failure_threshold must be >= 1, got {self.failure_threshold}"
-            )
-        if not (self.cooldown >= 0 and math.isfinite(self.cooldown)):
-            raise ValueError(f"breaker cooldown must be a finite number >= 0, got {self.cooldown}")
-
-    @classmethod
-    def from_settings(cls, s: BreakerSettingsLike) -> BreakerPolicy:
-        """Build from ``settings.resilience.breaker``."""
-        return cls(failure_threshold=int(s.failure_threshold), cooldown=float(s.cooldown))
+        rules = Rules(self)
+        rules.require(
+            self.failure_threshold >= 1, "failure_threshold", "must be at least 1", got=False
+        )
+        rules.require(self.cooldown >= 0, "cooldown", "must be >= 0")
+        rules.finite("cooldown")
+        rules.check()
 
 
 #: Called with ``(old, new)`` on every state change.

@@ -19,7 +19,8 @@ for the price, so it is never shown as live.
 
 Call pattern (the relay owns the clock and the I/O; this class only decides)::
 
-    cascade = Cascade(pairs, FallbackPolicy.from_settings(settings.resilience))
+    res = settings.resilience
+    cascade = Cascade(pairs, res.fallback, stale_after=res.heartbeat.stale_after)
     # WS adapter:
     cascade.ws_state(True, now)            # connected and breaker closed
     cascade.ws_update("BTC/USD", now)      # each frame; publish it with source="ws"
@@ -34,8 +35,8 @@ Call pattern (the relay owns the clock and the I/O; this class only decides)::
 
 Example::
 
-    c = Cascade(["BTC/USD"], FallbackPolicy(stale_after=30, rest_poll_interval=2,
-                                            rest_failures_before_cache=3))
+    c = Cascade(["BTC/USD"], FallbackPolicy(rest_poll_interval=2, rest_failures_before_cache=3),
+                stale_after=30)
     c.ws_state(True, 0.0); c.ws_update("BTC/USD", 0.0)
     c.source("BTC/USD", 1.0)        # Source.WS
     c.ws_state(False, 5.0)
@@ -53,11 +54,12 @@ import enum
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
 
+from pricectl.core.duration import duration
 from pricectl.core.heartbeat import Staleness
+from pricectl.core.policy import Rules
 
-__all__ = ["Cascade", "FallbackPolicy", "ResilienceSettingsLike", "Source"]
+__all__ = ["Cascade", "FallbackPolicy", "Source"]
 
 
 class Source(enum.StrEnum):
@@ -68,67 +70,53 @@ class Source(enum.StrEnum):
     CACHE = "cache"
 
 
-class _HeartbeatLike(Protocol):
-    @property
-    def stale_after(self) -> float: ...
-
-
-class _FallbackLike(Protocol):
-    @property
-    def rest_poll_interval(self) -> float: ...
-    @property
-    def rest_failures_before_cache(self) -> int: ...
-
-
-class ResilienceSettingsLike(Protocol):
-    """What :meth:`FallbackPolicy.from_settings` reads (``settings.resilience``)."""
-
-    @property
-    def heartbeat(self) -> _HeartbeatLike: ...
-    @property
-    def fallback(self) -> _FallbackLike: ...
-
-
 @dataclass(frozen=True)
 class FallbackPolicy:
-    """Thresholds of the cascade; defaults match ``config/pricectl.yaml``."""
+    """Pace of the cascade off WS (config ``resilience.fallback``); defaults match
+    ``config/pricectl.yaml``.
 
-    stale_after: float = 30.0
-    rest_poll_interval: float = 2.0
+    When a pair counts as stale is the heartbeat's ``stale_after``, passed to the
+    :class:`Cascade` beside this policy: the config keeps it in ``resilience.heartbeat``
+    because the WebSocket's idle check and the pair's staleness are the same question
+    about silence, and the cascade is only one of the places that ask it.
+    """
+
+    rest_poll_interval: float = duration(2.0)
     rest_failures_before_cache: int = 3
 
     def __post_init__(self) -> None:
-        if not (self.stale_after > 0 and math.isfinite(self.stale_after)):
-            raise ValueError(f"stale_after must be a finite number > 0, got {self.stale_after}")
-        if not (self.rest_poll_interval > 0 and math.isfinite(self.rest_poll_interval)):
-            raise ValueError(
-                f"rest_poll_interval must be a finite number > 0, got {self.rest_poll_interval}"
-            )
-        if self.rest_failures_before_cache < 1:
-            raise ValueError(
-                f"rest_failures_before_cache must be >= 1, got {self.rest_failures_before_cache}"
-            )
-
-    @classmethod
-    def from_settings(cls, resilience: ResilienceSettingsLike) -> FallbackPolicy:
-        """Build from ``settings.resilience`` (heartbeat.stale_after + the fallback section)."""
-        return cls(
-            stale_after=float(resilience.heartbeat.stale_after),
-            rest_poll_interval=float(resilience.fallback.rest_poll_interval),
-            rest_failures_before_cache=int(resilience.fallback.rest_failures_before_cache),
+        rules = Rules(self)
+        rules.require(
+            self.rest_poll_interval > 0, "rest_poll_interval", "must be greater than 0", got=False
         )
+        rules.finite("rest_poll_interval")
+        rules.require(
+            self.rest_failures_before_cache >= 1,
+            "rest_failures_before_cache",
+            "must be at least 1",
+            got=False,
+        )
+        rules.check()
 
 
 class Cascade:
     """The per-pair source decision for a fixed set of pairs; see the module docstring."""
 
-    def __init__(self, pairs: Iterable[str], policy: FallbackPolicy | None = None) -> None:
+    def __init__(
+        self,
+        pairs: Iterable[str],
+        policy: FallbackPolicy | None = None,
+        *,
+        stale_after: float = 30.0,
+    ) -> None:
         self.pairs: tuple[str, ...] = tuple(dict.fromkeys(pairs))
         self._known = frozenset(self.pairs)
         self.policy = policy if policy is not None else FallbackPolicy()
+        self._fresh = Staleness(stale_after)
+        #: Seconds without a fresh update after which a pair is stale (and off WS).
+        self.stale_after = self._fresh.stale_after
         self._ws_healthy = False
         self._ws_last: dict[str, float] = {}
-        self._fresh = Staleness(self.policy.stale_after)
         self._rest_failures = 0
         self._rest_paused_until = -math.inf
         self._polled_at: dict[str, float] = {}
@@ -236,7 +224,7 @@ class Cascade:
         caching = self._rest_failures >= self.policy.rest_failures_before_cache
         for p in self.pairs:
             if self._on_ws(p, now):
-                candidates.append(self._ws_last[p] + self.policy.stale_after)
+                candidates.append(self._ws_last[p] + self.stale_after)
                 continue
             polled = self._polled_at.get(p)
             poll_at = -math.inf if polled is None else polled + interval
@@ -257,7 +245,7 @@ class Cascade:
 
     def _on_ws(self, pair: str, now: float) -> bool:
         last = self._ws_last.get(pair)
-        return self._ws_healthy and last is not None and now < last + self.policy.stale_after
+        return self._ws_healthy and last is not None and now < last + self.stale_after
 
     def _elapsed(self, last: float | None, now: float) -> bool:
         return last is None or now >= last + self.policy.rest_poll_interval

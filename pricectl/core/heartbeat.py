@@ -1,6 +1,7 @@
 """Liveness by silence: an idle connection, a stale pair (DESIGN 4, DESIGN 3.2 ``stale``).
 
-Two different questions, two classes:
+Two different questions, two classes, and :class:`HeartbeatPolicy` holding both limits
+(config ``resilience.heartbeat``):
 
 - :class:`IdleDetector`: has the *connection* said nothing (no frame at all) for
   ``idle_timeout``? Then it is half-dead (a NAT dropped it, the exchange hung) even though
@@ -26,8 +27,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-__all__ = ["IdleDetector", "Staleness"]
+from pricectl.core.duration import duration
+from pricectl.core.policy import Rules
+
+__all__ = ["HeartbeatPolicy", "IdleDetector", "Staleness"]
+
+
+@dataclass(frozen=True)
+class HeartbeatPolicy:
+    """How long a silence may last: ``idle_timeout`` for a connection (any frame at all),
+    ``stale_after`` for a pair (a fresh update). Both finite and greater than 0.
+
+    30 s each by default: Binance's ticker streams send every second and its server pings
+    come every 20 s, so 30 s of nothing is never a quiet market.
+    """
+
+    idle_timeout: float = duration(30.0)
+    stale_after: float = duration(30.0)
+
+    def __post_init__(self) -> None:
+        rules = Rules(self)
+        for name in ("idle_timeout", "stale_after"):
+            rules.require(getattr(self, name) > 0, name, "must be greater than 0", got=False)
+        rules.finite("idle_timeout", "stale_after")
+        rules.check()
 
 
 def _check_limit(name: str, value: float) -> float:

@@ -26,58 +26,42 @@ safe side of the real expiry::
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
-__all__ = ["LeaderSettingsLike", "LeaseClock", "LeasePolicy"]
+from pricectl.core.duration import duration
+from pricectl.core.policy import Rules
 
-
-class LeaderSettingsLike(Protocol):
-    """What :meth:`LeasePolicy.from_settings` reads (``pricectl.config.LeaderSettings``)."""
-
-    @property
-    def ttl(self) -> float: ...
-    @property
-    def renew_deadline(self) -> float: ...
-    @property
-    def retry(self) -> float: ...
+__all__ = ["LeaseClock", "LeasePolicy"]
 
 
 @dataclass(frozen=True)
 class LeasePolicy:
-    """Lease timings in seconds; requires ``0 < retry < renew_deadline < ttl``.
+    """Lease timings in seconds (config ``leader``); requires ``0 < retry < renew_deadline
+    < ttl``, finite.
 
     ``retry < renew_deadline`` leaves room for several renew attempts before stepping down
     (five with the defaults), so one lost round trip never costs the leadership.
     """
 
-    ttl: float = 15.0
-    renew_deadline: float = 10.0
-    retry: float = 2.0
+    ttl: float = duration(15.0)
+    renew_deadline: float = duration(10.0)
+    retry: float = duration(2.0)
 
     def __post_init__(self) -> None:
-        for name in ("ttl", "renew_deadline", "retry"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"lease {name} must be a finite number > 0, got {value}")
-        if not self.renew_deadline < self.ttl:
-            raise ValueError(
-                f"lease renew_deadline ({self.renew_deadline}) must be shorter than ttl "
-                f"({self.ttl})"
-            )
-        if not self.retry < self.renew_deadline:
-            raise ValueError(
-                f"lease retry ({self.retry}) must be shorter than renew_deadline "
-                f"({self.renew_deadline})"
-            )
-
-    @classmethod
-    def from_settings(cls, s: LeaderSettingsLike) -> LeasePolicy:
-        """Build from ``settings.leader``."""
-        return cls(ttl=float(s.ttl), renew_deadline=float(s.renew_deadline), retry=float(s.retry))
+        # The chain ttl > renew_deadline > retry > 0 makes every timing positive, and a
+        # finite ttl makes them all finite.
+        rules = Rules(self)
+        rules.require(
+            self.renew_deadline < self.ttl, "renew_deadline", "must be shorter than", than="ttl"
+        )
+        rules.require(
+            self.retry < self.renew_deadline, "retry", "must be shorter than", than="renew_deadline"
+        )
+        rules.require(self.retry > 0, "retry", "must be greater than 0", got=False)
+        rules.finite("ttl")
+        rules.check()
 
     @property
     def ttl_ms(self) -> int:

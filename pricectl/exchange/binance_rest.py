@@ -34,7 +34,7 @@ from typing import Any
 
 import aiohttp
 
-from pricectl.config import Settings
+from pricectl.config import ExchangeSettings
 from pricectl.core.pairs import PairMap
 from pricectl.core.ratelimit import WeightBudget
 from pricectl.core.ticks import PriceUpdate
@@ -172,23 +172,27 @@ def _retry_after(headers: Any) -> float:
 
 
 class BinanceRest:
-    """A REST client for one relay. ``async with BinanceRest(settings) as rest: ...``.
+    """A REST client for one relay: ``async with BinanceRest(exchange, pair_map) as rest:``.
 
-    ``wall`` (wall-clock seconds) is injectable for the weight minute; the session is
-    created on first use or passed in (then the caller closes it).
+    ``exchange`` is the config's exchange section (URL, stream kind, timeout, weight
+    budget); ``pair_map`` the pairs asked for when a call names none. ``wall``
+    (wall-clock seconds) is injectable for the weight minute; the session is created on
+    first use or passed in (then the caller closes it).
     """
 
     def __init__(
         self,
-        settings: Settings,
+        exchange: ExchangeSettings,
+        pair_map: PairMap,
         *,
         session: aiohttp.ClientSession | None = None,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = settings
-        self.base = settings.exchange.rest_url.rstrip("/")
-        self.kind = settings.exchange.stream
-        self.budget = WeightBudget(settings.exchange.rest_weight_budget)
+        self.base = exchange.rest_url.rstrip("/")
+        self.kind = exchange.stream
+        self.timeout = exchange.rest_timeout
+        self.pair_map = pair_map
+        self.budget = WeightBudget(exchange.rest_weight_budget)
         self._wall = wall
         self._session = session
         self._own_session = session is None
@@ -212,7 +216,7 @@ class BinanceRest:
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            timeout = aiohttp.ClientTimeout(total=self.settings.exchange.rest_timeout)
+            timeout = aiohttp.ClientTimeout(total=self.timeout)
             self._session = aiohttp.ClientSession(timeout=timeout)
             self._own_session = True
         return self._session
@@ -292,8 +296,8 @@ class BinanceRest:
     # -- the three jobs ------------------------------------------------------------------
 
     async def fetch_prices(self, pairs: Iterable[str] | None = None) -> list[PriceUpdate]:
-        """Current prices of ``pairs`` (default: every configured pair), ``source="rest"``."""
-        pair_map = self.settings.pair_map
+        """Current prices of ``pairs`` (default: every pair of ``pair_map``), ``source="rest"``."""
+        pair_map = self.pair_map
         wanted = list(pair_map.pairs if pairs is None else pairs)
         if not wanted:
             return []
@@ -318,7 +322,7 @@ class BinanceRest:
         ``TRADING`` (start-up must stop: that pair would never get a price), and
         :class:`FeedError` if the exchange cannot be asked.
         """
-        pair_map = pair_map if pair_map is not None else self.settings.pair_map
+        pair_map = pair_map if pair_map is not None else self.pair_map
         info = await self.exchange_info()
         status = {
             s["symbol"]: s.get("status")

@@ -42,7 +42,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from pricectl.config import Settings
+from pricectl.config import ExchangeSettings
 from pricectl.core.backoff import Backoff, BackoffPolicy
 from pricectl.core.binance import (
     ControlError,
@@ -101,8 +101,11 @@ class _Conn:
 
 
 class BinanceWS:
-    """The exchange WebSocket for a set of pairs; ``await run()`` until cancelled.
+    """The exchange WebSocket for the pairs of ``pair_map``; ``await run()`` until cancelled.
 
+    ``exchange`` is the config's exchange section (URL, stream kind, timeouts and Binance's
+    limits); ``backoff`` and ``breaker`` pace reconnects and ``idle_timeout`` replaces a
+    silent connection (``resilience.backoff``, ``.breaker``, ``.heartbeat.idle_timeout``).
     ``on_state`` is called (synchronously) whenever :attr:`connected` or the breaker state
     changes, so a relay can re-decide its sources at once. ``clock`` (monotonic seconds)
     and ``rand`` (backoff jitter) are injectable.
@@ -110,32 +113,31 @@ class BinanceWS:
 
     def __init__(
         self,
-        settings: Settings,
+        exchange: ExchangeSettings,
+        pair_map: PairMap,
         on_batch: BatchCallback,
         *,
-        pairs: Iterable[str] | None = None,
+        backoff: BackoffPolicy,
+        breaker: BreakerPolicy,
+        idle_timeout: float,
         on_state: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        ex = settings.exchange
-        res = settings.resilience
-        self.settings = settings
-        self.kind: str = ex.stream
-        self.base_url = ex.ws_url
-        self._pair_map = (
-            settings.pair_map if pairs is None else PairMap.build(pairs, settings.quote_aliases)
-        )
+        self.kind: str = exchange.stream
+        self.base_url = exchange.ws_url
+        self._pair_map = pair_map
         self.parser = FrameParser(self._pair_map, self.kind)
         self._on_batch = on_batch
         self._on_state = on_state
         self._clock = clock
-        self.backoff = Backoff(BackoffPolicy.from_settings(res.backoff), rand=rand)
-        self.breaker = Breaker(BreakerPolicy.from_settings(res.breaker), self._breaker_moved)
-        self._connects = SlidingWindow(ex.max_connects_per_5m, CONNECT_WINDOW_S)
-        self._sends = SlidingWindow.per_second(ex.max_messages_per_second, slack=SEND_SLACK_S)
-        self._idle_timeout = res.heartbeat.idle_timeout
-        self._max_age = ex.max_connection_age
+        self.backoff = Backoff(backoff, rand=rand)
+        self.breaker = Breaker(breaker, self._breaker_moved)
+        self._connects = SlidingWindow(exchange.max_connects_per_5m, CONNECT_WINDOW_S)
+        self._sends = SlidingWindow.per_second(exchange.max_messages_per_second, slack=SEND_SLACK_S)
+        self._idle_timeout = idle_timeout
+        self._connect_timeout = exchange.connect_timeout
+        self._max_age = exchange.max_connection_age
         self._log_gate = LogGate(10.0)
         self._last_key: dict[str, int] = {}
         self._pending: list[PriceUpdate] = []
@@ -338,9 +340,9 @@ class BinanceWS:
             try:
                 ws = await connect(
                     url,
-                    open_timeout=self.settings.exchange.connect_timeout,
+                    open_timeout=self._connect_timeout,
                     ping_interval=None,
-                    close_timeout=min(2.0, self.settings.exchange.connect_timeout),
+                    close_timeout=min(2.0, self._connect_timeout),
                     max_size=2**22,
                     proxy=None,
                 )

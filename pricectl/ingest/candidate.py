@@ -34,7 +34,6 @@ from pricectl.bus.base import Fence, Gap
 from pricectl.bus.leader import Leader
 from pricectl.bus.redis import RedisBus
 from pricectl.config import Settings, redact_url
-from pricectl.core.lease import LeasePolicy
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import BusError, ConfigError, FencedError, UsageError
 from pricectl.ingest.relay import Relay, lead
@@ -72,7 +71,7 @@ class Ingest:
         self.leader = Leader(
             settings.bus.url,
             settings.bus.prefix,
-            policy=LeasePolicy.from_settings(settings.leader),
+            policy=settings.leader,
         )
         #: The relay of the current term (None as a standby).
         self.relay: Relay | None = None
@@ -133,7 +132,10 @@ class Ingest:
     async def _term(self, fence: Fence) -> None:
         """One term as leader (run by the Leader as a task, cancelled at step-down)."""
         self._standby.clear()
-        relay = Relay(self.settings, self.bus, fence)
+        s = self.settings
+        relay = Relay(
+            self.bus, fence, exchange=s.exchange, pair_map=s.pair_map, resilience=s.resilience
+        )
         relay.seed(self.latest.values())
         self.relay = relay
         try:

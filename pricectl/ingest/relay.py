@@ -35,55 +35,62 @@ from dataclasses import replace
 from typing import Any
 
 from pricectl.bus.base import Bus, Fence
-from pricectl.config import Settings
+from pricectl.config import ExchangeSettings, ResilienceSettings, Settings
 from pricectl.core.backoff import Backoff, BackoffPolicy
-from pricectl.core.fallback import Cascade, FallbackPolicy, Source
+from pricectl.core.fallback import Cascade, Source
+from pricectl.core.pairs import PairMap
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import BusError, FeedError, FencedError, PricectlError, RateLimitedError
 from pricectl.exchange.binance_rest import BinanceRest
-from pricectl.exchange.binance_ws import BatchCallback, BinanceWS
+from pricectl.exchange.binance_ws import BinanceWS
 from pricectl.logs import RateLimitedLog
 
-__all__ = ["Relay", "WSFactory", "lead", "run_embedded"]
+__all__ = ["Relay", "lead", "run_embedded"]
 
 log = logging.getLogger("pricectl.relay")
 
-#: Builds the WebSocket feed: ``(settings, on_batch, on_state) -> BinanceWS``.
-WSFactory = Callable[[Settings, BatchCallback, Callable[[], None]], BinanceWS]
-
-
-def _default_ws(
-    settings: Settings, on_batch: BatchCallback, on_state: Callable[[], None]
-) -> BinanceWS:
-    return BinanceWS(settings, on_batch, on_state=on_state)
-
 
 class Relay:
-    """The source cascade of every configured pair, publishing into ``bus`` under ``fence``.
+    """The source cascade of every pair of ``pair_map``, publishing into ``bus`` under
+    ``fence``.
 
-    ``await run()`` until cancelled; :meth:`publish_rest_snapshot` first on a takeover;
-    :meth:`status` for ``/api/market-data/health``.
+    ``exchange`` and ``resilience`` are those sections of the config: the WebSocket and
+    REST clients read the first, and the relay uses every policy of the second (backoff
+    and breaker for reconnects, heartbeat for idle connections and stale pairs, fallback
+    for the cascade's pace). ``await run()`` until cancelled; :meth:`publish_rest_snapshot`
+    first on a takeover; :meth:`status` for ``/api/market-data/health``.
     """
 
     def __init__(
         self,
-        settings: Settings,
         bus: Bus,
         fence: Fence,
         *,
-        ws_factory: WSFactory | None = None,
+        exchange: ExchangeSettings,
+        pair_map: PairMap,
+        resilience: ResilienceSettings,
         rest: BinanceRest | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings
         self.bus = bus
         self.fence = fence
-        self.pairs = settings.pair_map.pairs
-        self.cascade = Cascade(self.pairs, FallbackPolicy.from_settings(settings.resilience))
+        self.pairs = pair_map.pairs
+        self.resilience = resilience
+        self.cascade = Cascade(
+            self.pairs, resilience.fallback, stale_after=resilience.heartbeat.stale_after
+        )
         self._clock = clock
         self._wake = asyncio.Event()
-        self.ws = (ws_factory or _default_ws)(settings, self._on_ws_batch, self._wake.set)
-        self.rest = rest if rest is not None else BinanceRest(settings)
+        self.ws = BinanceWS(
+            exchange,
+            pair_map,
+            self._on_ws_batch,
+            backoff=resilience.backoff,
+            breaker=resilience.breaker,
+            idle_timeout=resilience.heartbeat.idle_timeout,
+            on_state=self._wake.set,
+        )
+        self.rest = rest if rest is not None else BinanceRest(exchange, pair_map)
         self._own_rest = rest is None
         self._seq: dict[str, int] = {}
         self._gseq = 0
@@ -103,7 +110,7 @@ class Relay:
         log.info(
             "relay: starting for %d pairs (%s stream, epoch %d)",
             len(self.pairs),
-            self.settings.exchange.stream,
+            self.ws.kind,
             self.fence.epoch,
         )
         try:
@@ -265,7 +272,7 @@ class Relay:
                 why = (
                     "WebSocket breaker open"
                     if not self.ws.healthy
-                    else f"no WS update for {self.cascade.policy.stale_after:g}s"
+                    else f"no WS update for {self.cascade.stale_after:g}s"
                 )
                 if src is Source.CACHE:
                     why = f"{self.cascade.rest_failures} REST polls failed"
@@ -312,9 +319,9 @@ def _unwrap(group: BaseExceptionGroup[Any]) -> BaseException:
     return group
 
 
-async def _validate_until_ok(rest: BinanceRest, settings: Settings, first_error: str) -> None:
+async def _validate_until_ok(rest: BinanceRest, policy: BackoffPolicy, first_error: str) -> None:
     """Retry the exchangeInfo check with backoff; UnknownPairError ends everything."""
-    backoff = Backoff(BackoffPolicy.from_settings(settings.resilience.backoff), rand=random.random)
+    backoff = Backoff(policy, rand=random.random)
     error = first_error
     while True:
         delay = backoff.next_delay(time.monotonic())
@@ -351,7 +358,13 @@ async def run_embedded(
     if local_fence is None:
         raise PricectlError(f"run_embedded needs the memory:// bus, got {bus.url}")
     fence: Fence = local_fence()
-    relay = Relay(settings, bus, fence)
+    relay = Relay(
+        bus,
+        fence,
+        exchange=settings.exchange,
+        pair_map=settings.pair_map,
+        resilience=settings.resilience,
+    )
     if on_relay is not None:
         on_relay(relay)
     await lead(relay)
@@ -379,7 +392,9 @@ async def lead(relay: Relay) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
                 if pending_error is not None:
-                    tg.create_task(_validate_until_ok(relay.rest, relay.settings, pending_error))
+                    tg.create_task(
+                        _validate_until_ok(relay.rest, relay.resilience.backoff, pending_error)
+                    )
                 tg.create_task(relay.run(), name="relay")
         except BaseExceptionGroup as group:
             raise _unwrap(group) from None

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pricectl.core.backoff import Backoff, BackoffPolicy, delays
+from pricectl.core.policy import PolicyError
 
 
 def _seq(values: list[float]) -> Callable[[], float]:
@@ -75,42 +75,53 @@ def test_huge_attempt_counts_do_not_overflow() -> None:
     assert policy.cap(5000) == 60.0
 
 
-def test_from_settings_reads_the_config_section() -> None:
-    """from_settings copies initial/max/multiplier/reset_after from a settings object."""
-    s = SimpleNamespace(initial=0.5, max=30.0, multiplier=3.0, reset_after=45.0)
-    assert BackoffPolicy.from_settings(s) == BackoffPolicy(0.5, 30.0, 3.0, 45.0)
-
-
-def test_from_settings_accepts_the_real_config_dataclass() -> None:
-    """The shipped BackoffSettings defaults give the default policy."""
-    from pricectl.config import BackoffSettings
-
-    assert BackoffPolicy.from_settings(BackoffSettings()) == BackoffPolicy()
-
-
 @pytest.mark.parametrize(
     "kwargs",
-    [{"initial": -1.0}, {"max": -1.0}, {"multiplier": 0.5}, {"max": float("nan")}],
+    [
+        {"initial": -1.0},
+        {"initial": 0.0},
+        {"max": -1.0},
+        {"max": 0.5},
+        {"multiplier": 0.5},
+        {"max": float("nan")},
+        {"max": float("inf")},
+        {"reset_after": float("nan")},
+    ],
 )
 def test_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
-    """Negative, shrinking or NaN parameters are refused at construction."""
+    """Zero, negative, shrinking, infinite or NaN parameters are refused at construction."""
     with pytest.raises(ValueError):
         BackoffPolicy(**kwargs)
 
 
-_policies = st.builds(
-    BackoffPolicy,
-    initial=st.floats(min_value=0.0, max_value=1e6),
-    max=st.floats(min_value=0.0, max_value=1e6),
-    multiplier=st.floats(min_value=1.0, max_value=1e3),
-    reset_after=st.floats(min_value=0.0, max_value=1e6),
-)
+def test_policy_names_each_refused_field() -> None:
+    """Every broken rule is named with its field; max is compared with initial."""
+    with pytest.raises(PolicyError) as err:
+        BackoffPolicy(initial=2.0, max=0.5, multiplier=0.0)
+    assert str(err.value) == (
+        "backoff max must be at least initial (2s), got 500ms; "
+        "backoff multiplier must be >= 1, got 0.0"
+    )
+
+
+@st.composite
+def _policies(draw: st.DrawFn) -> BackoffPolicy:
+    """Any valid policy: 0 < initial <= max, multiplier >= 1."""
+    initial = draw(st.floats(min_value=0.0, max_value=1e6, exclude_min=True))
+    return BackoffPolicy(
+        initial=initial,
+        max=draw(st.floats(min_value=initial, max_value=1e6)),
+        multiplier=draw(st.floats(min_value=1.0, max_value=1e3)),
+        reset_after=draw(st.floats(min_value=0.0, max_value=1e6)),
+    )
+
+
 _rands = st.lists(
     st.floats(min_value=0.0, max_value=1.0, exclude_max=True), min_size=1, max_size=50
 )
 
 
-@given(policy=_policies, values=_rands, steps=st.integers(min_value=1, max_value=300))
+@given(policy=_policies(), values=_rands, steps=st.integers(min_value=1, max_value=300))
 def test_delays_never_negative_never_above_cap(
     policy: BackoffPolicy, values: list[float], steps: int
 ) -> None:
@@ -120,7 +131,7 @@ def test_delays_never_negative_never_above_cap(
 
 
 @given(
-    policy=_policies,
+    policy=_policies(),
     values=_rands,
     events=st.lists(
         st.tuples(st.sampled_from(["drop", "up", "reset"]), st.floats(0.0, 1e4)), max_size=200

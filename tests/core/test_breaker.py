@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -122,12 +120,14 @@ def test_on_transition_reports_every_change() -> None:
     ]
 
 
-def test_from_settings_and_validation() -> None:
-    """from_settings reads failure_threshold/cooldown; a zero threshold is refused."""
-    s = SimpleNamespace(failure_threshold=7, cooldown=12.5)
-    assert BreakerPolicy.from_settings(s) == BreakerPolicy(7, 12.5)
-    with pytest.raises(ValueError):
+def test_validation() -> None:
+    """A zero threshold and a negative or infinite cooldown are refused, each by name."""
+    with pytest.raises(ValueError, match=r"^breaker failure_threshold must be at least 1$"):
         BreakerPolicy(failure_threshold=0)
+    with pytest.raises(ValueError, match=r"breaker cooldown must be >= 0, got -1.0"):
+        BreakerPolicy(cooldown=-1.0)
+    with pytest.raises(ValueError, match=r"breaker cooldown must be finite, got inf"):
+        BreakerPolicy(cooldown=float("inf"))
 
 
 @given(

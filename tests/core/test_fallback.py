@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,7 +9,7 @@ from hypothesis import strategies as st
 from pricectl.core.fallback import Cascade, FallbackPolicy, Source
 
 BTC, ETH = "BTC/USD", "ETH/USD"
-POLICY = FallbackPolicy(stale_after=30.0, rest_poll_interval=2.0, rest_failures_before_cache=3)
+POLICY = FallbackPolicy(rest_poll_interval=2.0, rest_failures_before_cache=3)
 
 
 def _live(now: float = 0.0) -> Cascade:
@@ -146,16 +144,29 @@ def test_unknown_pair_is_an_error() -> None:
         c.ws_update("DOGE/USD", 0.0)
 
 
-def test_from_settings_reads_heartbeat_and_fallback() -> None:
-    """from_settings takes stale_after from heartbeat and the rest from fallback."""
-    resilience = SimpleNamespace(
-        heartbeat=SimpleNamespace(stale_after=12.0),
-        fallback=SimpleNamespace(rest_poll_interval=3.0, rest_failures_before_cache=4),
-    )
-    assert FallbackPolicy.from_settings(resilience) == FallbackPolicy(12.0, 3.0, 4)
-    from pricectl.config import ResilienceSettings
+def test_stale_after_comes_beside_the_policy() -> None:
+    """stale_after (the heartbeat's) decides when a quiet WS pair leaves WS; default 30 s."""
+    assert Cascade([BTC], POLICY).stale_after == 30.0
+    c = Cascade([BTC], POLICY, stale_after=12.0)
+    c.ws_state(True, 0.0)
+    c.ws_update(BTC, 0.0)
+    assert c.source(BTC, 11.9) is Source.WS and not c.is_stale(BTC, 11.9)
+    assert c.source(BTC, 12.0) is Source.REST and c.is_stale(BTC, 12.0)
+    assert c.next_due(0.0) == 12.0
 
-    assert FallbackPolicy.from_settings(ResilienceSettings()) == FallbackPolicy()
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rest_poll_interval": 0.0}, "^fallback rest_poll_interval must be greater than 0$"),
+        ({"rest_poll_interval": float("inf")}, "rest_poll_interval must be finite, got inf"),
+        ({"rest_failures_before_cache": 0}, "^fallback rest_failures_before_cache must be at"),
+    ],
+)
+def test_policy_validation(kwargs: dict[str, float], message: str) -> None:
+    """A zero or infinite poll interval and a zero failure count are refused by name."""
+    with pytest.raises(ValueError, match=message):
+        FallbackPolicy(**kwargs)
 
 
 @given(

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pricectl.core.heartbeat import IdleDetector, Staleness
+from pricectl.core.heartbeat import HeartbeatPolicy, IdleDetector, Staleness
 
 
 def test_idle_detector_counts_from_start_then_from_each_frame() -> None:
@@ -50,6 +50,16 @@ def test_limits_must_be_positive_and_finite(bad: float) -> None:
         Staleness(bad)
     with pytest.raises(ValueError):
         IdleDetector(bad)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan])
+def test_policy_limits_must_be_positive_and_finite(bad: float) -> None:
+    """HeartbeatPolicy refuses the same limits, naming the field."""
+    with pytest.raises(ValueError, match="heartbeat idle_timeout must be"):
+        HeartbeatPolicy(idle_timeout=bad)
+    with pytest.raises(ValueError, match="heartbeat stale_after must be"):
+        HeartbeatPolicy(stale_after=bad)
+    assert HeartbeatPolicy() == HeartbeatPolicy(idle_timeout=30.0, stale_after=30.0)
 
 
 _times = st.floats(min_value=0.0, max_value=1e9)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pricectl.core.lease import LeaseClock, LeasePolicy
+from pricectl.core.policy import PolicyError
 
 
 def test_standby_has_nothing_to_renew_or_give_up() -> None:
@@ -77,18 +76,27 @@ def test_standby_delay_is_retry_plus_up_to_half() -> None:
     assert c.standby_delay(lambda: 0.5) == 2.5
 
 
-def test_policy_from_settings_and_validation() -> None:
-    """from_settings reads ttl/renew_deadline/retry; impossible orderings are refused."""
-    s = SimpleNamespace(ttl=30.0, renew_deadline=20.0, retry=5.0)
-    assert LeasePolicy.from_settings(s) == LeasePolicy(30.0, 20.0, 5.0)
-    from pricectl.config import LeaderSettings
-
-    assert LeasePolicy.from_settings(LeaderSettings()) == LeasePolicy()
+def test_policy_validation() -> None:
+    """Impossible orderings, a zero retry and an infinite ttl are refused."""
     assert LeasePolicy().ttl_ms == 15000
     with pytest.raises(ValueError, match="shorter than ttl"):
         LeasePolicy(ttl=10.0, renew_deadline=10.0)
     with pytest.raises(ValueError, match="shorter than renew_deadline"):
         LeasePolicy(retry=10.0)
+    with pytest.raises(ValueError, match=r"^lease retry must be greater than 0$"):
+        LeasePolicy(retry=0.0)
+    with pytest.raises(ValueError, match=r"^lease ttl must be finite, got inf$"):
+        LeasePolicy(ttl=float("inf"))
+
+
+def test_every_broken_step_of_the_chain_is_reported() -> None:
+    """ttl > renew_deadline > retry: both broken steps, each with the value it is below."""
+    with pytest.raises(PolicyError) as err:
+        LeasePolicy(ttl=5.0, renew_deadline=10.0, retry=12.0)
+    assert [(p.field, p.message("leader.")) for p in err.value.problems] == [
+        ("renew_deadline", "must be shorter than leader.ttl (5s), got 10s"),
+        ("retry", "must be shorter than leader.renew_deadline (10s), got 12s"),
+    ]
 
 
 @given(

@@ -54,10 +54,15 @@ def settings_for(
     return replace(base, exchange=exchange, pairs=pairs)
 
 
+def rest_for(settings: Settings) -> BinanceRest:
+    """The client as the relay builds it: the exchange section and the configured pairs."""
+    return BinanceRest(settings.exchange, settings.pair_map)
+
+
 async def test_ticker_prices_come_from_24hr_with_compact_symbols(start_sim: StartSim):
     """ticker -> /ticker/24hr?symbols=[...] (compact), full fields as strings, source rest."""
     sim = await start_sim()
-    async with BinanceRest(settings_for(sim)) as rest:
+    async with rest_for(settings_for(sim)) as rest:
         updates = await rest.fetch_prices()
         status = rest.status()
     assert [u.pair for u in updates] == ["BTC/USD", "ETH/USD"]
@@ -84,7 +89,7 @@ async def test_each_stream_kind_uses_its_matching_endpoint(
 ):
     """miniTicker -> 24hr MINI, bookTicker -> ticker/bookTicker, trades -> ticker/price."""
     sim = await start_sim()
-    async with BinanceRest(settings_for(sim, stream=stream)) as rest:
+    async with rest_for(settings_for(sim, stream=stream)) as rest:
         updates = await rest.fetch_prices(["ETH/USD"])
     (eth,) = updates
     assert eth.pair == "ETH/USD" and eth.source == "rest" and isinstance(eth.price, str)
@@ -98,7 +103,7 @@ async def test_prices_are_the_exchanges_strings(start_sim: StartSim):
     """The REST price is byte for byte the string the exchange sent."""
     sim = await start_sim()
     settings = settings_for(sim, stream="trade", pairs=("BTC/USD",))
-    async with BinanceRest(settings) as rest:
+    async with rest_for(settings) as rest:
         body = await rest.get("/api/v3/ticker/price", {"symbol": "BTCUSDT"}, 2)
         (u,) = await rest.fetch_prices()
     assert isinstance(body["price"], str) and "." in body["price"]
@@ -108,7 +113,7 @@ async def test_prices_are_the_exchanges_strings(start_sim: StartSim):
 async def test_validate_pairs_accepts_trading_pairs(start_sim: StartSim):
     """Configured pairs that the exchange lists as TRADING pass the start-up check."""
     sim = await start_sim()
-    async with BinanceRest(settings_for(sim)) as rest:
+    async with rest_for(settings_for(sim)) as rest:
         await rest.validate_pairs()
         assert rest.status()["weight_used"] == 20
 
@@ -116,7 +121,7 @@ async def test_validate_pairs_accepts_trading_pairs(start_sim: StartSim):
 async def test_unknown_pair_stops_startup_naming_pair_and_symbol(start_sim: StartSim):
     """A pair whose symbol the exchange does not list is an error naming both."""
     sim = await start_sim()
-    async with BinanceRest(settings_for(sim, pairs=("BTC/USD", "FOO/USD"))) as rest:
+    async with rest_for(settings_for(sim, pairs=("BTC/USD", "FOO/USD"))) as rest:
         with pytest.raises(UnknownPairError) as err:
             await rest.validate_pairs()
     assert "FOO/USD" in str(err.value) and "FOOUSDT" in str(err.value)
@@ -125,7 +130,7 @@ async def test_unknown_pair_stops_startup_naming_pair_and_symbol(start_sim: Star
 async def test_non_trading_symbol_stops_startup(start_sim: StartSim):
     """A symbol listed with a status other than TRADING stops start-up too."""
     sim = await start_sim()
-    async with BinanceRest(settings_for(sim, pairs=("BCC/BTC",))) as rest:
+    async with rest_for(settings_for(sim, pairs=("BCC/BTC",))) as rest:
         with pytest.raises(UnknownPairError) as err:
             await rest.validate_pairs()
     assert "BCC/BTC" in str(err.value) and "BCCBTC" in str(err.value)
@@ -136,7 +141,7 @@ async def test_429_is_honoured_through_retry_after(start_sim: StartSim):
     """A 429 raises with its Retry-After, and nothing is sent until it has passed."""
     sim = await start_sim(fault_retry_after_s=30)
     sim.set_fault(rest429=True)
-    async with BinanceRest(settings_for(sim)) as rest:
+    async with rest_for(settings_for(sim)) as rest:
         with pytest.raises(RateLimitedError) as first:
             await rest.fetch_prices()
         assert first.value.status == 429 and first.value.retry_after == 30
@@ -154,7 +159,7 @@ async def test_418_ban_is_logged_loudly_and_respected(
     """Past the exchange's weight limit: 429, then a 418 ban logged at error level."""
     sim = await start_sim(weight_limit=4, ban_after=0, ban_s=120.0)
     # Our own budget is generous so the exchange's limit is what bites.
-    async with BinanceRest(settings_for(sim, rest_weight_budget=1000)) as rest:
+    async with rest_for(settings_for(sim, rest_weight_budget=1000)) as rest:
         await rest.fetch_prices()
         await rest.fetch_prices()
         with (
@@ -175,7 +180,7 @@ async def test_418_ban_is_logged_loudly_and_respected(
 async def test_weight_budget_stops_polling_before_it_is_exceeded(start_sim: StartSim):
     """With a budget of 5, the third weight-2 request is not sent this minute."""
     sim = await start_sim()
-    async with BinanceRest(settings_for(sim, rest_weight_budget=5)) as rest:
+    async with rest_for(settings_for(sim, rest_weight_budget=5)) as rest:
         await rest.fetch_prices()
         await rest.fetch_prices()
         sent = sim.stats.rest_requests
@@ -190,7 +195,7 @@ async def test_server_error_is_a_feed_error(start_sim: StartSim):
     """A 500 answer is a FeedError (the cascade counts it), not a crash."""
     sim = await start_sim()
     sim.set_fault(rest500=True)
-    async with BinanceRest(settings_for(sim)) as rest:
+    async with rest_for(settings_for(sim)) as rest:
         with pytest.raises(FeedError) as err:
             await rest.fetch_prices()
         assert not isinstance(err.value, RateLimitedError)
@@ -203,7 +208,7 @@ async def test_unreachable_exchange_is_a_feed_error(start_sim: StartSim):
     sim = await start_sim()
     settings = settings_for(sim)
     await sim.stop()
-    async with BinanceRest(settings) as rest:
+    async with rest_for(settings) as rest:
         with pytest.raises(FeedError) as err:
             await rest.fetch_prices()
     assert "/api/v3/ticker/24hr" in str(err.value)

@@ -12,16 +12,13 @@ from typing import Any
 
 import pytest
 
-from pricectl.config import (
-    BackoffSettings,
-    BreakerSettings,
-    FallbackSettings,
-    HeartbeatSettings,
-    ResilienceSettings,
-    Settings,
-)
+from pricectl.config import ResilienceSettings, Settings
+from pricectl.core.backoff import BackoffPolicy
+from pricectl.core.breaker import BreakerPolicy
+from pricectl.core.fallback import FallbackPolicy
+from pricectl.core.heartbeat import HeartbeatPolicy
 from pricectl.core.ticks import PriceUpdate
-from pricectl.exchange.binance_ws import BinanceWS
+from pricectl.exchange.binance_ws import BatchCallback, BinanceWS
 from pricectl.simulator.server import Simulator
 from tests.waiting import UNIT, until
 
@@ -41,12 +38,25 @@ def fast_settings(sim: Simulator, stream: str = "ticker", **exchange: Any) -> Se
         **exchange,
     )
     res = ResilienceSettings(
-        backoff=BackoffSettings(initial=0.05, max=0.2, multiplier=2.0, reset_after=5.0),
-        breaker=BreakerSettings(failure_threshold=3, cooldown=0.5),
-        heartbeat=HeartbeatSettings(idle_timeout=0.6, stale_after=1.0),
-        fallback=FallbackSettings(rest_poll_interval=0.2, rest_failures_before_cache=3),
+        backoff=BackoffPolicy(initial=0.05, max=0.2, multiplier=2.0, reset_after=5.0),
+        breaker=BreakerPolicy(failure_threshold=3, cooldown=0.5),
+        heartbeat=HeartbeatPolicy(idle_timeout=0.6, stale_after=1.0),
+        fallback=FallbackPolicy(rest_poll_interval=0.2, rest_failures_before_cache=3),
     )
     return replace(base, exchange=ex, pairs=("BTC/USD", "ETH/USD"), resilience=res)
+
+
+def ws_for(settings: Settings, on_batch: BatchCallback) -> BinanceWS:
+    """The client as the relay builds it: exchange section, pairs, reconnect policies."""
+    res = settings.resilience
+    return BinanceWS(
+        settings.exchange,
+        settings.pair_map,
+        on_batch,
+        backoff=res.backoff,
+        breaker=res.breaker,
+        idle_timeout=res.heartbeat.idle_timeout,
+    )
 
 
 class Collector:
@@ -121,7 +131,7 @@ def assert_consecutive(updates: list[PriceUpdate]) -> None:
 async def test_pairs_stream_on_one_connection(sim: Simulator):
     """Both configured pairs stream ticker updates over one combined connection."""
     got = Collector()
-    ws = BinanceWS(fast_settings(sim), got)
+    ws = ws_for(fast_settings(sim), got)
     async with Running(ws):
         await until(lambda: got.count("BTC/USD") >= 3 and got.count("ETH/USD") >= 3, 10, "ticks")
         assert sim.connections == 1
@@ -138,7 +148,7 @@ async def test_pairs_stream_on_one_connection(sim: Simulator):
 async def test_dropped_connection_is_back_within_backoff(sim: Simulator):
     """After the server aborts every socket, the client is streaming again within backoff."""
     got = Collector()
-    ws = BinanceWS(fast_settings(sim), got)
+    ws = ws_for(fast_settings(sim), got)
     async with Running(ws):
         await until(lambda: got.count() >= 2, 10, "first ticks")
         sim.set_fault(drop=True)
@@ -156,7 +166,7 @@ async def test_stall_is_detected_within_idle_timeout(sim: Simulator):
     """A server that goes silent is noticed within the idle timeout and replaced."""
     got = Collector()
     settings = fast_settings(sim)
-    ws = BinanceWS(settings, got)
+    ws = ws_for(settings, got)
     async with Running(ws):
         await until(lambda: got.count() >= 2, 10, "first ticks")
         sim.set_fault(stall=True)
@@ -174,7 +184,7 @@ async def test_stall_is_detected_within_idle_timeout(sim: Simulator):
 async def test_garbage_frames_are_skipped_and_counted(sim: Simulator):
     """Garbage frames are counted as skips while good frames keep flowing on one connection."""
     got = Collector()
-    ws = BinanceWS(fast_settings(sim), got)
+    ws = ws_for(fast_settings(sim), got)
     async with Running(ws):
         await until(lambda: got.count() >= 2, 10, "first ticks")
         sim.set_fault(garbage=100.0)
@@ -192,7 +202,7 @@ async def test_pongs_keep_the_connection_alive(start_sim: Callable[..., Awaitabl
     """Server pings every 0.2 s with a 0.5 s pong deadline: the connection survives them all."""
     sim = await start_sim(ping_interval=0.2, pong_timeout=0.5)
     got = Collector()
-    ws = BinanceWS(fast_settings(sim), got)
+    ws = ws_for(fast_settings(sim), got)
     async with Running(ws):
         await until(lambda: sim.stats.pongs_received >= 10, 10, "ten pings answered")
         assert sim.stats.cut_pong_timeout == 0
@@ -206,7 +216,7 @@ async def test_connection_age_replacement_loses_and_duplicates_nothing(
     """Two make-before-break replacements at our max age: trade ids stay consecutive."""
     sim = await start_sim(trade_rate=40.0)
     got = Collector()
-    ws = BinanceWS(fast_settings(sim, stream="aggTrade", max_connection_age=0.8), got)
+    ws = ws_for(fast_settings(sim, stream="aggTrade", max_connection_age=0.8), got)
     async with Running(ws):
         await until(lambda: ws.reconnects >= 2, 10, "two age replacements")
         count = got.count()
@@ -223,7 +233,7 @@ async def test_server_shutdown_is_crossed_without_gap(
     """serverShutdown then a cut 0.5 s later: the switch happens first, ids stay consecutive."""
     sim = await start_sim(trade_rate=40.0)
     got = Collector()
-    ws = BinanceWS(fast_settings(sim, stream="trade"), got)
+    ws = ws_for(fast_settings(sim, stream="trade"), got)
     async with Running(ws):
         await until(lambda: got.count("BTC/USD") >= 10, 10, "first trades")
         sim.server_shutdown(0.5)
@@ -242,7 +252,7 @@ async def test_simulator_age_cut_is_crossed_without_gap(
     """The exchange's own age limit (announced by serverShutdown) is crossed losing no trade."""
     sim = await start_sim(trade_rate=40.0, max_connection_age=1.2, shutdown_notice=0.6)
     got = Collector()
-    ws = BinanceWS(fast_settings(sim, stream="aggTrade"), got)
+    ws = ws_for(fast_settings(sim, stream="aggTrade"), got)
     async with Running(ws):
         await until(lambda: ws.reconnects >= 2, 10, "two exchange cuts crossed")
         count = got.count()
@@ -257,7 +267,7 @@ async def test_add_and_remove_pairs_on_the_live_connection(sim: Simulator):
     """SUBSCRIBE/UNSUBSCRIBE change the streams without reconnecting."""
     got = Collector()
     settings = replace(fast_settings(sim), pairs=("BTC/USD",))
-    ws = BinanceWS(settings, got)
+    ws = ws_for(settings, got)
     async with Running(ws):
         await until(lambda: got.count("BTC/USD") >= 2, 10, "BTC ticks")
         assert await ws.add_pairs(["SOL/USD"]) == ["SOL/USD"]
@@ -274,7 +284,7 @@ async def test_outgoing_messages_stay_under_the_rate_limit(sim: Simulator):
     """Ten SUBSCRIBEs in a row are paced under 5/s: the exchange never cuts us."""
     got = Collector()
     settings = replace(fast_settings(sim, max_messages_per_second=4.0), pairs=("BTC/USD",))
-    ws = BinanceWS(settings, got)
+    ws = ws_for(settings, got)
     extra = ["ETH/USD", "SOL/USD", "BNB/USD", "XRP/USD", "ADA/USD"]
     async with Running(ws):
         await until(lambda: ws.connected, 10, "connected")
@@ -293,7 +303,7 @@ async def test_outgoing_messages_stay_under_the_rate_limit(sim: Simulator):
 async def test_breaker_opens_on_refused_connections_and_closes_after(sim: Simulator):
     """Refused handshakes open the breaker (unhealthy); a later probe reconnects and closes it."""
     got = Collector()
-    ws = BinanceWS(fast_settings(sim), got)
+    ws = ws_for(fast_settings(sim), got)
     async with Running(ws):
         await until(lambda: ws.connected, 10, "connected")
         sim.set_fault(refuse=True, drop=True)
@@ -313,12 +323,12 @@ async def test_connect_attempts_never_exceed_the_limit(sim: Simulator):
         settings,
         resilience=replace(
             settings.resilience,
-            breaker=BreakerSettings(failure_threshold=100, cooldown=0.1),
-            backoff=BackoffSettings(initial=0.01, max=0.02, multiplier=2.0, reset_after=5.0),
+            breaker=BreakerPolicy(failure_threshold=100, cooldown=0.1),
+            backoff=BackoffPolicy(initial=0.01, max=0.02, multiplier=2.0, reset_after=5.0),
         ),
     )
     sim.set_fault(refuse=True)
-    ws = BinanceWS(settings, Collector())
+    ws = ws_for(settings, Collector())
     async with Running(ws):
         await until(lambda: ws.connect_limited >= 1, 5, "the connect limit to bite")
         assert ws.connect_attempts == 4

@@ -15,16 +15,13 @@ from typing import Any
 
 import pytest
 
-from pricectl.bus.base import Update
+from pricectl.bus.base import Fence, Update
 from pricectl.bus.memory import MemoryBus
-from pricectl.config import (
-    BackoffSettings,
-    BreakerSettings,
-    FallbackSettings,
-    HeartbeatSettings,
-    ResilienceSettings,
-    Settings,
-)
+from pricectl.config import ResilienceSettings, Settings
+from pricectl.core.backoff import BackoffPolicy
+from pricectl.core.breaker import BreakerPolicy
+from pricectl.core.fallback import FallbackPolicy
+from pricectl.core.heartbeat import HeartbeatPolicy
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import FencedError, UnknownPairError
 from pricectl.ingest.relay import Relay, run_embedded
@@ -37,8 +34,8 @@ pytestmark = pytest.mark.timeout(60 * UNIT)
 REAL = Path(__file__).resolve().parent.parent / "data" / "binance" / "real"
 StartSim = Callable[..., Awaitable[Simulator]]
 
-BACKOFF = BackoffSettings(initial=0.05, max=0.2, multiplier=2.0, reset_after=5.0)
-BREAKER = BreakerSettings(failure_threshold=3, cooldown=0.5)
+BACKOFF = BackoffPolicy(initial=0.05, max=0.2, multiplier=2.0, reset_after=5.0)
+BREAKER = BreakerPolicy(failure_threshold=3, cooldown=0.5)
 
 
 def fast_settings(
@@ -62,14 +59,25 @@ def fast_settings(
     res = ResilienceSettings(
         backoff=BACKOFF,
         breaker=BREAKER,
-        heartbeat=HeartbeatSettings(idle_timeout=0.6, stale_after=1.0),
-        fallback=FallbackSettings(rest_poll_interval=0.2, rest_failures_before_cache=3),
+        heartbeat=HeartbeatPolicy(idle_timeout=0.6, stale_after=1.0),
+        fallback=FallbackPolicy(rest_poll_interval=0.2, rest_failures_before_cache=3),
     )
     return replace(base, exchange=exchange, pairs=pairs, resilience=res)
 
 
 def sim_settings(sim: Simulator, **kw: Any) -> Settings:
     return fast_settings(sim.ws_url, sim.rest_url, **kw)
+
+
+def relay_for(settings: Settings, bus: MemoryBus, fence: Fence) -> Relay:
+    """The relay as ingest builds it from the config's sections."""
+    return Relay(
+        bus,
+        fence,
+        exchange=settings.exchange,
+        pair_map=settings.pair_map,
+        resilience=settings.resilience,
+    )
 
 
 @pytest.fixture
@@ -126,7 +134,7 @@ class Harness:
         self.settings = settings
         self.bus = MemoryBus()
         self.fence = self.bus.local_fence()
-        self.relay = Relay(settings, self.bus, self.fence)
+        self.relay = relay_for(settings, self.bus, self.fence)
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Harness:
@@ -299,11 +307,23 @@ async def test_fenced_publish_stops_the_relay(start_sim: StartSim):
         assert isinstance(task.exception(), FencedError)
 
 
+async def test_the_cascade_takes_stale_after_from_the_heartbeat_section():
+    """The relay's cascade: stale_after from resilience.heartbeat, its pace from fallback."""
+    settings = fast_settings("ws://127.0.0.1:9", "http://127.0.0.1:9")
+    bus = MemoryBus()
+    relay = relay_for(settings, bus, bus.local_fence())
+    try:
+        assert relay.cascade.stale_after == settings.resilience.heartbeat.stale_after == 1.0
+        assert relay.cascade.policy == settings.resilience.fallback
+    finally:
+        await relay.close()
+
+
 async def test_publish_rest_snapshot_on_takeover(start_sim: StartSim):
     """A takeover publishes one REST update per pair, seq 1, before going live."""
     sim = await start_sim()
     bus = MemoryBus()
-    relay = Relay(sim_settings(sim), bus, bus.local_fence())
+    relay = relay_for(sim_settings(sim), bus, bus.local_fence())
     rec = Recorder(bus, relay.pairs)
     try:
         assert await relay.publish_rest_snapshot() == 2
@@ -381,7 +401,7 @@ async def test_replay_of_a_real_recording_goes_end_to_end(start_sim: StartSim):
         settings,
         resilience=replace(
             settings.resilience,
-            heartbeat=HeartbeatSettings(idle_timeout=30.0, stale_after=30.0),
+            heartbeat=HeartbeatPolicy(idle_timeout=30.0, stale_after=30.0),
         ),
     )
     last_frame: dict[str, dict[str, Any]] = {}
