@@ -42,7 +42,6 @@ from pricectl.server.stream import STREAM_PATH, error_json, parse_pairs, stream_
 
 __all__ = [
     "BUS",
-    "FAULTS",
     "HUB",
     "SETTINGS",
     "UPSTREAM",
@@ -59,8 +58,6 @@ HUB = web.AppKey("hub", Hub)
 SETTINGS = web.AppKey("settings", Settings)
 BUS = web.AppKey("bus", Bus)
 UPSTREAM = web.AppKey("upstream", object)
-#: Test-only fault switches, a mutable set: ``"stream"`` makes the stream endpoint answer 503.
-FAULTS = web.AppKey("faults", set)
 
 STATIC = Path(__file__).parent / "static"
 
@@ -241,7 +238,6 @@ def create_app(
     app[SETTINGS] = settings
     app[BUS] = bus
     app[UPSTREAM] = upstream
-    app[FAULTS] = set()
     app.router.add_get("/", _index)
     app.router.add_get(STREAM_PATH, stream_handler, allow_head=False)
     app.router.add_get("/api/market-data/prices", _prices)

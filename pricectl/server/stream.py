@@ -96,13 +96,9 @@ async def _turn_away(hub: Hub, request: web.Request, reason: str) -> web.StreamR
 
 async def stream_handler(request: web.Request) -> web.StreamResponse:
     """The SSE stream; see the module docstring and docs/protocol.md."""
-    from pricectl.server.app import FAULTS, HUB
+    from pricectl.server.app import HUB
 
     hub = request.app[HUB]
-    if "stream" in request.app[FAULTS]:
-        return web.json_response(
-            {"error": "unavailable", "detail": "stream disabled (test fault)"}, status=503
-        )
     pairs = parse_pairs(hub, request)
     if isinstance(pairs, web.Response):
         return pairs

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from aiohttp.typedefs import Middleware
 
 from pricectl.bus.memory import MemoryBus
 from pricectl.config import ServerSettings, Settings
@@ -99,13 +101,19 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def running(
-    settings: Settings | None = None, bus: Any = None, upstream: Any = None
+    settings: Settings | None = None,
+    bus: Any = None,
+    upstream: Any = None,
+    middlewares: Sequence[Middleware] = (),
 ) -> AsyncIterator[Running]:
+    """serve's app from ``create_app`` on a free port, ready (first snapshot read);
+    ``middlewares`` are added after the app's own (a test's faults)."""
     settings = settings or make_settings()
     if bus is None:
         bus = MemoryBus()
     await bus.start()
     app = create_app(settings, bus, upstream)
+    app.middlewares.extend(middlewares)
     runner, port = await start_server(app, "127.0.0.1", 0)
     r = Running(settings, bus, app, runner, port, app[HUB])
     if isinstance(bus, MemoryBus):

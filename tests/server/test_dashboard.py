@@ -6,9 +6,11 @@ import shutil
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
+from aiohttp.typedefs import Handler
 from playwright.async_api import Browser, Page, async_playwright
 
-from pricectl.server.app import FAULTS
+from pricectl.server.stream import STREAM_PATH
 from tests.server.harness import Running, make_settings, running
 from tests.waiting import UNIT, until
 
@@ -146,15 +148,33 @@ async def test_direct_mode_without_shared_worker(browser):
         await until(lambda: r.hub.clients == 0, 10, "stream closed on pagehide")
 
 
+class StreamOutage:
+    """A switch for the test: while ``on``, the stream endpoint answers 503 as a failing
+    server's would (``middleware`` goes on the app the test builds)."""
+
+    def __init__(self) -> None:
+        self.on = False
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """503 JSON for the stream while ``on``; every other request as usual."""
+        if self.on and request.path == STREAM_PATH:
+            return web.json_response(
+                {"error": "unavailable", "detail": "stream disabled (test fault)"}, status=503
+            )
+        return await handler(request)
+
+
 async def test_stream_failure_falls_back_to_rest_then_live(browser):
     """With the stream endpoint failing the page polls REST and marks values Cached;
     when the stream works again it returns to Live."""
-    async with running(make_settings(update_debounce_ms=50)) as r:
+    outage = StreamOutage()
+    async with running(make_settings(update_debounce_ms=50), middlewares=[outage.middleware]) as r:
         await r.publish_pairs("BTC/USD", price="100.00")
         page = await open_dashboard(browser, r)
         badge = row(page, "BTC/USD", "badge")
         await badge.filter(has_text="Live").wait_for()
-        r.app[FAULTS].add("stream")
+        outage.on = True
         r.hub.disconnect_all()
         await r.publish_pairs("BTC/USD", price="101.00")  # only REST can deliver this now
         await (
@@ -162,7 +182,7 @@ async def test_stream_failure_falls_back_to_rest_then_live(browser):
         )
         assert await badge.text_content() == "Cached"
         assert await page.locator("#conn").get_attribute("data-state") == "offline"
-        r.app[FAULTS].discard("stream")
+        outage.on = False
         await page.locator('#conn[data-state="live"]').wait_for(timeout=30_000 * UNIT)
         await r.publish_pairs("BTC/USD", price="102.00")
         await row(page, "BTC/USD", "price").filter(has_text="102.00").wait_for()
