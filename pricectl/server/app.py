@@ -5,7 +5,7 @@ In-process use (tests, embedding)::
     bus = MemoryBus()
     app = create_app(settings, bus)              # optional: upstream=relay, hub=Hub(...)
     runner, port = await start_server(app, "127.0.0.1", 0)
-    hub = app[HUB]                                # counters: hub.clients, hub.events_sent ...
+    hub = app[HUB]                               # keys.HUB; hub.latest, hub.clients ...
     ...
     await runner.cleanup()
 
@@ -35,16 +35,14 @@ from aiohttp.abc import AbstractAccessLogger
 from pricectl import __version__
 from pricectl.bus.base import Bus
 from pricectl.config import Settings
+from pricectl.server.errors import error_json
 from pricectl.server.health import UpstreamStatus, health_report
 from pricectl.server.hub import Hub
+from pricectl.server.keys import BUS, HUB, SETTINGS, UPSTREAM
 from pricectl.server.metrics import CONTENT_TYPE, render_metrics
-from pricectl.server.stream import STREAM_PATH, error_json, parse_pairs, stream_handler
+from pricectl.server.stream import STREAM_PATH, parse_pairs, stream_handler
 
 __all__ = [
-    "BUS",
-    "HUB",
-    "SETTINGS",
-    "UPSTREAM",
     "AccessLogger",
     "create_app",
     "run_workers",
@@ -53,11 +51,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("pricectl.server")
-
-HUB = web.AppKey("hub", Hub)
-SETTINGS = web.AppKey("settings", Settings)
-BUS = web.AppKey("bus", Bus)
-UPSTREAM = web.AppKey("upstream", object)
 
 STATIC = Path(__file__).parent / "static"
 

@@ -13,7 +13,6 @@ The access log line of a stream is therefore written when it is handed over.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
@@ -21,9 +20,11 @@ from aiohttp.http import HttpVersion11
 
 from pricectl.core.history import parse_event_id
 from pricectl.core.pairs import parse_pair_list
+from pricectl.server.errors import bad_request
 from pricectl.server.hub import Hub
+from pricectl.server.keys import HUB
 
-__all__ = ["STREAM_PATH", "bad_request", "parse_pairs", "stream_handler"]
+__all__ = ["STREAM_PATH", "parse_pairs", "stream_handler"]
 
 STREAM_PATH = "/api/market-data/stream"
 
@@ -35,12 +36,6 @@ SSE_HEADERS = {
     "Cache-Control": "no-store",
     "X-Accel-Buffering": "no",
 }
-
-
-def bad_request(error: str, detail: str, **extra: Any) -> web.Response:
-    """400 with the JSON error body every endpoint uses."""
-    body = {"error": error, "detail": detail, **extra}
-    return web.json_response(body, status=400)
 
 
 def parse_pairs(hub: Hub, request: web.Request) -> frozenset[str] | web.Response:
@@ -96,8 +91,6 @@ async def _turn_away(hub: Hub, request: web.Request, reason: str) -> web.StreamR
 
 async def stream_handler(request: web.Request) -> web.StreamResponse:
     """The SSE stream; see the module docstring and docs/protocol.md."""
-    from pricectl.server.app import HUB
-
     hub = request.app[HUB]
     pairs = parse_pairs(hub, request)
     if isinstance(pairs, web.Response):
@@ -144,12 +137,3 @@ def _release(protocol: Any) -> None:
     """
     protocol.transport = None
     protocol.connection_lost(None)
-
-
-def error_json(status: int, error: str, detail: str) -> web.Response:
-    """A JSON error response (used for 404/405/500 so no page or trace leaks)."""
-    return web.Response(
-        text=json.dumps({"error": error, "detail": detail}),
-        status=status,
-        content_type="application/json",
-    )

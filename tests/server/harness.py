@@ -16,8 +16,9 @@ from pricectl.bus.memory import MemoryBus
 from pricectl.config import ServerSettings, Settings
 from pricectl.core.sse import SSEDecoder, SSEEvent
 from pricectl.core.ticks import PriceUpdate
-from pricectl.server.app import HUB, create_app, start_server
+from pricectl.server.app import create_app, start_server
 from pricectl.server.hub import Hub
+from pricectl.server.keys import HUB
 from tests.waiting import UNIT, until
 
 __all__ = ["Running", "SSEConn", "make_settings", "running", "tick"]
