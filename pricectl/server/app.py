@@ -35,12 +35,13 @@ from aiohttp.abc import AbstractAccessLogger
 from pricectl import __version__
 from pricectl.bus.base import Bus
 from pricectl.config import Settings
+from pricectl.core.api import STREAM_PATH
 from pricectl.server.errors import error_json
 from pricectl.server.health import UpstreamStatus, health_report
 from pricectl.server.hub import Hub
 from pricectl.server.keys import BUS, HUB, SETTINGS, UPSTREAM
 from pricectl.server.metrics import CONTENT_TYPE, render_metrics
-from pricectl.server.stream import STREAM_PATH, parse_pairs, stream_handler
+from pricectl.server.stream import parse_pairs, stream_handler
 
 __all__ = [
     "AccessLogger",

@@ -24,9 +24,7 @@ from pricectl.server.errors import bad_request
 from pricectl.server.hub import Hub
 from pricectl.server.keys import HUB
 
-__all__ = ["STREAM_PATH", "parse_pairs", "stream_handler"]
-
-STREAM_PATH = "/api/market-data/stream"
+__all__ = ["parse_pairs", "stream_handler"]
 
 #: Longest ``pairs=`` query value accepted (50 pairs of up to 25 characters).
 _MAX_PAIRS_PARAM = 1300

@@ -10,7 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from playwright.async_api import Browser, Page, async_playwright
 
-from pricectl.server.stream import STREAM_PATH
+from pricectl.core.api import STREAM_PATH
 from tests.server.harness import Running, make_settings, running
 from tests.waiting import UNIT, until
 
