@@ -365,15 +365,10 @@ class _RelayStatus:
         return st
 
 
-def _embedded_relay(
-    settings: Settings, bus: Bus
-) -> tuple[Awaitable[None] | None, UpstreamStatus | None]:
+def _embedded_relay(settings: Settings, bus: Bus) -> tuple[Awaitable[None], UpstreamStatus]:
     """The in-process relay for memory:// (``pricectl.ingest.relay.run_embedded``)."""
-    try:
-        from pricectl.ingest.relay import run_embedded
-    except ImportError:  # pragma: no cover - the relay ships with pricectl
-        log.warning("embedded mode: pricectl.ingest.relay is not available; serving an empty bus")
-        return None, None
+    from pricectl.ingest.relay import run_embedded
+
     holder = _RelayStatus()
     return run_embedded(settings, bus, on_relay=holder.set), holder
 
