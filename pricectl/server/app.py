@@ -5,7 +5,7 @@ In-process use (tests, embedding)::
     bus = MemoryBus()
     app = create_app(settings, bus)              # optional: upstream=relay, hub=Hub(...)
     runner, port = await start_server(app, "127.0.0.1", 0)
-    hub = app[HUB]                               # keys.HUB; hub.latest, hub.clients ...
+    hub = app[HUB]                               # keys.HUB; hub.latest, hub.fanout.clients ...
     ...
     await runner.cleanup()
 
@@ -256,7 +256,7 @@ async def _hub_context(app: web.Application) -> AsyncIterator[None]:
 
 async def _on_shutdown(app: web.Application) -> None:
     app[HUB].draining = True
-    app[HUB].disconnect_all("shutdown")
+    app[HUB].fanout.disconnect_all("shutdown")
 
 
 async def start_server(
@@ -330,7 +330,7 @@ async def serve_forever(
         await stop.wait()
         log.info(
             "shutting down: draining %d clients over %.1fs",
-            hub.clients,
+            hub.fanout.clients,
             settings.server.drain_window,
         )
         for site in list(runner.sites):

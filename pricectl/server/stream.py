@@ -2,13 +2,14 @@
 
 The handler validates the request, checks the limits, sends the headers and the
 opening (comment, jittered ``retry:``, a snapshot or a replay), then hands the
-transport to the :class:`~pricectl.server.hub.Hub` and returns: the hub writes to
-the transport itself and ends the stream, and aiohttp is told the connection is
-no longer its own (:func:`_release`), so its request handler, parser, request and
-response for this connection are freed. Keeping them for the stream's life cost
-about 10 KB per connection, most of the memory budget of issue 5; without them a
-stream costs the socket, asyncio's transport and the hub's small client record.
-The access log line of a stream is therefore written when it is handed over.
+transport to the hub's :class:`~pricectl.server.fanout.Fanout` and returns: the
+fan-out writes to the transport itself and ends the stream, and aiohttp is told
+the connection is no longer its own (:func:`_release`), so its request handler,
+parser, request and response for this connection are freed. Keeping them for the
+stream's life cost about 10 KB per connection, most of serve's memory budget;
+without them a stream costs the socket, asyncio's transport and the fan-out's
+small client record. The access log line of a stream is therefore written when
+it is handed over.
 """
 
 from __future__ import annotations
@@ -117,20 +118,20 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     # From here to attach nothing awaits, so no update can fall between opening and live.
     opening = hub.opening(pairs, last_id)
     first = b": ok\nretry: %d\n\n%b" % (hub.retry_ms(), opening)
-    hub.attach(transport, pairs, chunked, ip, first)
+    hub.fanout.attach(transport, pairs, chunked, ip, first)
     _release(protocol)
     return resp
 
 
 def _release(protocol: Any) -> None:
-    """Make aiohttp let go of a connection the hub has taken over, without closing it.
+    """Make aiohttp let go of a connection the fan-out has taken over, without closing it.
 
-    The transport's protocol is already the hub's client; with the handler's
+    The transport's protocol is already the fan-out's client; with the handler's
     ``transport`` cleared, aiohttp's own ``connection_lost`` only drops the
     connection from the server's list, cancels its keep-alive timer and frees the
     parser. (It also cancels this request's task, which is ending anyway: the
     handler does not await after this. Ending the response then fails to write
-    the last chunk, which aiohttp takes as a client gone; the hub writes that
+    the last chunk, which aiohttp takes as a client gone; the fan-out writes that
     chunk itself when it ends the stream.)
     """
     protocol.transport = None

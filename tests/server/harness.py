@@ -17,6 +17,7 @@ from pricectl.config import ServerSettings, Settings
 from pricectl.core.sse import SSEDecoder, SSEEvent
 from pricectl.core.ticks import PriceUpdate
 from pricectl.server.app import create_app, start_server
+from pricectl.server.fanout import Fanout
 from pricectl.server.hub import Hub
 from pricectl.server.keys import HUB
 from tests.waiting import UNIT, until
@@ -95,6 +96,11 @@ class Running:
         ups = [self.ticker(p, price, **kw) for p in pairs]
         await self.publish(*ups)
         return ups
+
+    @property
+    def fanout(self) -> Fanout:
+        """The hub's fan-out engine: its streams and their delivery counters."""
+        return self.hub.fanout
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"

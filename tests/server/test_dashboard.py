@@ -95,18 +95,18 @@ async def test_one_stream_across_30_forced_reconnects(browser):
     async with running(settings) as r:
         await r.publish_pairs("BTC/USD", "ETH/USD")
         page = await open_dashboard(browser, r)
-        await until(lambda: r.hub.clients == 1, 10, "the page's stream")
+        await until(lambda: r.fanout.clients == 1, 10, "the page's stream")
         for i in range(30):
-            before = r.hub.connections_total
-            assert r.hub.disconnect_all() == 1
+            before = r.fanout.connections_total
+            assert r.fanout.disconnect_all() == 1
             await until(
-                lambda b=before: r.hub.connections_total == b + 1 and r.hub.clients == 1,
+                lambda b=before: r.fanout.connections_total == b + 1 and r.fanout.clients == 1,
                 10,
                 f"reconnect {i + 1}",
             )
-            assert r.hub.clients <= 1
-        assert r.hub.peak_clients == 1
-        assert r.hub.connections_total == 31
+            assert r.fanout.clients <= 1
+        assert r.fanout.peak_clients == 1
+        assert r.fanout.connections_total == 31
         stats = await _page_stats(page)
         assert stats["created"] == 1 and stats["open"] == 1, stats
         # the page still shows live data afterwards
@@ -124,14 +124,14 @@ async def test_two_tabs_share_one_stream(browser):
         await a.goto(r.url("/"))
         await b.goto(r.url("/"))
         await row(b, "BTC/USD", "price").filter(has_text="1.00").wait_for()
-        await until(lambda: r.hub.clients == 1, 10, "one shared stream")
+        await until(lambda: r.fanout.clients == 1, 10, "one shared stream")
         await r.publish_pairs("BTC/USD", price="2.00")
         await row(a, "BTC/USD", "price").filter(has_text="2.00").wait_for()
         await row(b, "BTC/USD", "price").filter(has_text="2.00").wait_for()
-        assert r.hub.peak_clients == 1
+        assert r.fanout.peak_clients == 1
         assert (await _page_stats(a))["tabs"] == 2
         await ctx.close()
-        await until(lambda: r.hub.clients == 0, 10, "stream closed when every tab is gone")
+        await until(lambda: r.fanout.clients == 0, 10, "stream closed when every tab is gone")
 
 
 async def test_direct_mode_without_shared_worker(browser):
@@ -145,7 +145,7 @@ async def test_direct_mode_without_shared_worker(browser):
         stats = await _page_stats(page)
         assert stats["created"] == 1 and stats["open"] == 1
         await page.close()
-        await until(lambda: r.hub.clients == 0, 10, "stream closed on pagehide")
+        await until(lambda: r.fanout.clients == 0, 10, "stream closed on pagehide")
 
 
 class StreamOutage:
@@ -175,7 +175,7 @@ async def test_stream_failure_falls_back_to_rest_then_live(browser):
         badge = row(page, "BTC/USD", "badge")
         await badge.filter(has_text="Live").wait_for()
         outage.on = True
-        r.hub.disconnect_all()
+        r.fanout.disconnect_all()
         await r.publish_pairs("BTC/USD", price="101.00")  # only REST can deliver this now
         await (
             row(page, "BTC/USD", "price").filter(has_text="101.00").wait_for(timeout=20_000 * UNIT)
@@ -187,4 +187,4 @@ async def test_stream_failure_falls_back_to_rest_then_live(browser):
         await r.publish_pairs("BTC/USD", price="102.00")
         await row(page, "BTC/USD", "price").filter(has_text="102.00").wait_for()
         await badge.filter(has_text="Live").wait_for()
-        assert r.hub.peak_clients == 1
+        assert r.fanout.peak_clients == 1

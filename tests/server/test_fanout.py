@@ -24,18 +24,18 @@ async def test_sliced_fanout_keeps_order_and_a_joiner_gets_each_update_once() ->
     and updates that arrive while a pass is under way reach the clients it has not got
     to yet in the same write as the earlier ones."""
     async with running(make_settings()) as r:
-        r.hub.fanout_slice = 2
+        r.fanout.slice_size = 2
         stayers = [await SSEConn.open(r.port, STREAM) for _ in range(6)]
         leaver = await SSEConn.open(r.port, STREAM)
-        await until(lambda: r.hub.clients == 7, 5, "seven clients")
+        await until(lambda: r.fanout.clients == 7, 5, "seven clients")
         in_flight: list[int] = []
-        attach = r.hub.attach
+        attach = r.fanout.attach
 
         def attach_spy(*args: Any) -> Any:
-            in_flight.append(len(r.hub._active))
+            in_flight.append(len(r.fanout._active))
             return attach(*args)
 
-        r.hub.attach = attach_spy  # type: ignore[method-assign,assignment]
+        r.fanout.attach = attach_spy  # type: ignore[method-assign,assignment]
 
         async def publisher() -> None:
             for i in range(UPDATES):
@@ -67,7 +67,7 @@ async def test_sliced_fanout_keeps_order_and_a_joiner_gets_each_update_once() ->
             snap = _seqs(j, "snapshot")
             start = snap[-1] if snap else 0
             assert _seqs(j, "price") == list(range(start + 1, UPDATES + 1)), "gap or duplicate"
-        await until(lambda: r.hub.clients == 6 + len(joiners), 5, "the leaver unregistered")
-        assert not r.hub._active
+        await until(lambda: r.fanout.clients == 6 + len(joiners), 5, "the leaver unregistered")
+        assert not r.fanout._active
         # Updates came faster than a pass: clients not reached yet got them in one write.
-        assert r.hub.merged_events > 0
+        assert r.fanout.merged_events > 0

@@ -42,20 +42,20 @@ async def test_slow_client_is_conflated_then_closed_fast_client_gets_everything(
     async with running(settings) as r:
         fast = await SSEConn.open(r.port, STREAM)
         slow = await SSEConn.open(r.port, STREAM, rcvbuf=4096)
-        await until(lambda: r.hub.clients == 2, 5, "two clients")
+        await until(lambda: r.fanout.clients == 2, 5, "two clients")
         reader = asyncio.create_task(fast.wait_events(10**9, timeout=120))
         fast.base = 0
         try:
             sent = await _flood_until(
-                r, lambda: r.hub.slow_conflated >= 1, "slow client conflating", fast, batch=20
+                r, lambda: r.fanout.slow_conflated >= 1, "slow client conflating", fast, batch=20
             )
-            assert r.hub.slow_dropped == 0
+            assert r.fanout.slow_dropped == 0
             # keep the feed going: the slow reader stays unwritable until write_timeout
             fast.base = sent
             sent += await _flood_until(
-                r, lambda: r.hub.slow_dropped == 1, "slow client closed", fast, batch=20
+                r, lambda: r.fanout.slow_dropped == 1, "slow client closed", fast, batch=20
             )
-            assert r.hub.clients == 1
+            assert r.fanout.clients == 1
             more = await r.publish_pairs("BTC/USD", "ETH/USD", price="1")
             sent += len(more)
             await until(lambda: len(fast.events) >= sent, 20, "fast client got every event")
@@ -77,9 +77,9 @@ async def test_lagging_client_gets_newest_per_pair_when_it_drains():
     settings = make_settings(high_water=4096, write_timeout=60.0)
     async with running(settings) as r:
         slow = await SSEConn.open(r.port, STREAM, rcvbuf=4096)
-        await until(lambda: r.hub.clients == 1, 5, "client registered")
+        await until(lambda: r.fanout.clients == 1, 5, "client registered")
         try:
-            sent = await _flood_until(r, lambda: r.hub.slow_conflated >= 1, "client conflating")
+            sent = await _flood_until(r, lambda: r.fanout.slow_conflated >= 1, "client conflating")
             # several more per pair while it lags: only the newest of each may be delivered
             extra = []
             for i in range(5):
@@ -90,8 +90,8 @@ async def test_lagging_client_gets_newest_per_pair_when_it_drains():
             async def drained() -> bool:
                 await slow.wait_events(len(slow.events) + 1, timeout=2)
                 return (
-                    r.hub.slow_conflated >= 1
-                    and not r.hub._slow
+                    r.fanout.slow_conflated >= 1
+                    and not r.fanout.conflating
                     and all(
                         json.loads(e.data)["seq"] == newest[json.loads(e.data)["pair"]]
                         for e in slow.events[-2:]
@@ -107,6 +107,6 @@ async def test_lagging_client_gets_newest_per_pair_when_it_drains():
                 assert obj["seq"] > last_seen.get(obj["pair"], 0), "out of order or duplicate"
                 last_seen[obj["pair"]] = obj["seq"]
             assert last_seen == newest
-            assert r.hub.slow_dropped == 0
+            assert r.fanout.slow_dropped == 0
         finally:
             slow.close()

@@ -116,7 +116,7 @@ async def test_bad_requests_are_400_json():
                 assert (await resp.json())["error"] == "not_found"
             async with s.post(r.url(STREAM), data=b"x" * 10) as resp:
                 assert resp.status == 405
-        assert r.hub.clients == 0
+        assert r.fanout.clients == 0
 
 
 async def test_connection_limits():
@@ -125,7 +125,7 @@ async def test_connection_limits():
     async with running(settings) as r:
         a = await SSEConn.open(r.port, STREAM)
         b = await SSEConn.open(r.port, STREAM)
-        await until(lambda: r.hub.clients == 2, 5, "two clients")
+        await until(lambda: r.fanout.clients == 2, 5, "two clients")
         c = await SSEConn.open(r.port, STREAM)
         try:
             assert c.status == 200
@@ -138,9 +138,9 @@ async def test_connection_limits():
                 assert (await resp.json())["error"] == "overloaded"
             assert r.hub.rejected["max_connections"] == 2
             a.close()
-            await until(lambda: r.hub.clients == 1, 5, "a client slot freed")
+            await until(lambda: r.fanout.clients == 1, 5, "a client slot freed")
             d = await SSEConn.open(r.port, STREAM)
-            await until(lambda: r.hub.clients == 2, 5, "new client admitted")
+            await until(lambda: r.fanout.clients == 2, 5, "new client admitted")
             d.close()
         finally:
             for x in (a, b, c):
@@ -151,7 +151,7 @@ async def test_per_ip_limit():
     """max_connections_per_ip turns away the extra stream from the same address."""
     async with running(make_settings(max_connections_per_ip=1)) as r:
         a = await SSEConn.open(r.port, STREAM)
-        await until(lambda: r.hub.clients == 1, 5, "one client")
+        await until(lambda: r.fanout.clients == 1, 5, "one client")
         async with aiohttp.ClientSession() as s, s.get(r.url(STREAM)) as resp:
             assert resp.status == 503
         assert r.hub.rejected == {"max_connections_per_ip": 1}
@@ -181,8 +181,8 @@ async def test_closed_client_is_unregistered():
     """A client that disconnects is removed from the hub at once."""
     async with running() as r:
         c = await SSEConn.open(r.port, STREAM)
-        await until(lambda: r.hub.clients == 1, 5, "client registered")
+        await until(lambda: r.fanout.clients == 1, 5, "client registered")
         c.close()
-        await until(lambda: r.hub.clients == 0, 5, "client unregistered")
+        await until(lambda: r.fanout.clients == 0, 5, "client unregistered")
         await r.publish_pairs("BTC/USD")
-        assert r.hub.clients == 0
+        assert r.fanout.clients == 0
