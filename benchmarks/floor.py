@@ -23,7 +23,7 @@ import sys
 import time
 
 from pricectl.core.ticks import PriceUpdate
-from pricectl.server.hub import frame
+from pricectl.server.fanout import frame
 
 __all__ = ["main"]
 

@@ -38,6 +38,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import aiohttp
 
 from pricectl.client.events import Connected, Disconnected, Notice, Price, StreamEvent
+from pricectl.core.api import STREAM_PATH
 from pricectl.core.backoff import Backoff, BackoffPolicy
 from pricectl.core.sequence import SequenceTracker
 from pricectl.core.sse import SSEDecoder, SSEEvent
@@ -45,7 +46,6 @@ from pricectl.core.ticks import decode_update
 from pricectl.errors import PricectlError, UsageError
 
 __all__ = [
-    "STREAM_PATH",
     "ConnState",
     "SSEClient",
     "StreamRefused",
@@ -54,9 +54,6 @@ __all__ = [
     "describe_error",
     "stream_url",
 ]
-
-#: Where serve publishes the stream (DESIGN 3.5).
-STREAM_PATH = "/api/market-data/stream"
 
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 

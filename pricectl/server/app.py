@@ -5,7 +5,7 @@ In-process use (tests, embedding)::
     bus = MemoryBus()
     app = create_app(settings, bus)              # optional: upstream=relay, hub=Hub(...)
     runner, port = await start_server(app, "127.0.0.1", 0)
-    hub = app[HUB]                                # counters: hub.clients, hub.events_sent ...
+    hub = app[HUB]                               # keys.HUB; hub.latest, hub.fanout.clients ...
     ...
     await runner.cleanup()
 
@@ -35,17 +35,15 @@ from aiohttp.abc import AbstractAccessLogger
 from pricectl import __version__
 from pricectl.bus.base import Bus
 from pricectl.config import Settings
+from pricectl.core.api import STREAM_PATH
+from pricectl.server.errors import error_json
 from pricectl.server.health import UpstreamStatus, health_report
 from pricectl.server.hub import Hub
+from pricectl.server.keys import BUS, HUB, SETTINGS, UPSTREAM
 from pricectl.server.metrics import CONTENT_TYPE, render_metrics
-from pricectl.server.stream import STREAM_PATH, error_json, parse_pairs, stream_handler
+from pricectl.server.stream import parse_pairs, stream_handler
 
 __all__ = [
-    "BUS",
-    "FAULTS",
-    "HUB",
-    "SETTINGS",
-    "UPSTREAM",
     "AccessLogger",
     "create_app",
     "run_workers",
@@ -54,13 +52,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("pricectl.server")
-
-HUB = web.AppKey("hub", Hub)
-SETTINGS = web.AppKey("settings", Settings)
-BUS = web.AppKey("bus", Bus)
-UPSTREAM = web.AppKey("upstream", object)
-#: Test-only fault switches, a mutable set: ``"stream"`` makes the stream endpoint answer 503.
-FAULTS = web.AppKey("faults", set)
 
 STATIC = Path(__file__).parent / "static"
 
@@ -241,7 +232,6 @@ def create_app(
     app[SETTINGS] = settings
     app[BUS] = bus
     app[UPSTREAM] = upstream
-    app[FAULTS] = set()
     app.router.add_get("/", _index)
     app.router.add_get(STREAM_PATH, stream_handler, allow_head=False)
     app.router.add_get("/api/market-data/prices", _prices)
@@ -266,7 +256,7 @@ async def _hub_context(app: web.Application) -> AsyncIterator[None]:
 
 async def _on_shutdown(app: web.Application) -> None:
     app[HUB].draining = True
-    app[HUB].disconnect_all("shutdown")
+    app[HUB].fanout.disconnect_all("shutdown")
 
 
 async def start_server(
@@ -340,7 +330,7 @@ async def serve_forever(
         await stop.wait()
         log.info(
             "shutting down: draining %d clients over %.1fs",
-            hub.clients,
+            hub.fanout.clients,
             settings.server.drain_window,
         )
         for site in list(runner.sites):
@@ -375,15 +365,10 @@ class _RelayStatus:
         return st
 
 
-def _embedded_relay(
-    settings: Settings, bus: Bus
-) -> tuple[Awaitable[None] | None, UpstreamStatus | None]:
+def _embedded_relay(settings: Settings, bus: Bus) -> tuple[Awaitable[None], UpstreamStatus]:
     """The in-process relay for memory:// (``pricectl.ingest.relay.run_embedded``)."""
-    try:
-        from pricectl.ingest.relay import run_embedded
-    except ImportError:  # pragma: no cover - the relay ships with pricectl
-        log.warning("embedded mode: pricectl.ingest.relay is not available; serving an empty bus")
-        return None, None
+    from pricectl.ingest.relay import run_embedded
+
     holder = _RelayStatus()
     return run_embedded(settings, bus, on_relay=holder.set), holder
 

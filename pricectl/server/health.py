@@ -60,6 +60,7 @@ def health_report(
     """The health document; see the module docstring for how ``status`` is chosen."""
     pairs = pair_states(hub, now)
     bus = hub.bus
+    fanout = hub.fanout
     status, reasons = judge(pairs, bus_connected=bus.connected)
     up: dict[str, Any] | None = None
     if upstream is not None:
@@ -86,11 +87,11 @@ def health_report(
             "epoch_drops": hub.epoch_drops + getattr(bus, "epoch_drops", 0),
         },
         "clients": {
-            "connected": hub.clients,
-            "peak": hub.peak_clients,
-            "total": hub.connections_total,
-            "dropped_slow": hub.slow_dropped,
-            "conflating": len(hub._slow),
+            "connected": fanout.clients,
+            "peak": fanout.peak_clients,
+            "total": fanout.connections_total,
+            "dropped_slow": fanout.slow_dropped,
+            "conflating": fanout.conflating,
         },
         "stale_after_s": hub.settings.resilience.heartbeat.stale_after,
         "version": __version__,

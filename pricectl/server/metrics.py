@@ -42,6 +42,7 @@ def render_metrics(hub: Hub, upstream: UpstreamStatus | None = None) -> str:
     """The exposition text (ends with a newline)."""
     now = time.time()
     report = health_report(hub, upstream, now)
+    fanout = hub.fanout
     o = _Out()
     o.metric("pricectl_info", "gauge", "Build information.", [({"version": __version__}, 1)])
     o.metric(
@@ -50,15 +51,15 @@ def render_metrics(hub: Hub, upstream: UpstreamStatus | None = None) -> str:
         "1 for the current health status.",
         [({"status": s}, 1 if report["status"] == s else 0) for s in ("ok", "degraded", "down")],
     )
-    o.metric("pricectl_clients", "gauge", "Open SSE streams.", [({}, hub.clients)])
+    o.metric("pricectl_clients", "gauge", "Open SSE streams.", [({}, fanout.clients)])
     o.metric(
-        "pricectl_clients_peak", "gauge", "Most streams open at once.", [({}, hub.peak_clients)]
+        "pricectl_clients_peak", "gauge", "Most streams open at once.", [({}, fanout.peak_clients)]
     )
     o.metric(
         "pricectl_connections_total",
         "counter",
         "SSE streams accepted.",
-        [({}, hub.connections_total)],
+        [({}, fanout.connections_total)],
     )
     o.metric(
         "pricectl_rejected_total",
@@ -70,19 +71,19 @@ def render_metrics(hub: Hub, upstream: UpstreamStatus | None = None) -> str:
         "pricectl_events_sent_total",
         "counter",
         "Events written to clients.",
-        [({}, hub.events_sent)],
+        [({}, fanout.events_sent)],
     )
     o.metric(
         "pricectl_events_merged_total",
         "counter",
         "Events written together with a later one because the fan-out was behind.",
-        [({}, hub.merged_events)],
+        [({}, fanout.merged_events)],
     )
     o.metric(
         "pricectl_bytes_sent_total",
         "counter",
         "Event bytes written to clients.",
-        [({}, hub.bytes_sent)],
+        [({}, fanout.bytes_sent)],
     )
     o.metric(
         "pricectl_updates_received_total",
@@ -94,19 +95,19 @@ def render_metrics(hub: Hub, upstream: UpstreamStatus | None = None) -> str:
         "pricectl_slow_clients",
         "gauge",
         "Clients being conflated right now.",
-        [({}, len(hub._slow))],
+        [({}, fanout.conflating)],
     )
     o.metric(
         "pricectl_slow_conflated_total",
         "counter",
         "Times a client fell behind and started conflating.",
-        [({}, hub.slow_conflated)],
+        [({}, fanout.slow_conflated)],
     )
     o.metric(
         "pricectl_slow_dropped_total",
         "counter",
         "Clients closed after being unwritable past write_timeout.",
-        [({}, hub.slow_dropped)],
+        [({}, fanout.slow_dropped)],
     )
     o.metric(
         "pricectl_epoch_drops_total",

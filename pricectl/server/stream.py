@@ -2,18 +2,18 @@
 
 The handler validates the request, checks the limits, sends the headers and the
 opening (comment, jittered ``retry:``, a snapshot or a replay), then hands the
-transport to the :class:`~pricectl.server.hub.Hub` and returns: the hub writes to
-the transport itself and ends the stream, and aiohttp is told the connection is
-no longer its own (:func:`_release`), so its request handler, parser, request and
-response for this connection are freed. Keeping them for the stream's life cost
-about 10 KB per connection, most of the memory budget of issue 5; without them a
-stream costs the socket, asyncio's transport and the hub's small client record.
-The access log line of a stream is therefore written when it is handed over.
+transport to the hub's :class:`~pricectl.server.fanout.Fanout` and returns: the
+fan-out writes to the transport itself and ends the stream, and aiohttp is told
+the connection is no longer its own (:func:`_release`), so its request handler,
+parser, request and response for this connection are freed. Keeping them for the
+stream's life cost about 10 KB per connection, most of serve's memory budget;
+without them a stream costs the socket, asyncio's transport and the fan-out's
+small client record. The access log line of a stream is therefore written when
+it is handed over.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
@@ -21,11 +21,11 @@ from aiohttp.http import HttpVersion11
 
 from pricectl.core.history import parse_event_id
 from pricectl.core.pairs import parse_pair_list
+from pricectl.server.errors import bad_request
 from pricectl.server.hub import Hub
+from pricectl.server.keys import HUB
 
-__all__ = ["STREAM_PATH", "bad_request", "parse_pairs", "stream_handler"]
-
-STREAM_PATH = "/api/market-data/stream"
+__all__ = ["parse_pairs", "stream_handler"]
 
 #: Longest ``pairs=`` query value accepted (50 pairs of up to 25 characters).
 _MAX_PAIRS_PARAM = 1300
@@ -35,12 +35,6 @@ SSE_HEADERS = {
     "Cache-Control": "no-store",
     "X-Accel-Buffering": "no",
 }
-
-
-def bad_request(error: str, detail: str, **extra: Any) -> web.Response:
-    """400 with the JSON error body every endpoint uses."""
-    body = {"error": error, "detail": detail, **extra}
-    return web.json_response(body, status=400)
 
 
 def parse_pairs(hub: Hub, request: web.Request) -> frozenset[str] | web.Response:
@@ -96,13 +90,7 @@ async def _turn_away(hub: Hub, request: web.Request, reason: str) -> web.StreamR
 
 async def stream_handler(request: web.Request) -> web.StreamResponse:
     """The SSE stream; see the module docstring and docs/protocol.md."""
-    from pricectl.server.app import FAULTS, HUB
-
     hub = request.app[HUB]
-    if "stream" in request.app[FAULTS]:
-        return web.json_response(
-            {"error": "unavailable", "detail": "stream disabled (test fault)"}, status=503
-        )
     pairs = parse_pairs(hub, request)
     if isinstance(pairs, web.Response):
         return pairs
@@ -130,30 +118,21 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     # From here to attach nothing awaits, so no update can fall between opening and live.
     opening = hub.opening(pairs, last_id)
     first = b": ok\nretry: %d\n\n%b" % (hub.retry_ms(), opening)
-    hub.attach(transport, pairs, chunked, ip, first)
+    hub.fanout.attach(transport, pairs, chunked, ip, first)
     _release(protocol)
     return resp
 
 
 def _release(protocol: Any) -> None:
-    """Make aiohttp let go of a connection the hub has taken over, without closing it.
+    """Make aiohttp let go of a connection the fan-out has taken over, without closing it.
 
-    The transport's protocol is already the hub's client; with the handler's
+    The transport's protocol is already the fan-out's client; with the handler's
     ``transport`` cleared, aiohttp's own ``connection_lost`` only drops the
     connection from the server's list, cancels its keep-alive timer and frees the
     parser. (It also cancels this request's task, which is ending anyway: the
     handler does not await after this. Ending the response then fails to write
-    the last chunk, which aiohttp takes as a client gone; the hub writes that
+    the last chunk, which aiohttp takes as a client gone; the fan-out writes that
     chunk itself when it ends the stream.)
     """
     protocol.transport = None
     protocol.connection_lost(None)
-
-
-def error_json(status: int, error: str, detail: str) -> web.Response:
-    """A JSON error response (used for 404/405/500 so no page or trace leaks)."""
-    return web.Response(
-        text=json.dumps({"error": error, "detail": detail}),
-        status=status,
-        content_type="application/json",
-    )

@@ -6,16 +6,20 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from aiohttp.typedefs import Middleware
 
 from pricectl.bus.memory import MemoryBus
 from pricectl.config import ServerSettings, Settings
 from pricectl.core.sse import SSEDecoder, SSEEvent
 from pricectl.core.ticks import PriceUpdate
-from pricectl.server.app import HUB, create_app, start_server
+from pricectl.server.app import create_app, start_server
+from pricectl.server.fanout import Fanout
 from pricectl.server.hub import Hub
+from pricectl.server.keys import HUB
 from tests.waiting import UNIT, until
 
 __all__ = ["Running", "SSEConn", "make_settings", "running", "tick"]
@@ -93,19 +97,30 @@ class Running:
         await self.publish(*ups)
         return ups
 
+    @property
+    def fanout(self) -> Fanout:
+        """The hub's fan-out engine: its streams and their delivery counters."""
+        return self.hub.fanout
+
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
 
 @contextlib.asynccontextmanager
 async def running(
-    settings: Settings | None = None, bus: Any = None, upstream: Any = None
+    settings: Settings | None = None,
+    bus: Any = None,
+    upstream: Any = None,
+    middlewares: Sequence[Middleware] = (),
 ) -> AsyncIterator[Running]:
+    """serve's app from ``create_app`` on a free port, ready (first snapshot read);
+    ``middlewares`` are added after the app's own (a test's faults)."""
     settings = settings or make_settings()
     if bus is None:
         bus = MemoryBus()
     await bus.start()
     app = create_app(settings, bus, upstream)
+    app.middlewares.extend(middlewares)
     runner, port = await start_server(app, "127.0.0.1", 0)
     r = Running(settings, bus, app, runner, port, app[HUB])
     if isinstance(bus, MemoryBus):

@@ -6,9 +6,11 @@ import shutil
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
+from aiohttp.typedefs import Handler
 from playwright.async_api import Browser, Page, async_playwright
 
-from pricectl.server.app import FAULTS
+from pricectl.core.api import STREAM_PATH
 from tests.server.harness import Running, make_settings, running
 from tests.waiting import UNIT, until
 
@@ -93,18 +95,18 @@ async def test_one_stream_across_30_forced_reconnects(browser):
     async with running(settings) as r:
         await r.publish_pairs("BTC/USD", "ETH/USD")
         page = await open_dashboard(browser, r)
-        await until(lambda: r.hub.clients == 1, 10, "the page's stream")
+        await until(lambda: r.fanout.clients == 1, 10, "the page's stream")
         for i in range(30):
-            before = r.hub.connections_total
-            assert r.hub.disconnect_all() == 1
+            before = r.fanout.connections_total
+            assert r.fanout.disconnect_all() == 1
             await until(
-                lambda b=before: r.hub.connections_total == b + 1 and r.hub.clients == 1,
+                lambda b=before: r.fanout.connections_total == b + 1 and r.fanout.clients == 1,
                 10,
                 f"reconnect {i + 1}",
             )
-            assert r.hub.clients <= 1
-        assert r.hub.peak_clients == 1
-        assert r.hub.connections_total == 31
+            assert r.fanout.clients <= 1
+        assert r.fanout.peak_clients == 1
+        assert r.fanout.connections_total == 31
         stats = await _page_stats(page)
         assert stats["created"] == 1 and stats["open"] == 1, stats
         # the page still shows live data afterwards
@@ -122,14 +124,14 @@ async def test_two_tabs_share_one_stream(browser):
         await a.goto(r.url("/"))
         await b.goto(r.url("/"))
         await row(b, "BTC/USD", "price").filter(has_text="1.00").wait_for()
-        await until(lambda: r.hub.clients == 1, 10, "one shared stream")
+        await until(lambda: r.fanout.clients == 1, 10, "one shared stream")
         await r.publish_pairs("BTC/USD", price="2.00")
         await row(a, "BTC/USD", "price").filter(has_text="2.00").wait_for()
         await row(b, "BTC/USD", "price").filter(has_text="2.00").wait_for()
-        assert r.hub.peak_clients == 1
+        assert r.fanout.peak_clients == 1
         assert (await _page_stats(a))["tabs"] == 2
         await ctx.close()
-        await until(lambda: r.hub.clients == 0, 10, "stream closed when every tab is gone")
+        await until(lambda: r.fanout.clients == 0, 10, "stream closed when every tab is gone")
 
 
 async def test_direct_mode_without_shared_worker(browser):
@@ -143,28 +145,46 @@ async def test_direct_mode_without_shared_worker(browser):
         stats = await _page_stats(page)
         assert stats["created"] == 1 and stats["open"] == 1
         await page.close()
-        await until(lambda: r.hub.clients == 0, 10, "stream closed on pagehide")
+        await until(lambda: r.fanout.clients == 0, 10, "stream closed on pagehide")
+
+
+class StreamOutage:
+    """A switch for the test: while ``on``, the stream endpoint answers 503 as a failing
+    server's would (``middleware`` goes on the app the test builds)."""
+
+    def __init__(self) -> None:
+        self.on = False
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """503 JSON for the stream while ``on``; every other request as usual."""
+        if self.on and request.path == STREAM_PATH:
+            return web.json_response(
+                {"error": "unavailable", "detail": "stream disabled (test fault)"}, status=503
+            )
+        return await handler(request)
 
 
 async def test_stream_failure_falls_back_to_rest_then_live(browser):
     """With the stream endpoint failing the page polls REST and marks values Cached;
     when the stream works again it returns to Live."""
-    async with running(make_settings(update_debounce_ms=50)) as r:
+    outage = StreamOutage()
+    async with running(make_settings(update_debounce_ms=50), middlewares=[outage.middleware]) as r:
         await r.publish_pairs("BTC/USD", price="100.00")
         page = await open_dashboard(browser, r)
         badge = row(page, "BTC/USD", "badge")
         await badge.filter(has_text="Live").wait_for()
-        r.app[FAULTS].add("stream")
-        r.hub.disconnect_all()
+        outage.on = True
+        r.fanout.disconnect_all()
         await r.publish_pairs("BTC/USD", price="101.00")  # only REST can deliver this now
         await (
             row(page, "BTC/USD", "price").filter(has_text="101.00").wait_for(timeout=20_000 * UNIT)
         )
         assert await badge.text_content() == "Cached"
         assert await page.locator("#conn").get_attribute("data-state") == "offline"
-        r.app[FAULTS].discard("stream")
+        outage.on = False
         await page.locator('#conn[data-state="live"]').wait_for(timeout=30_000 * UNIT)
         await r.publish_pairs("BTC/USD", price="102.00")
         await row(page, "BTC/USD", "price").filter(has_text="102.00").wait_for()
         await badge.filter(has_text="Live").wait_for()
-        assert r.hub.peak_clients == 1
+        assert r.fanout.peak_clients == 1
