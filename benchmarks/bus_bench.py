@@ -124,7 +124,13 @@ class Publisher:
 
 
 async def run_bench(
-    url: str, updates: int, batch: int, pairs: int, subscribe: bool, mode: str = "batch"
+    url: str,
+    updates: int,
+    batch: int,
+    pairs: int,
+    subscribe: bool,
+    mode: str = "batch",
+    per_yield: int = 1,
 ) -> dict[str, Any]:
     """One run: ``rate`` (updates published per second), ``received`` (by the subscriber),
     ``in_order`` (the subscriber saw every pair's seq rise by one each time) and, in
@@ -167,9 +173,10 @@ async def run_bench(
             # between frames; the Publisher coalesces what queues up during each call.
             publisher = Publisher(bus, fence)
             writer = asyncio.create_task(publisher.run())
-            for update in batch_list:
+            for i, update in enumerate(batch_list, 1):
                 publisher.submit(update)
-                await asyncio.sleep(0)
+                if i % per_yield == 0:
+                    await asyncio.sleep(0)
             await publisher.flush()
             batches = publisher.batches
             writer.cancel()
@@ -216,6 +223,12 @@ def main(argv: list[str] | None = None) -> None:
         default="batch",
         help="batch: fixed --batch sizes; submit: one update at a time through Publisher",
     )
+    parser.add_argument(
+        "--per-yield",
+        type=int,
+        default=1,
+        help="submit mode: updates submitted between two yields to the event loop",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON line per run as well")
     args = parser.parse_args(argv)
     batches = args.batch or [1, 10, 100]
@@ -228,7 +241,15 @@ def main(argv: list[str] | None = None) -> None:
             got = 0
             for _ in range(args.runs):
                 run = asyncio.run(
-                    run_bench(url, args.updates, batch, args.pairs, args.subscribe, args.mode)
+                    run_bench(
+                        url,
+                        args.updates,
+                        batch,
+                        args.pairs,
+                        args.subscribe,
+                        args.mode,
+                        args.per_yield,
+                    )
                 )
                 rates.append(run["rate"])
                 got = run["received"]

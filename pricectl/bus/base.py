@@ -1,11 +1,15 @@
 """The bus interface both backends implement (DESIGN 3.3).
 
-Consumers iterate a subscription and get :class:`Update` (one price update, with
-the exact JSON text that was published, so a server can forward it without
-re-serialising) or :class:`Gap` (the stream may have lost messages, e.g. after
-a Redis reconnect: re-read the snapshot and resync your clients). Consumers drop
-updates whose epoch is below the highest seen for that pair, and count the drops
-(:class:`EpochFilter`, shared by both backends).
+Consumers iterate a :class:`Subscription` and get :class:`Update` (one price update,
+with the exact JSON text that was published, so a server can forward it without
+re-serialising) or :class:`Gap` (the stream may have lost messages, e.g. after a Redis
+reconnect: call :meth:`Subscription.resync` and resync your clients from what it
+returns).
+
+The consumer's half of fencing (DESIGN 3.3) lives in one place, the subscription: an
+update whose epoch is below the highest seen for its pair is dropped and counted, and a
+re-read snapshot goes through the same filter, so a deposed leader's last write can
+never overwrite the new leader's price, live or on resync.
 
 The first event of every subscription is ``Gap("subscribed")``: from then on the
 subscription is live, so a snapshot read after it misses nothing (reading the
@@ -14,13 +18,34 @@ snapshot *before* subscribing would race with publishes in between).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from pricectl.core.backoff import Backoff, BackoffPolicy
 from pricectl.core.ticks import PriceUpdate
+from pricectl.errors import BusError
 
-__all__ = ["Bus", "BusEvent", "EpochFilter", "Fence", "Gap", "Update"]
+__all__ = [
+    "RESYNC_RETRY",
+    "Bus",
+    "BusEvent",
+    "EpochFilter",
+    "Fence",
+    "Gap",
+    "Subscription",
+    "Update",
+]
+
+log = logging.getLogger(__name__)
+
+#: Delays between snapshot re-reads after a gap while the bus does not answer: short,
+#: because the bus is our own infrastructure and every client waits for the resync.
+RESYNC_RETRY = BackoffPolicy(initial=0.2, max=5.0, multiplier=2.0, reset_after=10.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +99,85 @@ class EpochFilter:
         return True
 
 
+#: Reads the latest update of each of the given pairs (``Bus.snapshot``).
+SnapshotReader = Callable[[Iterable[str]], Awaitable[dict[str, PriceUpdate]]]
+
+
+class Subscription:
+    """What :meth:`Bus.subscribe` returns, for every backend: an async iterator of
+    :class:`BusEvent` that fences by epoch, with :meth:`resync` and :meth:`aclose`.
+
+    ``events`` is the backend's raw stream (it yields ``Gap("subscribed")`` first and a
+    Gap after any loss, and ends when the bus closes); ``snapshot`` reads the backend's
+    snapshot; ``on_drop`` is called for every update dropped by the epoch filter, so the
+    bus can count drops across its subscriptions.
+    """
+
+    __slots__ = ("_events", "_on_drop", "_rand", "_retry", "_snapshot", "epochs", "pairs")
+
+    def __init__(
+        self,
+        pairs: Iterable[str],
+        events: AsyncIterator[BusEvent],
+        snapshot: SnapshotReader,
+        *,
+        on_drop: Callable[[], None] | None = None,
+        retry: BackoffPolicy = RESYNC_RETRY,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.pairs: tuple[str, ...] = tuple(dict.fromkeys(pairs))
+        self._events = events
+        self._snapshot = snapshot
+        self._on_drop = on_drop
+        self._retry = retry
+        self._rand = rand
+        #: The highest epoch seen per pair, live or in a snapshot.
+        self.epochs = EpochFilter()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> BusEvent:
+        accept = self.epochs.accept
+        async for event in self._events:
+            if type(event) is Update and not accept(event.update):
+                if self._on_drop is not None:
+                    self._on_drop()
+                continue
+            return event
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Unsubscribe; the iterator ends."""
+        aclose = getattr(self._events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def resync(self, reason: str = "gap") -> dict[str, PriceUpdate]:
+        """Re-read the snapshot of this subscription's pairs after a Gap, fenced by epoch.
+
+        Retries with backoff (:data:`RESYNC_RETRY`) until the bus answers, logging each
+        failure: after a gap every client waits for this, and the bus reconnects by
+        itself. Entries from an epoch below the pair's highest are dropped and counted.
+        """
+        backoff = Backoff(self._retry, rand=self._rand)
+        while True:
+            try:
+                snap = await self._snapshot(self.pairs)
+                break
+            except BusError as exc:
+                delay = backoff.next_delay(time.monotonic())
+                log.warning("snapshot after %s failed (%s); retrying in %.1fs", reason, exc, delay)
+                await asyncio.sleep(delay)
+        out: dict[str, PriceUpdate] = {}
+        for pair, update in snap.items():
+            if self.epochs.accept(update):
+                out[pair] = update
+            elif self._on_drop is not None:
+                self._on_drop()
+        return out
+
+
 class Bus(Protocol):
     """What ingest publishes into and serve reads from."""
 
@@ -101,7 +205,7 @@ class Bus(Protocol):
     async def snapshot(self, pairs: Iterable[str]) -> dict[str, PriceUpdate]:
         """The latest update of each pair that has one."""
 
-    def subscribe(self, pairs: Iterable[str]) -> AsyncIterator[BusEvent]:
+    def subscribe(self, pairs: Iterable[str]) -> Subscription:
         """Updates of ``pairs`` as they are published, and a :class:`Gap` after any loss.
 
         The first event is ``Gap("subscribed")`` once the subscription is live. The

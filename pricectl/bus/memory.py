@@ -15,21 +15,22 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
-from pricectl.bus.base import BusEvent, EpochFilter, Fence, Gap, Update
+from pricectl.bus.base import BusEvent, Fence, Gap, Subscription, Update
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import FencedError
 
-__all__ = ["DEFAULT_QUEUE_BOUND", "MemoryBus", "MemorySubscription"]
+__all__ = ["DEFAULT_QUEUE_BOUND", "MemoryBus", "MemoryQueue"]
 
 #: Events a subscriber may fall behind by before its queue is dropped for a Gap. A serve
 #: process has one bus subscription; 10,000 is seconds of every pair at full rate.
 DEFAULT_QUEUE_BOUND = 10_000
 
 
-class MemorySubscription:
-    """An async iterator over one subscriber's queue; fed synchronously by publish."""
+class MemoryQueue:
+    """One subscriber's queue, an async iterator fed synchronously by publish (the raw
+    events of a :class:`~pricectl.bus.base.Subscription`, which fences them by epoch)."""
 
     def __init__(self, bus: MemoryBus, pairs: frozenset[str], bound: int) -> None:
         self._bus = bus
@@ -38,11 +39,10 @@ class MemorySubscription:
         self._events: deque[BusEvent] = deque([Gap("subscribed")])
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
-        self._filter = EpochFilter()
         #: Times this subscriber fell ``bound`` events behind and got a Gap instead.
         self.overflows = 0
 
-    def __aiter__(self) -> MemorySubscription:
+    def __aiter__(self) -> MemoryQueue:
         return self
 
     async def __anext__(self) -> BusEvent:
@@ -62,9 +62,6 @@ class MemorySubscription:
 
     def _deliver(self, event: Update) -> None:
         if self._closed:
-            return
-        if not self._filter.accept(event.update):
-            self._bus.epoch_drops += 1
             return
         if len(self._events) >= self._bound:
             # Too far behind: what is queued is older than the snapshot, so drop it all
@@ -98,7 +95,7 @@ class MemoryBus:
         self.reconnects = 0
         self._queue_bound = queue_bound
         self._latest: dict[str, PriceUpdate] = {}
-        self._by_pair: dict[str, list[MemorySubscription]] = {}
+        self._by_pair: dict[str, list[MemoryQueue]] = {}
         self._fence: Fence | None = None
 
     async def start(self) -> None:
@@ -135,14 +132,18 @@ class MemoryBus:
         """The latest update of each pair that has one."""
         return {p: self._latest[p] for p in pairs if p in self._latest}
 
-    def subscribe(self, pairs: Iterable[str]) -> AsyncIterator[BusEvent]:
+    def subscribe(self, pairs: Iterable[str]) -> Subscription:
         """Live at once: publishes after this call are queued for the subscriber."""
-        sub = MemorySubscription(self, frozenset(pairs), self._queue_bound)
-        for pair in sub.pairs:
-            self._by_pair.setdefault(pair, []).append(sub)
-        return sub
+        wanted = tuple(dict.fromkeys(pairs))
+        queue = MemoryQueue(self, frozenset(wanted), self._queue_bound)
+        for pair in queue.pairs:
+            self._by_pair.setdefault(pair, []).append(queue)
+        return Subscription(wanted, queue, self.snapshot, on_drop=self._count_drop)
 
-    def _forget(self, sub: MemorySubscription) -> None:
+    def _count_drop(self) -> None:
+        self.epoch_drops += 1
+
+    def _forget(self, sub: MemoryQueue) -> None:
         for pair in sub.pairs:
             subs = self._by_pair.get(pair)
             if subs and sub in subs:

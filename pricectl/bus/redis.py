@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pricectl.bus import keys
-from pricectl.bus.base import BusEvent, EpochFilter, Fence, Gap, Update
+from pricectl.bus.base import BusEvent, Fence, Gap, Subscription, Update
 from pricectl.config import redact_url
 from pricectl.core.backoff import Backoff, BackoffPolicy
 from pricectl.core.ticks import PriceUpdate, decode_update
@@ -223,14 +223,18 @@ class RedisBus:
 
     # --- subscribe -----------------------------------------------------------------
 
-    def subscribe(self, pairs: Iterable[str]) -> AsyncIterator[BusEvent]:
+    def subscribe(self, pairs: Iterable[str]) -> Subscription:
         """Live updates of ``pairs``; ``Gap("subscribed")`` first, ``Gap("redis reconnect")``
         after every reconnect. Keeps retrying while Redis is down; ends on :meth:`close`."""
-        return self._listen([self._channel(p) for p in pairs])
+        wanted = tuple(dict.fromkeys(pairs))
+        events = self._listen([self._channel(p) for p in wanted])
+        return Subscription(wanted, events, self.snapshot, on_drop=self._count_drop)
+
+    def _count_drop(self) -> None:
+        self.epoch_drops += 1
 
     async def _listen(self, channels: list[str]) -> AsyncIterator[BusEvent]:
         backoff = Backoff(self._reconnect)
-        epochs = EpochFilter()
         ever_subscribed = False
         warned = False
         while not self._closed:
@@ -259,9 +263,6 @@ class RedisBus:
                         update = decode_update(raw)
                     except ValueError as exc:
                         log.warning("ignoring a bad message on %s: %s", message["channel"], exc)
-                        continue
-                    if not epochs.accept(update):
-                        self.epoch_drops += 1
                         continue
                     yield Update(update, raw)
                 return

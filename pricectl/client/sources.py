@@ -68,16 +68,14 @@ async def bus_events(
                     if event.reason != "subscribed":
                         reconnects += 1
                     yield Connected(source=url, reconnects=reconnects)
-                    snap = await bus.snapshot(pairs)
+                    snap = await subscription.resync(event.reason)
                     for pair in pairs:
                         if pair in snap:
                             yield _price(tracker, snap[pair], snapshot=True)
                 else:
                     yield _price(tracker, event.update, snapshot=False)
         finally:
-            aclose = getattr(subscription, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await subscription.aclose()
     finally:
         await bus.close()
 

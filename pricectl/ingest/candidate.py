@@ -35,7 +35,7 @@ from pricectl.bus.leader import Leader
 from pricectl.bus.redis import RedisBus
 from pricectl.config import Settings, redact_url
 from pricectl.core.ticks import PriceUpdate
-from pricectl.errors import BusError, ConfigError, FencedError, UsageError
+from pricectl.errors import ConfigError, FencedError, UsageError
 from pricectl.ingest.relay import Relay, lead
 
 __all__ = ["STATUS_EVERY", "Ingest", "check_bus", "run_ingest"]
@@ -170,19 +170,16 @@ class Ingest:
                     if not self._standby.is_set():
                         break  # we lead now: our own publishes need no watching
                     if isinstance(event, Gap):
-                        with contextlib.suppress(BusError):
-                            self.latest.update(await self.bus.snapshot(self.pairs))
-                            self.resyncs += 1
+                        self.latest.update(await sub.resync(event.reason))
+                        self.resyncs += 1
                         continue
                     self.latest[event.update.pair] = event.update
                     self.followed += 1
                 else:
                     return  # the bus was closed
             finally:
-                aclose = getattr(sub, "aclose", None)
-                if aclose is not None:
-                    with contextlib.suppress(Exception):
-                        await aclose()
+                with contextlib.suppress(Exception):
+                    await sub.aclose()
 
     async def _report(self) -> None:
         while True:

@@ -84,7 +84,7 @@ def health_report(
             "connected": bool(bus.connected),
             "resubscribes": getattr(bus, "reconnects", 0),
             "resyncs": hub.resyncs,
-            "epoch_drops": hub.epoch_drops + getattr(bus, "epoch_drops", 0),
+            "epoch_drops": bus.epoch_drops,
         },
         "clients": {
             "connected": fanout.clients,

@@ -7,10 +7,11 @@ latest value and its raw JSON per pair, the stream position (the highest
 never re-encoded) and hands them to its :class:`~pricectl.server.fanout.Fanout`,
 which writes them to every stream that wants the pair.
 
-Consumers fence by epoch: an update whose epoch is below the highest seen for its
-pair is dropped and counted. After a bus :class:`~pricectl.bus.base.Gap` the hub
-re-reads the snapshot and sends every client an ``event: snapshot`` for each of its
-pairs, so a broker blip never leaves a silent gap.
+The bus subscription fences by epoch (an update from a deposed leader's epoch never
+reaches the hub). After a bus :class:`~pricectl.bus.base.Gap` the hub takes the
+re-read snapshot (:meth:`~pricectl.bus.base.Subscription.resync`) and sends every
+client an ``event: snapshot`` for each of its pairs, so a broker blip never leaves a
+silent gap.
 
 A new stream's opening comes from here (a replay from the ring when it covers the
 client's ``Last-Event-ID``, else a snapshot per pair), and so do the decisions
@@ -67,7 +68,6 @@ class Hub:
         self.latest: dict[str, PriceUpdate] = {}
         self.latest_raw: dict[str, str] = {}
         self.received_at: dict[str, float] = {}
-        self._pair_epoch: dict[str, int] = {}
         #: Stream position: the highest (epoch, gseq) seen; snapshot events carry it as id.
         self.epoch = 0
         self.gseq = 0
@@ -77,7 +77,6 @@ class Hub:
         # Counters (exported by /metrics and /health; the fan-out keeps its own).
         self.rejected: dict[str, int] = {}
         self.updates_received = 0
-        self.epoch_drops = 0
         self.resyncs = 0
         self.last_gap: str | None = None
 
@@ -92,24 +91,19 @@ class Hub:
                 if isinstance(event, Update):
                     self.on_update(event.update, event.raw)
                 elif isinstance(event, Gap):
-                    await self.resync(event.reason)
+                    self.apply_snapshot(await sub.resync(event.reason), event.reason)
         finally:
-            aclose = getattr(sub, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
+            with contextlib.suppress(Exception):
+                await sub.aclose()
             self.fanout.stop()
 
     # --- the per-event path --------------------------------------------------------------
 
     def on_update(self, update: PriceUpdate, raw: str) -> None:
-        """Record one update and queue its bytes for this loop iteration's fan-out."""
+        """Record one update (already fenced by epoch: the bus subscription drops a
+        deposed leader's) and queue its bytes for this loop iteration's fan-out."""
         pair = update.pair
         epoch = update.epoch
-        if epoch < self._pair_epoch.get(pair, 0):
-            self.epoch_drops += 1
-            return
-        self._pair_epoch[pair] = epoch
         self.updates_received += 1
         self.latest[pair] = update
         self.latest_raw[pair] = raw
@@ -180,28 +174,16 @@ class Hub:
 
     # --- resync and shutdown -------------------------------------------------------------
 
-    async def resync(self, reason: str) -> None:
-        """Re-read the snapshot after a bus gap and send every client its pairs afresh."""
+    def apply_snapshot(self, snap: dict[str, PriceUpdate], reason: str) -> None:
+        """After a bus gap: take the re-read snapshot (fenced by the subscription) and
+        send every client its pairs afresh."""
         self.last_gap = reason
-        snap: dict[str, PriceUpdate] | None = None
-        delay = 0.2
-        while snap is None:
-            try:
-                snap = await self.bus.snapshot(self.pairs)
-            except Exception as exc:  # the bus reconnects by itself; keep trying
-                log.warning("snapshot after %s failed (%s); retrying", reason, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
         fanout = self.fanout
         fanout.flush()
         for pair, update in snap.items():
-            if update.epoch < self._pair_epoch.get(pair, 0):
-                self.epoch_drops += 1
-                continue
             current = self.latest.get(pair)
             if current is not None and (current.epoch, current.seq) > (update.epoch, update.seq):
                 continue
-            self._pair_epoch[pair] = update.epoch
             self.latest[pair] = update
             self.latest_raw[pair] = update.to_json()
             self.received_at[pair] = time.time()
