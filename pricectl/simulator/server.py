@@ -50,7 +50,6 @@ import json
 import logging
 import math
 import re
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
@@ -67,7 +66,6 @@ __all__ = [
     "Faults",
     "Simulator",
     "SimulatorConfig",
-    "SimulatorThread",
     "load_recording",
     "symbols_for_pairs",
 ]
@@ -1014,77 +1012,3 @@ def symbols_for_pairs(
 ) -> tuple[str, ...]:
     """``["BTC/USD"] -> ("BTCUSDT",)`` through the quote aliases (default USD -> USDT)."""
     return PairMap.build(list(pairs), aliases if aliases is not None else {"USD": "USDT"}).symbols
-
-
-class SimulatorThread:
-    """A :class:`Simulator` on its own event loop in a background thread, for sync tests.
-
-    ::
-
-        with SimulatorThread(SimulatorConfig(trade_rate=50)) as sim:
-            os.environ["BINANCE_WS_URL"] = sim.ws_url
-            sim.set_fault(refuse=True)
-            assert sim.state()["connections"] == 0
-    """
-
-    def __init__(
-        self, config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
-    ) -> None:
-        self.config = config or SimulatorConfig()
-        self.host = host
-        self.port = port
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="pricectl-simulator", daemon=True
-        )
-        self._sim: Simulator | None = None
-
-    def _call(self, fn: Callable[[Simulator], Any]) -> Any:
-        async def run() -> Any:
-            assert self._sim is not None
-            return fn(self._sim)
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=30)
-
-    def __enter__(self) -> SimulatorThread:
-        self._thread.start()
-
-        async def boot() -> Simulator:
-            sim = Simulator(self.config)
-            await sim.start(self.host, self.port)
-            return sim
-
-        self._sim = asyncio.run_coroutine_threadsafe(boot(), self._loop).result(timeout=30)
-        self.port = self._sim.port
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._sim is not None:
-            asyncio.run_coroutine_threadsafe(self._sim.stop(), self._loop).result(timeout=30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=30)
-        self._loop.close()
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
-
-    @property
-    def rest_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def connections(self) -> int:
-        return int(self._call(lambda sim: sim.connections))
-
-    def state(self) -> dict[str, Any]:
-        """:meth:`Simulator.state`, read on the simulator's loop."""
-        return dict(self._call(lambda sim: sim.state()))
-
-    def set_fault(self, **kwargs: Any) -> None:
-        """:meth:`Simulator.set_fault` on the simulator's loop."""
-        self._call(lambda sim: sim.set_fault(**kwargs))
-
-    def server_shutdown(self, after_s: float) -> None:
-        """:meth:`Simulator.server_shutdown` on the simulator's loop."""
-        self._call(lambda sim: sim.server_shutdown(after_s))

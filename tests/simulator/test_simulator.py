@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from pricectl.core.binance import FrameParser, PriceEvent
 from pricectl.core.pairs import PairMap
-from pricectl.simulator.server import Simulator, SimulatorConfig, SimulatorThread
+from pricectl.simulator.server import Faults, Simulator, SimulatorConfig
 from tests.waiting import UNIT, until
 
 REAL = Path(__file__).resolve().parent.parent / "data" / "binance" / "real"
@@ -556,6 +557,25 @@ async def test_admin_rejects_unknown_faults(sim: Simulator) -> None:
         assert r.status == 400 and "explode" in (await r.json())["error"]
 
 
+async def test_set_fault_from_code_shows_in_state(sim: Simulator) -> None:
+    """set_fault from code takes effect at once and shows in state(); clear resets every fault."""
+    assert sim.connections == 0 and sim.state()["connections"] == 0
+    async with aiohttp.ClientSession() as session:
+        assert (await _get(session, sim.rest_url + "/api/v3/ping"))[:2] == (200, {})
+        sim.set_fault(rest500=True, garbage=2)
+        assert sim.state()["faults"] == {
+            "stall": False,
+            "garbage": 2.0,
+            "refuse": False,
+            "rest429": False,
+            "rest500": True,
+        }
+        assert (await _get(session, sim.rest_url + "/api/v3/ping"))[0] == 500
+        sim.set_fault(clear=True)
+        assert sim.state()["faults"] == asdict(Faults())
+        assert (await _get(session, sim.rest_url + "/api/v3/ping"))[:2] == (200, {})
+
+
 async def test_admin_state_counts_connections_and_messages(sim: Simulator) -> None:
     """GET /admin/state reports connections held, total connects and messages received."""
     async with _ws(sim.ws_url + "/ws") as ws:
@@ -601,18 +621,3 @@ async def test_replay_keeps_recorded_timing() -> None:
     assert 0.4 <= elapsed <= 1.5 * UNIT  # 2 s of recording at 4x
     first = json.loads(path.read_text().splitlines()[0])
     assert json.loads(raw[0]) == first["data"]  # raw connection: the bare payload
-
-
-# -- background thread ---------------------------------------------------------------------
-
-
-def test_simulator_thread_serves_sync_callers() -> None:
-    """SimulatorThread runs the simulator on its own loop; faults flip from sync code."""
-    import urllib.request
-
-    with SimulatorThread(SimulatorConfig()) as sim:
-        with urllib.request.urlopen(sim.rest_url + "/api/v3/ping", timeout=5) as r:
-            assert json.load(r) == {}
-        sim.set_fault(rest500=True)
-        assert sim.state()["faults"]["rest500"] is True
-        assert sim.connections == 0
