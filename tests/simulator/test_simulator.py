@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from pricectl.core.binance import FrameParser, PriceEvent
 from pricectl.core.pairs import PairMap
-from pricectl.simulator.server import Faults, Simulator, SimulatorConfig
+from pricectl.simulator import Faults, Simulator, SimulatorConfig
 from tests.waiting import UNIT, until
 
 REAL = Path(__file__).resolve().parent.parent / "data" / "binance" / "real"
@@ -621,3 +621,20 @@ async def test_replay_keeps_recorded_timing() -> None:
     assert 0.4 <= elapsed <= 1.5 * UNIT  # 2 s of recording at 4x
     first = json.loads(path.read_text().splitlines()[0])
     assert json.loads(raw[0]) == first["data"]  # raw connection: the bare payload
+
+
+@pytest.mark.parametrize(
+    "knob",
+    [
+        {"max_incoming_per_s": 0},
+        {"max_connects": 0},
+        {"weight_limit": 0},
+        {"connect_window_s": 0.0},
+        {"weight_window_s": float("inf")},
+    ],
+)
+def test_config_refuses_limits_that_cannot_be_counted(knob: dict[str, float]) -> None:
+    """A rate limit of zero events or a window of no (or endless) length is a ValueError."""
+    (name,) = knob
+    with pytest.raises(ValueError, match=name):
+        SimulatorConfig(**knob)  # type: ignore[arg-type]
