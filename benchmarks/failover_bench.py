@@ -34,7 +34,7 @@ from pricectl.bus import keys
 from pricectl.bus.base import Gap
 from pricectl.bus.redis import RedisBus, connect_redis
 from pricectl.loadtest.spawn import child_env, private_redis
-from pricectl.simulator.server import Simulator
+from pricectl.simulator import Simulator
 
 __all__ = ["main", "run_failovers"]
 

@@ -1,6 +1,6 @@
 """``pricectl simulate``: a local Binance exchange for offline demos, tests and CI.
 
-Thin glue over :class:`pricectl.simulator.server.Simulator`: parse options, start it,
+Thin glue over :class:`pricectl.simulator.Simulator`: parse options, start it,
 print the two URLs to point pricectl at, run until Ctrl-C.
 """
 
@@ -108,7 +108,7 @@ def command(
     from pricectl.config import parse_duration
     from pricectl.core.pairs import parse_pair_list
     from pricectl.errors import UsageError
-    from pricectl.simulator.server import Simulator, SimulatorConfig, symbols_for_pairs
+    from pricectl.simulator import Simulator, SimulatorConfig, symbols_for_pairs
 
     def duration(option: str, value: str) -> float:
         try:

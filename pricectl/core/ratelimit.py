@@ -104,27 +104,35 @@ class SlidingWindow:
 
 
 class WeightBudget:
-    """REST request weight of the current wall-clock minute, against our own ``budget``.
+    """REST request weight of the current wall-clock window, against our own ``budget``.
 
     Binance counts weight per IP per calendar minute and reports the total so far in
     ``X-MBX-USED-WEIGHT-1M`` on every response. We keep ``budget`` (below Binance's 6000,
     default 1200) so one relay never eats the IP's whole allowance; a request whose
     weight would take the minute past it waits for the next minute instead.
 
+    ``window_s`` is the length of that calendar window: 60 for Binance's minute; the
+    local exchange counts its clients' weight with the same class and may shorten it.
+
     A 429 or 418 carries ``Retry-After`` seconds: :meth:`pause` stops every request until
     then (a 418 is an IP ban that grows with each offence, so hammering is the worst
     thing to do).
     """
 
-    __slots__ = ("_minute", "_paused_until", "budget", "used")
+    __slots__ = ("_paused_until", "_window", "budget", "used", "window_s")
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, window_s: float = 60.0) -> None:
         if budget < 1:
             raise ValueError(f"REST weight budget must be at least 1, got {budget}")
+        if not (window_s > 0 and math.isfinite(window_s)):
+            raise ValueError(
+                f"weight window must be a finite number of seconds > 0, got {window_s}"
+            )
         self.budget = int(budget)
-        #: Weight used in the current minute, as far as we know.
+        self.window_s = float(window_s)
+        #: Weight used in the current window, as far as we know.
         self.used = 0
-        self._minute = -1
+        self._window = -1
         self._paused_until = -math.inf
 
     @property
@@ -133,20 +141,24 @@ class WeightBudget:
         return self._paused_until
 
     def _roll(self, wall: float) -> None:
-        minute = int(wall // 60)
-        if minute != self._minute:
-            self._minute = minute
+        window = int(wall // self.window_s)
+        if window != self._window:
+            self._window = window
             self.used = 0
 
+    def window_end(self, wall: float) -> float:
+        """Wall-clock time at which the window containing ``wall`` ends and its weight resets."""
+        return (int(wall // self.window_s) + 1) * self.window_s
+
     def used_at(self, wall: float) -> int:
-        """Weight used in the minute containing ``wall`` (0 once that minute is new)."""
+        """Weight used in the window containing ``wall`` (0 once that window is new)."""
         self._roll(wall)
         return self.used
 
     def record_used(self, used: int, wall: float) -> None:
-        """The server said ``used`` weight is spent this minute (the header's value)."""
+        """The server said ``used`` weight is spent this window (the header's value)."""
         self._roll(wall)
-        # Responses can arrive out of order: keep the highest figure of the minute.
+        # Responses can arrive out of order: keep the highest figure of the window.
         self.used = max(self.used, int(used))
 
     def charge(self, weight: int, wall: float) -> None:
@@ -161,13 +173,13 @@ class WeightBudget:
     def wait_time(self, weight: int, wall: float) -> float:
         """Seconds to wait before a request of ``weight`` may go out (0.0 = now).
 
-        Waits out a Retry-After pause, and the rest of the minute when ``weight`` would
-        take this minute past the budget. A request heavier than the whole budget is
-        allowed at the start of a minute (otherwise it could never be sent).
+        Waits out a Retry-After pause, and the rest of the window when ``weight`` would
+        take this window past the budget. A request heavier than the whole budget is
+        allowed at the start of a window (otherwise it could never be sent).
         """
         if wall < self._paused_until:
             return _until(self._paused_until, wall)
         self._roll(wall)
         if self.used + weight <= self.budget or self.used == 0:
             return 0.0
-        return _until((self._minute + 1) * 60.0, wall)
+        return _until(self.window_end(wall), wall)

@@ -1,7 +1,8 @@
 """The simulated market: a seeded random walk per symbol and the Binance payloads it produces.
 
-No I/O and no clock: the simulator's server calls :meth:`Market.trade` at its trade rate
-and :meth:`Market.ticker` once a second, passing ``now_ms``. Everything here is
+No I/O and no clock: the simulator's feed (:mod:`pricectl.simulator.feed`) calls
+:meth:`Market.trade` at its trade rate and :meth:`Market.ticker` once a second, passing
+``now_ms``; its REST side reads the same walk. Everything here is
 deterministic for a given seed (each symbol has its own ``random.Random`` seeded with
 ``"<seed>:<SYMBOL>"``, so the order in which symbols are first used does not matter).
 
@@ -10,8 +11,10 @@ decimals of the symbol's ``tickSize`` in ``pricectl/data/binance-spot-symbols.js
 (8 for ``"0.01000000"``, like the real exchange, which pads prices to the tick size's
 width). They move in whole ticks and are formatted as strings, never through floats.
 
-Payload shapes follow ``shared/reference/binance-protocol.md`` §4 field for field and in
-the documented key order; REST shapes follow §5.2.
+Payload shapes follow Binance's WebSocket Streams documentation
+(https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams) field for
+field and in the documented key order; REST shapes follow its REST API documentation,
+"Market Data endpoints" (https://developers.binance.com/docs/binance-spot-api-docs/rest-api).
 """
 
 from __future__ import annotations
@@ -301,7 +304,10 @@ class Market:
         return trade, agg, self.book_ticker(symbol)
 
     def book_ticker(self, symbol: str) -> dict[str, Any]:
-        """The 6-field spot bookTicker: no ``e``, no ``E`` (§4.5)."""
+        """The 6-field spot bookTicker: no ``e``, no ``E``.
+
+        ("Individual Symbol Book Ticker Streams" in the WebSocket Streams documentation.)
+        """
         st = self.state(symbol)
         return {
             "u": st.book_id,
@@ -324,7 +330,10 @@ class Market:
         return st.p(st.quote_vol // st.volume if st.volume else st.last)
 
     def ticker(self, symbol: str, now_ms: int) -> dict[str, Any]:
-        """The 23-field ``24hrTicker`` (§4.2), keys in the documented order."""
+        """The 23-field ``24hrTicker``, keys in the documented order.
+
+        ("Individual Symbol Ticker Streams" in the WebSocket Streams documentation.)
+        """
         st = self.state(symbol)
         close_time = now_ms - st.rng.randint(1, 5)
         return {
@@ -354,7 +363,7 @@ class Market:
         }
 
     def mini_ticker(self, symbol: str, now_ms: int) -> dict[str, Any]:
-        """The 9-field ``24hrMiniTicker`` (§4.3)."""
+        """The 9-field ``24hrMiniTicker`` ("Individual Symbol Mini Ticker Stream")."""
         st = self.state(symbol)
         return {
             "e": "24hrMiniTicker",
@@ -375,7 +384,7 @@ class Market:
             self.states[s].changed = False
         return out
 
-    # -- REST shapes (§5.2) ------------------------------------------------------------
+    # -- REST shapes (Market Data endpoints) ----------------------------------------------
 
     def rest_price(self, symbol: str) -> dict[str, Any]:
         """``/api/v3/ticker/price`` element."""
@@ -441,7 +450,7 @@ class Market:
         return {"mins": 5, "price": self._weighted(st), "closeTime": now_ms}
 
     def exchange_symbol(self, symbol: str) -> dict[str, Any]:
-        """One ``exchangeInfo`` symbol entry with the current field set (§5.3)."""
+        """One ``exchangeInfo`` symbol entry with the current field set ("Exchange information")."""
         spec = self.specs[symbol]
         pd, qd = spec.price_decimals, spec.qty_decimals
         return {

@@ -288,7 +288,7 @@ async def test_from_redis_unreachable_is_exit_1(tmp_path: Path) -> None:
 
 async def test_from_binance_reads_the_simulator(tmp_path: Path) -> None:
     """`tail --from binance` reads the exchange (the real simulator) with no server between."""
-    from pricectl.simulator.server import Simulator
+    from pricectl.simulator import Simulator
 
     sim = Simulator(ticker_interval=0.1)
     await sim.start("127.0.0.1", 0)
@@ -361,7 +361,7 @@ async def test_real_serve_and_simulator_end_to_end(tmp_path: Path) -> None:
     and `tail --json --count 20` prints 20 valid live updates in order per pair."""
     import aiohttp
 
-    from pricectl.simulator.server import Simulator
+    from pricectl.simulator import Simulator
     from tests.server.test_process import serve_process
 
     sim = Simulator(ticker_interval=0.1)

@@ -143,3 +143,14 @@ def test_request_heavier_than_budget_goes_at_minute_start():
     assert b.wait_time(40, wall=0.0) == 0.0
     b.charge(40, wall=0.0)
     assert b.wait_time(40, wall=1.0) == pytest.approx(59.0)
+
+
+def test_weight_budget_window_can_be_shorter_than_a_minute():
+    """With window_s=10 the weight resets every 10 wall-clock seconds, not every minute."""
+    b = WeightBudget(10, window_s=10.0)
+    b.charge(8, wall=21.0)
+    assert b.window_end(21.0) == 30.0
+    assert b.wait_time(4, wall=25.0) == pytest.approx(5.0)
+    assert b.used_at(30.0) == 0 and b.wait_time(4, wall=30.0) == 0.0
+    with pytest.raises(ValueError):
+        WeightBudget(10, window_s=0.0)

@@ -12,7 +12,7 @@ import pytest
 from pricectl.config import Settings
 from pricectl.errors import FeedError, RateLimitedError, UnknownPairError
 from pricectl.exchange.binance_rest import BinanceRest
-from pricectl.simulator.server import Simulator
+from pricectl.simulator import Simulator
 from tests.waiting import UNIT
 
 pytestmark = pytest.mark.timeout(30 * UNIT)

@@ -19,7 +19,7 @@ from pricectl.core.fallback import FallbackPolicy
 from pricectl.core.heartbeat import HeartbeatPolicy
 from pricectl.core.ticks import PriceUpdate
 from pricectl.exchange.binance_ws import BatchCallback, BinanceWS
-from pricectl.simulator.server import Simulator
+from pricectl.simulator import Simulator
 from tests.waiting import UNIT, until
 
 pytestmark = pytest.mark.timeout(60 * UNIT)

@@ -31,7 +31,7 @@ from pricectl.bus.base import Gap
 from pricectl.bus.redis import RedisBus, connect_redis
 from pricectl.core.ticks import PriceUpdate
 from pricectl.loadtest.spawn import child_env
-from pricectl.simulator.server import Simulator
+from pricectl.simulator import Simulator
 from tests.redis_server import RedisServer
 from tests.waiting import UNIT, until
 

@@ -25,7 +25,7 @@ from pricectl.core.heartbeat import HeartbeatPolicy
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import FencedError, UnknownPairError
 from pricectl.ingest.relay import Relay, run_embedded
-from pricectl.simulator.server import Simulator
+from pricectl.simulator import Simulator
 from tests.recordings import RECORDING_PAIRS
 from tests.waiting import UNIT, until
 

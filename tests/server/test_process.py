@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pricectl.simulator.server import Simulator
+from pricectl.simulator import Simulator
 from tests.server.harness import SSEConn
 from tests.waiting import UNIT, until
 
