@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
-from pricectl.cli import _entry_points, cli, main
+from pricectl.cli import Duration, _entry_points, cli, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +44,41 @@ def test_every_command_help(name: str) -> None:
     result = CliRunner().invoke(cli, [name, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
+
+
+def _options(command: click.Command) -> Iterator[tuple[str, click.Option]]:
+    """Every option of ``command`` and of its subcommands, with the command's path."""
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            for path, option in _options(sub):
+                yield f"{name} {path}".strip(), option
+        return
+    for param in command.params:
+        if isinstance(param, click.Option):
+            yield "", param
+
+
+#: Option names that say "a span of time".
+_TIME_SPAN = re.compile(r"(duration|timeout|window|interval|age)$")
+
+
+@pytest.mark.parametrize("name", sorted(_entry_points()))
+def test_every_time_span_option_is_a_duration(name: str) -> None:
+    """Every --duration/--timeout/--window-like option of every command reads a DURATION."""
+    command = cli.get_command(click.Context(cli), name)
+    assert command is not None
+    spans = [(path, o) for path, o in _options(command) if _TIME_SPAN.search(o.name or "")]
+    for path, option in spans:
+        assert isinstance(option.type, Duration), f"{name} {path} {option.opts[0]}: {option.type}"
+
+
+def test_a_bad_duration_names_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad duration is a usage error (exit 2) naming the option and what it expects."""
+    assert main(["health", "--timeout", "abc"]) == 2
+    err = capsys.readouterr().err
+    assert "'--timeout'" in err and "expected a duration such as 250ms, 15s, 2m, got 'abc'" in err
+    assert main(["tail", "BTC/USD", "--duration", "soon"]) == 2
+    assert "'--duration'" in capsys.readouterr().err
 
 
 def test_help_imports_no_network_library() -> None:

@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from pricectl.cli import DURATION, settings
+
 __all__ = ["command"]
 
 
@@ -20,17 +22,25 @@ __all__ = ["command"]
     metavar="URL",
     help="Also check that the proxy at URL passes the stream through unbuffered.",
 )
-@click.option("--window", default="5s", show_default=True, help="How long --through listens.")
-@click.option("--timeout", default="5s", show_default=True, help="How long to wait for answers.")
-@click.pass_obj
+@click.option(
+    "--window", type=DURATION, default="5s", show_default=True, help="How long --through listens."
+)
+@click.option(
+    "--timeout",
+    type=DURATION,
+    default="5s",
+    show_default=True,
+    help="How long to wait for answers.",
+)
+@click.pass_context
 def command(
-    obj: Any,
+    ctx: click.Context,
     url: str | None,
     redis_url: str | None,
     as_json: bool,
     through: str | None,
-    window: str,
-    timeout: str,
+    window: float,
+    timeout: float,
 ) -> int:
     """Ask a running serve (or Redis) how the system is: exit 0 ok, 1 degraded, 2 down.
 
@@ -46,29 +56,24 @@ def command(
         redis_health,
         serve_health,
     )
-    from pricectl.config import load_settings, parse_duration
     from pricectl.errors import PricectlError, UsageError
 
-    settings = obj.settings if obj is not None else load_settings()
-    try:
-        window_s, timeout_s = parse_duration(window), parse_duration(timeout)
-    except ValueError as exc:
-        raise UsageError(f"expected {exc}") from None
+    cfg = settings(ctx)
     if redis_url and url:
         raise UsageError("choose one of --url (ask serve) and --redis (ask Redis)")
-    host = settings.server.host if settings.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    serve_url = url or f"http://{host}:{settings.server.port}"
+    host = cfg.server.host if cfg.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    serve_url = url or f"http://{host}:{cfg.server.port}"
 
     async def gather() -> dict[str, Any]:
         if redis_url:
             return await redis_health(
                 redis_url,
-                settings.pairs,
-                prefix=settings.bus.prefix,
-                stale_after=settings.resilience.heartbeat.stale_after,
+                cfg.pairs,
+                prefix=cfg.bus.prefix,
+                stale_after=cfg.resilience.heartbeat.stale_after,
             )
         try:
-            return await serve_health(serve_url, timeout=timeout_s)
+            return await serve_health(serve_url, timeout=timeout)
         except PricectlError as exc:
             return {
                 "status": "down",
@@ -81,7 +86,7 @@ def command(
     if through:
         if redis_url:
             raise UsageError("--through compares with a serve stream: use it with --url")
-        report = asyncio.run(probe_through(serve_url, through, list(settings.pairs), window_s))
+        report = asyncio.run(probe_through(serve_url, through, list(cfg.pairs), window))
         doc["through"] = report
         if report.get("buffers") is None or report.get("buffers"):
             code = max(code, 1)

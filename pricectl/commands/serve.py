@@ -29,16 +29,16 @@ def command(ctx: click.Context, host: str | None, port: int | None, workers: int
     """
     import asyncio
 
-    from pricectl.config import load_settings
+    from pricectl.cli import settings
     from pricectl.errors import UsageError
 
-    settings = ctx.obj.settings if ctx.obj is not None else load_settings()
-    s = settings.server
+    cfg = settings(ctx)
+    s = cfg.server
     host = host or s.host
     port = s.port if port is None else port
     workers = workers or s.workers
     if workers > 1:
-        if settings.bus.url.startswith("memory://"):
+        if cfg.bus.url.startswith("memory://"):
             raise UsageError(
                 "--workers > 1 needs a shared bus: with memory:// every worker would open its "
                 "own exchange connection and number events on its own, so a browser that "
@@ -49,13 +49,13 @@ def command(ctx: click.Context, host: str | None, port: int | None, workers: int
             raise UsageError("--workers > 1 needs a fixed --port (the workers share it)")
         from pricectl.server.app import run_workers
 
-        code = run_workers(settings, host, port, workers)
+        code = run_workers(cfg, host, port, workers)
         if code:
             ctx.exit(code)
         return
     from pricectl.server.app import serve_forever
 
-    asyncio.run(serve_forever(settings, host, port, on_ready=_announce))
+    asyncio.run(serve_forever(cfg, host, port, on_ready=_announce))
 
 
 def _announce(port: int) -> None:
