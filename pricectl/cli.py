@@ -13,7 +13,10 @@ limits which commands load.
 
 This is the one place errors become exit codes: 0 success, 1 runtime failure,
 2 usage or configuration error, each as one clear line (a traceback only with
-``--log-level debug``).
+``--log-level debug``). A command raises :class:`~pricectl.errors.PricectlError` when
+something went wrong and never exits by itself; it may return an ``int`` for an outcome
+it has already reported (``health``'s 0/1/2, ``tail``'s 130 on Ctrl-C), which becomes
+the exit code as it is.
 
 What every command shares, built-ins and plugins alike: :func:`settings` for the
 validated settings of this run, and :data:`DURATION` for any option that takes a

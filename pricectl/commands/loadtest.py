@@ -59,7 +59,7 @@ def command(ctx: click.Context, /, **kw: Any) -> None:
     """
     import select
 
-    from pricectl.errors import UsageError
+    from pricectl.errors import PricectlError, UsageError
 
     if not hasattr(select, "epoll"):
         raise UsageError(f"pricectl loadtest needs Linux (epoll); this is {sys.platform}")
@@ -128,5 +128,4 @@ def command(ctx: click.Context, /, **kw: Any) -> None:
         else:
             kw["json_path"].write_text(text + "\n")
     if report.breaches:
-        click.echo("error: " + "; ".join(report.breaches), err=True)
-        ctx.exit(1)
+        raise PricectlError("; ".join(report.breaches))

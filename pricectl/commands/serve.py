@@ -18,7 +18,7 @@ __all__ = ["command"]
     "More than one needs a shared bus (redis://).",
 )
 @click.pass_context
-def command(ctx: click.Context, host: str | None, port: int | None, workers: int | None) -> None:
+def command(ctx: click.Context, host: str | None, port: int | None, workers: int | None) -> int:
     """Serve live prices over SSE, with health, metrics and the dashboard.
 
     With bus.url memory:// (the default) the relay runs in this process, so this one
@@ -49,13 +49,12 @@ def command(ctx: click.Context, host: str | None, port: int | None, workers: int
             raise UsageError("--workers > 1 needs a fixed --port (the workers share it)")
         from pricectl.server.app import run_workers
 
-        code = run_workers(cfg, host, port, workers)
-        if code:
-            ctx.exit(code)
-        return
+        # The workers' status as it is: 0, or the first failing worker's.
+        return run_workers(cfg, host, port, workers)
     from pricectl.server.app import serve_forever
 
     asyncio.run(serve_forever(cfg, host, port, on_ready=_announce))
+    return 0
 
 
 def _announce(port: int) -> None:
