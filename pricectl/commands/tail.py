@@ -49,6 +49,7 @@ def command(
     """
     import asyncio
 
+    from pricectl.client.sse import local_url
     from pricectl.client.tail import TailOptions, TailResult, run_tail
     from pricectl.core.pairs import parse_pair
     from pricectl.errors import UsageError
@@ -73,12 +74,11 @@ def command(
             )
     if plain and as_json:
         raise UsageError("choose one of --plain and --json")
-    host = cfg.server.host if cfg.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
     mode = "json" if as_json else "plain" if plain or not sys.stdout.isatty() else "table"
     opts = TailOptions(
         pairs=tuple(wanted),
         source=source,
-        url=url or f"http://{host}:{cfg.server.port}",
+        url=url or local_url(cfg.server.host, cfg.server.port),
         redis_url=redis_url or cfg.bus.url,
         prefix=cfg.bus.prefix,
         mode=mode,
