@@ -50,7 +50,7 @@ def command(
     import asyncio
 
     from pricectl.client.sse import local_url
-    from pricectl.client.tail import TailOptions, TailResult, run_tail
+    from pricectl.client.tail import TableView, TailOptions, TailResult, run_tail
     from pricectl.core.pairs import parse_pair
     from pricectl.errors import UsageError
 
@@ -93,6 +93,11 @@ def command(
         raise UsageError(
             "--from redis needs a Redis URL: pass --redis redis://HOST:6379/0 or set bus.url"
         )
+    table = None
+    if mode == "table":
+        from pricectl.console import LiveBoard, print_board
+
+        table = TableView(live=LiveBoard, once=print_board)
     result = TailResult()
 
     async def main() -> int:
@@ -110,7 +115,7 @@ def command(
 
         loop.add_signal_handler(signal.SIGTERM, on_term)
         try:
-            await run_tail(opts, cfg, result=result)
+            await run_tail(opts, cfg, result=result, table=table)
         except asyncio.CancelledError:
             if not terminated:
                 raise  # Ctrl-C: asyncio.run turns this into KeyboardInterrupt
