@@ -301,12 +301,6 @@ def test_real_old_shape_trade_frame() -> None:
     )
 
 
-def test_symbol_list_is_valid_json_array() -> None:
-    """The bundled 2021 symbol universe is a JSON array of 1695 symbol objects."""
-    symbols = json.loads(_text("real/exchangeInfo-2021-10-12-symbols.json"))
-    assert len(symbols) == 1695 and {"BTCUSDT", "ZILUSDT"} <= {s["symbol"] for s in symbols}
-
-
 # -- real recordings ---------------------------------------------------------------------
 
 
