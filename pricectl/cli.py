@@ -151,7 +151,7 @@ def settings(ctx: click.Context) -> Settings:
     return load_settings()
 
 
-class Duration(click.ParamType[float]):
+class Duration(click.ParamType):  # type: ignore[type-arg]  # not generic in click 8.1
     """A duration option (``250ms``, ``15s``, ``2m``, ``23h``) read as seconds, a float.
 
     The configuration's own reading (:func:`pricectl.core.duration.parse_duration`, which
