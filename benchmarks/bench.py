@@ -32,7 +32,8 @@ from typing import Any
 from benchmarks import sseload
 from pricectl.loadtest.probe import ServerProbe, sample_process_tree
 from pricectl.loadtest.session import Options, run_load_test
-from pricectl.loadtest.spawn import private_redis, spawned_system
+from pricectl.loadtest.spawn import spawned_system
+from tests.redis_server import private_redis
 
 __all__ = ["main", "run_sseload"]
 

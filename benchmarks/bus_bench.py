@@ -27,7 +27,7 @@ from pricectl.bus import keys as bus_keys
 from pricectl.bus.leader import ACQUIRE_SCRIPT
 from pricectl.bus.redis import RedisBus, connect_redis
 from pricectl.core.ticks import PriceUpdate
-from pricectl.loadtest.spawn import private_redis
+from tests.redis_server import private_redis
 
 __all__ = ["Publisher", "main", "run_bench"]
 

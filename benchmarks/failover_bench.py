@@ -23,7 +23,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,18 +32,13 @@ import time
 from pricectl.bus import keys
 from pricectl.bus.base import Gap
 from pricectl.bus.redis import RedisBus, connect_redis
-from pricectl.loadtest.spawn import child_env, private_redis
+from pricectl.loadtest.spawn import child_env
 from pricectl.simulator import Simulator
+from tests.redis_server import private_redis
 
 __all__ = ["main", "run_failovers"]
 
 _PAIRS = ["BTC/USD", "ETH/USD"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def run_failovers(

@@ -41,7 +41,8 @@ from typing import Any
 
 from benchmarks import sseload
 from pricectl.loadtest.probe import read_metrics, sample_process_tree
-from pricectl.loadtest.spawn import free_port, pin_tree, private_redis, spawned_system
+from pricectl.loadtest.spawn import free_port, pin_tree, spawned_system
+from tests.redis_server import private_redis
 
 __all__ = ["main", "nchan_server", "probe_connects", "run_case"]
 

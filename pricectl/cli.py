@@ -13,7 +13,15 @@ limits which commands load.
 
 This is the one place errors become exit codes: 0 success, 1 runtime failure,
 2 usage or configuration error, each as one clear line (a traceback only with
-``--log-level debug``).
+``--log-level debug``). A command raises :class:`~pricectl.errors.PricectlError` when
+something went wrong and never exits by itself; it may return an ``int`` for an outcome
+it has already reported (``health``'s 0/1/2, ``tail``'s 130 on Ctrl-C), which becomes
+the exit code as it is.
+
+What every command shares, built-ins and plugins alike: :func:`settings` for the
+validated settings of this run, and :data:`DURATION` for any option that takes a
+duration (``--timeout 5s``, ``--window 250ms``), so a bad value is refused the same way
+everywhere, naming the option (exit 2).
 """
 
 from __future__ import annotations
@@ -29,12 +37,22 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pricectl import __version__
+from pricectl.core.duration import parse_duration
 from pricectl.errors import ConfigError, PricectlError, exit_code_for
 
 if TYPE_CHECKING:
     from pricectl.config import Settings
 
-__all__ = ["ENTRY_POINT_GROUP", "Context", "PluginGroup", "cli", "main"]
+__all__ = [
+    "DURATION",
+    "ENTRY_POINT_GROUP",
+    "Context",
+    "Duration",
+    "PluginGroup",
+    "cli",
+    "main",
+    "settings",
+]
 
 ENTRY_POINT_GROUP = "pricectl.commands"
 
@@ -113,6 +131,50 @@ class Context:
                 overrides["PRICECTL_LOGGING__FORMAT"] = self.log_format
             self._settings = load_settings(self.config_path, overrides)
         return self._settings
+
+
+def settings(ctx: click.Context) -> Settings:
+    """The validated settings of this run, for a command's callback.
+
+    Under the root command they are its (``--config``, ``--log-level``, the environment),
+    read once; a command invoked on its own (a plugin's test calling it with click's
+    runner) gets the built-in defaults and the environment.
+    """
+    # ctx.obj rather than ctx.find_object(Context): under `python -m pricectl.cli` the
+    # root's Context is an instance of __main__'s copy of that class, not of this one.
+    obj = ctx.obj
+    if obj is not None:
+        found: Settings = obj.settings
+        return found
+    from pricectl.config import load_settings
+
+    return load_settings()
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]  # not generic in click 8.1
+    """A duration option (``250ms``, ``15s``, ``2m``, ``23h``) read as seconds, a float.
+
+    The configuration's own reading (:func:`pricectl.core.duration.parse_duration`, which
+    ``pricectl.config`` uses; imported from core so that ``--help`` does not load YAML).
+    A bad value is a usage error naming the option: ``Invalid value for '--timeout':
+    expected a duration such as 250ms, 15s, 2m, got 'abc'``.
+    """
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(f"expected {exc}, got {value!r}", param, ctx)
+
+
+#: The one parameter type of every duration option.
+DURATION = Duration()
 
 
 @click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})

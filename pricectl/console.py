@@ -25,7 +25,6 @@ __all__ = [
     "LoadtestProgress",
     "error_console",
     "print_board",
-    "print_error",
     "print_health",
     "print_through",
     "render_board",
@@ -39,16 +38,6 @@ _STATE_STYLE = {"live": "green", "connecting": "yellow", "reconnecting": "bold r
 def error_console(file: TextIO | None = None) -> Console:
     """A console on stderr for errors and status lines."""
     return Console(file=file or sys.stderr, highlight=False)
-
-
-def print_error(message: str, hint: str | None = None, console: Console | None = None) -> None:
-    """``error: message`` in red, and the hint that fixes it on the same line."""
-    out = console or error_console()
-    text = Text("error: ", style="bold red")
-    text.append(message)
-    if hint:
-        text.append(f" ({hint})", style="dim")
-    out.print(text, soft_wrap=True)
 
 
 def _age(seconds: float | None) -> str:

@@ -10,7 +10,10 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
+
+from pricectl.core.loggate import LogGate
 
 __all__ = ["JsonFormatter", "RateLimitedLog", "setup_logging"]
 
@@ -52,22 +55,23 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 class RateLimitedLog:
-    """Log a recurring problem at most once per ``interval`` seconds, with a count of repeats."""
+    """Log a recurring problem at most once per ``interval`` seconds per key, with a count
+    of the repeats held back (the decision is :class:`pricectl.core.loggate.LogGate`'s)."""
 
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.logger = logger
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self.gate = LogGate(interval)
+        self._clock = clock
 
     def warning(self, key: str, msg: str, *args: object) -> None:
         """Warn about ``key`` unless it was warned about within the interval."""
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+        if not self.gate.allow(key, self._clock()):
             return
-        repeats = self._suppressed.pop(key, 0)
-        self._last[key] = now
+        repeats = self.gate.take_suppressed(key)
         suffix = f" (and {repeats} more since last report)" if repeats else ""
         self.logger.warning(msg + suffix, *args)

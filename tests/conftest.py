@@ -1,8 +1,12 @@
-"""Shared fixtures: a real redis-server per test, and a clean environment for config."""
+"""Shared fixtures: a real redis-server per test, ``pricectl`` as a real process, and a
+clean environment for config."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,26 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+#: ``run_pricectl(*args, env=None)``: the finished ``pricectl ARGS`` process.
+RunPricectl = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def run_pricectl() -> RunPricectl:
+    """Run ``python -m pricectl.cli ARGS`` to completion (``env`` adds to the environment)."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "pricectl.cli", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            timeout=60,
+        )
+
+    return run
 
 
 @pytest.fixture(autouse=True)

@@ -2,26 +2,28 @@
 
 Failover and outage tests need to kill Redis and bring it back *on the same port*,
 so the port is chosen once and kept for the life of the object.
+
+This is the one place that starts a redis-server: the ``redis_server`` fixture uses
+:class:`RedisServer`, and the benchmarks, which must never touch a Redis someone else
+uses, take a throwaway one from :func:`private_redis`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["RedisServer", "free_port"]
+from pricectl.loadtest.spawn import free_port
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["RedisServer", "private_redis"]
 
 
 class RedisServer:
@@ -101,3 +103,16 @@ class RedisServer:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[str]:
+    """A throwaway redis-server (no persistence) in a temporary folder; yields its URL and
+    stops it (SIGTERM) when the block ends."""
+    with tempfile.TemporaryDirectory(prefix="pricectl-redis-") as folder:
+        server = RedisServer(Path(folder))
+        try:
+            server.start()
+            yield server.url
+        finally:
+            server.stop()

@@ -1,11 +1,13 @@
 """What ``pricectl health`` asks: a serve instance, Redis directly, or a proxy in front of serve.
 
+- :func:`check_health`: the whole check the command runs (the command only parses its
+  options and prints), from a :class:`HealthCheck`, to the document and its exit code.
 - :func:`serve_health`: GET ``/api/market-data/health`` (DESIGN 3.6). serve answers 503
   with the same JSON when it is down, so both 200 and 503 are read as a report.
 - :func:`redis_health`: the same document built from Redis alone (leader key, epoch, the
   ``prices:latest`` hash and each entry's age), for when no serve is up or to check the
   bus independently of serve. Its status follows the rule serve uses
-  (:func:`status_for`): ``down`` when Redis is unreachable or no pair is fresh,
+  (:func:`pricectl.core.health.judge`): ``down`` when Redis is unreachable or no pair is fresh,
   ``degraded`` when a pair is stale, missing or not live from the WebSocket (or no one
   holds the lease), else ``ok``.
 - :func:`probe_through`: opens the stream directly and through a proxy at the same time
@@ -42,17 +44,20 @@ from pricectl.client.sse import (
 from pricectl.core.health import judge, pair_state
 from pricectl.core.sse import SSEDecoder
 from pricectl.core.ticks import PriceUpdate, decode_update
+from pricectl.errors import BusError, PricectlError
 
 __all__ = [
     "HEALTH_PATH",
+    "HealthCheck",
+    "HealthReport",
     "StreamTiming",
+    "check_health",
     "exit_code_for_status",
     "judge_proxy",
     "pair_states",
     "probe_through",
     "redis_health",
     "serve_health",
-    "status_for",
     "time_stream",
 ]
 
@@ -67,6 +72,68 @@ BUFFERING_THRESHOLD_S = 0.5
 def exit_code_for_status(status: str) -> int:
     """0 ok, 1 degraded, 2 anything else (down, unknown)."""
     return {"ok": 0, "degraded": 1}.get(status, 2)
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """What to ask: serve at ``serve_url`` (or Redis at ``redis_url`` instead), and with
+    ``through`` also whether the proxy there passes serve's stream through unbuffered."""
+
+    serve_url: str
+    pairs: tuple[str, ...]
+    redis_url: str | None = None
+    through: str | None = None
+    #: The bus's key prefix and the age past which a price is stale (for ``redis_url``).
+    prefix: str = ""
+    stale_after: float = 30.0
+    #: How long ``through`` listens, and how long serve may take to answer.
+    window: float = 5.0
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """The health document (DESIGN 3.6, plus ``through`` when asked) and its exit code."""
+
+    doc: dict[str, Any]
+    exit_code: int
+
+    @property
+    def unreachable(self) -> bool:
+        """Down without any pair to show: there is only the reasons to print."""
+        return self.doc.get("status") == "down" and "pairs" not in self.doc
+
+
+async def check_health(check: HealthCheck) -> HealthReport:
+    """Run the check; exit code 0 ok, 1 degraded, 2 down or unreachable.
+
+    An unreachable serve is a report (``down``, with the hint that fixes it), not an
+    error. A proxy that buffers the stream, or a comparison that could not be made,
+    makes the exit code at least 1.
+    """
+    doc: dict[str, Any]
+    if check.redis_url:
+        doc = await redis_health(
+            check.redis_url, check.pairs, prefix=check.prefix, stale_after=check.stale_after
+        )
+    else:
+        try:
+            doc = await serve_health(check.serve_url, timeout=check.timeout)
+        except PricectlError as exc:
+            doc = {
+                "status": "down",
+                "origin": check.serve_url,
+                "reasons": [f"{exc}; is `pricectl serve` running? start it or check --url"],
+            }
+    code = exit_code_for_status(str(doc.get("status")))
+    if check.through:
+        report = await probe_through(
+            check.serve_url, check.through, list(check.pairs), check.window
+        )
+        doc["through"] = report
+        if report.get("buffers") is None or report.get("buffers"):
+            code = max(code, 1)
+    return HealthReport(doc, code)
 
 
 async def serve_health(url: str, timeout: float = 5.0) -> dict[str, Any]:
@@ -105,10 +172,6 @@ def pair_states(
     return {pair: pair_state(update, stale_after, now) for pair, update in latest.items()}
 
 
-#: The DESIGN 3.6 rule, the same one serve's health endpoint applies.
-status_for = judge
-
-
 async def redis_health(
     url: str,
     pairs: Iterable[str],
@@ -124,7 +187,6 @@ async def redis_health(
     from pricectl.bus.leader import read_leader
     from pricectl.bus.redis import connect_redis
     from pricectl.config import redact_url
-    from pricectl.errors import BusError
 
     wanted = list(pairs)
     where = redact_url(url)
@@ -154,7 +216,8 @@ async def redis_health(
             latest[pair] = None
             bad.append(pair)
     states = pair_states(latest, stale_after, time.time() if now is None else now)
-    status, reasons = status_for(states, bus_connected=True, leader=leader is not None)
+    # The DESIGN 3.6 rule, the same one serve's health endpoint applies.
+    status, reasons = judge(states, bus_connected=True, leader=leader is not None)
     reasons.extend(f"{p}: unreadable snapshot entry" for p in bad)
     doc.update(
         status=status,

@@ -96,6 +96,7 @@ async def exchange_events(
 
     from pricectl.core.binance import combined_url
     from pricectl.core.pairs import PairMap
+    from pricectl.core.stamping import Stamper
     from pricectl.exchange.binance_ws import BinanceWS
 
     tracker = tracker if tracker is not None else SequenceTracker()
@@ -110,17 +111,13 @@ async def exchange_events(
         raise PricectlError(f"cannot connect to the exchange at {base}: {reason}") from None
 
     queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
-    seqs: dict[str, int] = {}
-    gseq = 0
+    stamper = Stamper()  # no leader here: epoch 0, numbered as the relay numbers
     state = {"connected": False}
 
     async def on_batch(batch: list[PriceUpdate]) -> None:
-        nonlocal gseq
-        for update in batch:
-            seqs[update.pair] = seqs.get(update.pair, 0) + 1
-            gseq += 1
-            stamped = update.stamped(0, seqs[update.pair], gseq)
-            queue.put_nowait(_price(tracker, stamped, snapshot=False, event_id=f"0-{gseq}"))
+        for stamped in stamper.stamp(batch, 0):
+            event_id = f"0-{stamped.gseq}"
+            queue.put_nowait(_price(tracker, stamped, snapshot=False, event_id=event_id))
 
     def on_state() -> None:
         up = ws.connected

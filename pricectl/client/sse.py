@@ -52,6 +52,7 @@ __all__ = [
     "StreamUnreachable",
     "base_url",
     "describe_error",
+    "local_url",
     "stream_url",
 ]
 
@@ -102,6 +103,14 @@ def base_url(url: str) -> str:
         url = "http://" + url
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+
+
+def local_url(host: str, port: int) -> str:
+    """Where a client on this host reaches a serve bound to ``host:port``: a wildcard
+    bind (``0.0.0.0``, ``::``) listens on loopback too, so it is asked at 127.0.0.1."""
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{host}:{port}"
 
 
 class SSEClient:

@@ -12,6 +12,9 @@ events go to stderr in ``plain``/``json`` mode, so stdout stays one update per l
 
 Stops after ``count`` updates, after ``duration`` seconds, after the snapshot with
 ``once``, or on Ctrl-C (the command exits 130 then, the shell convention for SIGINT).
+
+The ``table`` mode draws with a :class:`TableView` the command passes in (the console's
+rich board): the console belongs to the commands, so this module never imports it.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from pricectl.client.events import Connected, Disconnected, Notice, Price, StreamEvent
 from pricectl.client.views import Board, event_line, json_line, plain_line
@@ -31,10 +34,9 @@ from pricectl.core.backoff import Backoff, BackoffPolicy
 from pricectl.core.sequence import Check, SequenceStats, SequenceTracker, Verdict
 from pricectl.errors import BusError, PricectlError, UsageError
 
-__all__ = ["MODES", "SOURCES", "TailOptions", "TailResult", "run_tail"]
+__all__ = ["SOURCES", "LiveView", "TableView", "TailOptions", "TailResult", "run_tail"]
 
 SOURCES = ("serve", "redis", "binance")
-MODES = ("table", "plain", "json")
 
 #: With ``--once``: how long to wait for pairs that have no snapshot yet.
 ONCE_WAIT_S = 2.0
@@ -56,6 +58,26 @@ class TailOptions:
     stale_after: float = 30.0
     idle_timeout: float = 45.0
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+
+
+class LiveView(Protocol):
+    """A drawing of the board that stays on screen while it is entered."""
+
+    def __enter__(self) -> object: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def refresh(self) -> None:
+        """Draw the board now (it changed)."""
+
+
+@dataclass(frozen=True)
+class TableView:
+    """How the ``table`` mode draws: ``live(board)`` while streaming, ``once(board, now)``
+    for the ``once`` snapshot."""
+
+    live: Callable[[Board], LiveView]
+    once: Callable[[Board, float], None]
 
 
 @dataclass
@@ -155,11 +177,15 @@ async def run_tail(
     result: TailResult | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    table: TableView | None = None,
 ) -> TailResult:
     """Run ``tail`` until a stop condition; raises ``PricectlError`` (with a hint) on failure.
 
-    Pass ``result`` to keep the counts when the run is interrupted (Ctrl-C).
+    Pass ``result`` to keep the counts when the run is interrupted (Ctrl-C), and
+    ``table`` to draw with in the ``table`` mode (it needs one).
     """
+    if opts.mode == "table" and table is None:
+        raise ValueError("the table mode draws with a TableView: pass table=")
     out = out or sys.stdout
     err = err or sys.stderr
     tracker = SequenceTracker()
@@ -168,11 +194,9 @@ async def run_tail(
     result = result if result is not None else TailResult()
     result.stats = tracker.stats
     writer = _Writer(opts.mode, out, err)
-    live: Any = None
-    if opts.mode == "table" and not opts.once:
-        from pricectl.console import LiveBoard
-
-        live = LiveBoard(board)
+    live: LiveView | None = None
+    if table is not None and opts.mode == "table" and not opts.once:
+        live = table.live(board)
     events = _open(opts, settings, tracker)
     try:
         with _quiet_logs(opts), live if live is not None else contextlib.nullcontext():
@@ -189,7 +213,7 @@ async def run_tail(
         with contextlib.suppress(Exception):
             await events.aclose()  # type: ignore[attr-defined]
     if opts.once:
-        _print_snapshot(opts, board, writer, result)
+        _print_snapshot(opts, board, writer, result, table)
     return result
 
 
@@ -199,7 +223,7 @@ async def _pump(
     board: Board,
     writer: _Writer,
     result: TailResult,
-    live: Any,
+    live: LiveView | None,
 ) -> None:
     loop_start = time.monotonic()
     deadline = loop_start + opts.duration if opts.duration is not None else None
@@ -248,13 +272,17 @@ async def _pump(
                 live.refresh()
 
 
-def _print_snapshot(opts: TailOptions, board: Board, writer: _Writer, result: TailResult) -> None:
+def _print_snapshot(
+    opts: TailOptions,
+    board: Board,
+    writer: _Writer,
+    result: TailResult,
+    table: TableView | None,
+) -> None:
     """``--once``: print each pair's latest update; exit 1 if no pair had one."""
     missing = [p for p in opts.pairs if board.rows[p].update is None]
-    if opts.mode == "table":
-        from pricectl.console import print_board
-
-        print_board(board, time.monotonic())
+    if table is not None and opts.mode == "table":
+        table.once(board, time.monotonic())
     else:
         for pair in opts.pairs:
             update = board.rows[pair].update

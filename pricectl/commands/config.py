@@ -36,13 +36,14 @@ def check(obj: object, file: Path | None) -> None:
 
 
 @command.command("show")
-@click.pass_obj
-def show(obj: object) -> None:
+@click.pass_context
+def show(ctx: click.Context) -> None:
     """Print the effective configuration (file + environment) as YAML, passwords redacted."""
     import yaml
 
+    from pricectl.cli import settings
     from pricectl.config import settings_to_dict
 
-    settings = obj.settings  # type: ignore[attr-defined]
-    click.echo(f"# effective configuration from {settings.source} and the environment")
-    click.echo(yaml.safe_dump(settings_to_dict(settings), sort_keys=False), nl=False)
+    s = settings(ctx)
+    click.echo(f"# effective configuration from {s.source} and the environment")
+    click.echo(yaml.safe_dump(settings_to_dict(s), sort_keys=False), nl=False)

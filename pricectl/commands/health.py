@@ -1,11 +1,16 @@
-"""``pricectl health``: is the system serving fresh prices? Exit 0 ok, 1 degraded, 2 down."""
+"""``pricectl health``: is the system serving fresh prices? Exit 0 ok, 1 degraded, 2 down.
+
+Thin glue over :func:`pricectl.client.health.check_health`: parse options, run the
+check, print the document (JSON, or the console's summary), return its exit code.
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import click
+
+from pricectl.cli import DURATION, settings
 
 __all__ = ["command"]
 
@@ -20,17 +25,25 @@ __all__ = ["command"]
     metavar="URL",
     help="Also check that the proxy at URL passes the stream through unbuffered.",
 )
-@click.option("--window", default="5s", show_default=True, help="How long --through listens.")
-@click.option("--timeout", default="5s", show_default=True, help="How long to wait for answers.")
-@click.pass_obj
+@click.option(
+    "--window", type=DURATION, default="5s", show_default=True, help="How long --through listens."
+)
+@click.option(
+    "--timeout",
+    type=DURATION,
+    default="5s",
+    show_default=True,
+    help="How long to wait for answers.",
+)
+@click.pass_context
 def command(
-    obj: Any,
+    ctx: click.Context,
     url: str | None,
     redis_url: str | None,
     as_json: bool,
     through: str | None,
-    window: str,
-    timeout: str,
+    window: float,
+    timeout: float,
 ) -> int:
     """Ask a running serve (or Redis) how the system is: exit 0 ok, 1 degraded, 2 down.
 
@@ -40,62 +53,36 @@ def command(
     import asyncio
     import json
 
-    from pricectl.client.health import (
-        exit_code_for_status,
-        probe_through,
-        redis_health,
-        serve_health,
-    )
-    from pricectl.config import load_settings, parse_duration
-    from pricectl.errors import PricectlError, UsageError
+    from pricectl.client.health import HealthCheck, check_health
+    from pricectl.client.sse import local_url
+    from pricectl.errors import UsageError
 
-    settings = obj.settings if obj is not None else load_settings()
-    try:
-        window_s, timeout_s = parse_duration(window), parse_duration(timeout)
-    except ValueError as exc:
-        raise UsageError(f"expected {exc}") from None
     if redis_url and url:
         raise UsageError("choose one of --url (ask serve) and --redis (ask Redis)")
-    host = settings.server.host if settings.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
-    serve_url = url or f"http://{host}:{settings.server.port}"
-
-    async def gather() -> dict[str, Any]:
-        if redis_url:
-            return await redis_health(
-                redis_url,
-                settings.pairs,
-                prefix=settings.bus.prefix,
-                stale_after=settings.resilience.heartbeat.stale_after,
-            )
-        try:
-            return await serve_health(serve_url, timeout=timeout_s)
-        except PricectlError as exc:
-            return {
-                "status": "down",
-                "origin": serve_url,
-                "reasons": [f"{exc}; is `pricectl serve` running? start it or check --url"],
-            }
-
-    doc = asyncio.run(gather())
-    code = exit_code_for_status(str(doc.get("status")))
-    if through:
-        if redis_url:
-            raise UsageError("--through compares with a serve stream: use it with --url")
-        report = asyncio.run(probe_through(serve_url, through, list(settings.pairs), window_s))
-        doc["through"] = report
-        if report.get("buffers") is None or report.get("buffers"):
-            code = max(code, 1)
+    if redis_url and through:
+        raise UsageError("--through compares with a serve stream: use it with --url")
+    cfg = settings(ctx)
+    check = HealthCheck(
+        serve_url=url or local_url(cfg.server.host, cfg.server.port),
+        pairs=tuple(cfg.pairs),
+        redis_url=redis_url,
+        through=through,
+        prefix=cfg.bus.prefix,
+        stale_after=cfg.resilience.heartbeat.stale_after,
+        window=window,
+        timeout=timeout,
+    )
+    report = asyncio.run(check_health(check))
     if as_json:
-        click.echo(json.dumps(doc, indent=2, sort_keys=False))
-        return code
-    if doc.get("status") == "down" and "pairs" not in doc:
-        for reason in doc.get("reasons", []):
+        click.echo(json.dumps(report.doc, indent=2, sort_keys=False))
+    elif report.unreachable:
+        for reason in report.doc.get("reasons", []):
             click.echo(f"down: {reason}", err=True)
-        return code
-    from pricectl.console import print_health, print_through
+    else:
+        from pricectl.console import print_health, print_through
 
-    print_health(doc)
-    if "through" in doc:
-        print_through(doc["through"])
-    sys.stdout.flush()
-    return code
+        print_health(report.doc)
+        if "through" in report.doc:
+            print_through(report.doc["through"])
+        sys.stdout.flush()
+    return report.exit_code

@@ -22,9 +22,9 @@ def command(ctx: click.Context) -> None:
     """
     import asyncio
 
-    from pricectl.config import load_settings
+    from pricectl.cli import settings
     from pricectl.ingest.candidate import check_bus, run_ingest
 
-    settings = ctx.obj.settings if ctx.obj is not None else load_settings()
-    check_bus(settings)
-    asyncio.run(run_ingest(settings))
+    s = settings(ctx)
+    check_bus(s)
+    asyncio.run(run_ingest(s))

@@ -13,18 +13,9 @@ from typing import Any
 
 import click
 
+from pricectl.cli import DURATION, settings
+
 __all__ = ["command"]
-
-
-def _duration(_ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
-    from pricectl.config import parse_duration
-
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise click.BadParameter(f"expected {exc}, got {value!r}") from None
 
 
 def _ramp(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
@@ -44,7 +35,7 @@ def _ramp(_ctx: click.Context, _param: click.Parameter, value: str | None) -> fl
 @click.option("--clients", type=int, help="Concurrent SSE clients (default: scenario or 1000).")
 @click.option("--pairs", help="Pairs every client subscribes to, e.g. BTC/USD,ETH/USD.")
 @click.option("--ramp", callback=_ramp, help="New connections per second, e.g. 2000/s.")
-@click.option("--duration", callback=_duration, help="Measurement window, e.g. 30s.")
+@click.option("--duration", type=DURATION, help="Measurement window, e.g. 30s.")
 @click.option("--processes", type=int, help="Loader processes (0: one per core).")
 @click.option("--scenario", help="steady|burst|reconnect-storm|slow-readers|failover or a file.")
 @click.option("--spawn", is_flag=True, help="Start a simulator and serve here, test, stop them.")
@@ -68,17 +59,13 @@ def command(ctx: click.Context, /, **kw: Any) -> None:
     """
     import select
 
-    from pricectl.errors import UsageError
+    from pricectl.errors import PricectlError, UsageError
 
     if not hasattr(select, "epoll"):
         raise UsageError(f"pricectl loadtest needs Linux (epoll); this is {sys.platform}")
     from pricectl.loadtest.session import Options, run_load_test
 
-    settings = ctx.obj.settings if ctx.obj is not None else None
-    if settings is None:
-        from pricectl.config import load_settings
-
-        settings = load_settings()
+    loadtest = settings(ctx).loadtest
     pairs = None
     if kw["pairs"]:
         from pricectl.core.pairs import parse_pair_list
@@ -115,9 +102,7 @@ def command(ctx: click.Context, /, **kw: Any) -> None:
         from pricectl.console import LoadtestProgress
 
         with LoadtestProgress() as live:
-            report = run_load_test(
-                options, settings.loadtest, on_progress=live.update, on_note=note
-            )
+            report = run_load_test(options, loadtest, on_progress=live.update, on_note=note)
     else:
         last = [0.0]
 
@@ -131,7 +116,7 @@ def command(ctx: click.Context, /, **kw: Any) -> None:
                     err=True,
                 )
 
-        report = run_load_test(options, settings.loadtest, on_progress=plain, on_note=note)
+        report = run_load_test(options, loadtest, on_progress=plain, on_note=note)
     for line in report.lines():
         click.echo(line)
     if kw["json_path"] is not None:
@@ -143,5 +128,4 @@ def command(ctx: click.Context, /, **kw: Any) -> None:
         else:
             kw["json_path"].write_text(text + "\n")
     if report.breaches:
-        click.echo("error: " + "; ".join(report.breaches), err=True)
-        ctx.exit(1)
+        raise PricectlError("; ".join(report.breaches))

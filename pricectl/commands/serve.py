@@ -18,7 +18,7 @@ __all__ = ["command"]
     "More than one needs a shared bus (redis://).",
 )
 @click.pass_context
-def command(ctx: click.Context, host: str | None, port: int | None, workers: int | None) -> None:
+def command(ctx: click.Context, host: str | None, port: int | None, workers: int | None) -> int:
     """Serve live prices over SSE, with health, metrics and the dashboard.
 
     With bus.url memory:// (the default) the relay runs in this process, so this one
@@ -29,16 +29,16 @@ def command(ctx: click.Context, host: str | None, port: int | None, workers: int
     """
     import asyncio
 
-    from pricectl.config import load_settings
+    from pricectl.cli import settings
     from pricectl.errors import UsageError
 
-    settings = ctx.obj.settings if ctx.obj is not None else load_settings()
-    s = settings.server
+    cfg = settings(ctx)
+    s = cfg.server
     host = host or s.host
     port = s.port if port is None else port
     workers = workers or s.workers
     if workers > 1:
-        if settings.bus.url.startswith("memory://"):
+        if cfg.bus.url.startswith("memory://"):
             raise UsageError(
                 "--workers > 1 needs a shared bus: with memory:// every worker would open its "
                 "own exchange connection and number events on its own, so a browser that "
@@ -49,13 +49,12 @@ def command(ctx: click.Context, host: str | None, port: int | None, workers: int
             raise UsageError("--workers > 1 needs a fixed --port (the workers share it)")
         from pricectl.server.app import run_workers
 
-        code = run_workers(settings, host, port, workers)
-        if code:
-            ctx.exit(code)
-        return
+        # The workers' status as it is: 0, or the first failing worker's.
+        return run_workers(cfg, host, port, workers)
     from pricectl.server.app import serve_forever
 
-    asyncio.run(serve_forever(settings, host, port, on_ready=_announce))
+    asyncio.run(serve_forever(cfg, host, port, on_ready=_announce))
+    return 0
 
 
 def _announce(port: int) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from pricectl.cli import DURATION, settings
+
 __all__ = ["command"]
 
 _FAULTS = "drop|stall|garbage:RATE|refuse|rest429|rest500"
@@ -63,10 +65,15 @@ def _faults(values: tuple[str, ...]) -> dict[str, object]:
     "--max-connection-age",
     default="24h",
     show_default=True,
+    type=DURATION,
     help="Cut each WebSocket after this long, with serverShutdown first (e.g. 30s, 24h).",
 )
-@click.option("--ping-interval", default="20s", show_default=True, help="Server ping period.")
-@click.option("--pong-timeout", default="60s", show_default=True, help="Cut without a pong.")
+@click.option(
+    "--ping-interval", default="20s", show_default=True, type=DURATION, help="Server ping period."
+)
+@click.option(
+    "--pong-timeout", default="60s", show_default=True, type=DURATION, help="Cut without a pong."
+)
 @click.option(
     "--trade-rate",
     default=10.0,
@@ -91,9 +98,9 @@ def command(
     replay: Path | None,
     speed: float,
     faults: tuple[str, ...],
-    max_connection_age: str,
-    ping_interval: str,
-    pong_timeout: str,
+    max_connection_age: float,
+    ping_interval: float,
+    pong_timeout: float,
     trade_rate: float,
     weight_limit: int,
 ) -> None:
@@ -105,39 +112,25 @@ def command(
     """
     import asyncio
 
-    from pricectl.config import parse_duration
     from pricectl.core.pairs import parse_pair_list
     from pricectl.errors import UsageError
     from pricectl.simulator import Simulator, SimulatorConfig, symbols_for_pairs
 
-    def duration(option: str, value: str) -> float:
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            raise UsageError(f"{option}: expected {exc}, got {value!r}") from None
-
-    age = duration("--max-connection-age", max_connection_age)
-    ping = duration("--ping-interval", ping_interval)
-    pong = duration("--pong-timeout", pong_timeout)
     try:
         if pairs is not None:
             pair_list = parse_pair_list(pairs)
             aliases = {"USD": "USDT"}
         else:
-            settings = ctx.obj.settings if ctx.obj is not None else None
-            if settings is None:
-                from pricectl.config import load_settings
-
-                settings = load_settings()
-            pair_list, aliases = list(settings.pairs), dict(settings.quote_aliases)
+            cfg = settings(ctx)
+            pair_list, aliases = list(cfg.pairs), dict(cfg.quote_aliases)
         symbols = symbols_for_pairs(pair_list, aliases)
         config = SimulatorConfig(
             symbols=symbols,
             seed=seed,
             trade_rate=trade_rate,
-            ping_interval=ping,
-            pong_timeout=pong,
-            max_connection_age=age,
+            ping_interval=ping_interval,
+            pong_timeout=pong_timeout,
+            max_connection_age=max_connection_age,
             weight_limit=weight_limit,
             replay=str(replay) if replay else None,
             speed=speed,

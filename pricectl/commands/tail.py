@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import click
+
+from pricectl.cli import DURATION, settings
 
 __all__ = ["command"]
 
@@ -26,10 +27,10 @@ __all__ = ["command"]
 @click.option("--json", "as_json", is_flag=True, help="One DESIGN 3.2 JSON object per line.")
 @click.option("--once", is_flag=True, help="Print the current snapshot and exit.")
 @click.option("--count", type=click.IntRange(min=1), help="Exit after N updates.")
-@click.option("--duration", help="Exit after this long (30s, 2m).")
-@click.pass_obj
+@click.option("--duration", type=DURATION, help="Exit after this long (30s, 2m).")
+@click.pass_context
 def command(
-    obj: Any,
+    ctx: click.Context,
     pairs: tuple[str, ...],
     source: str,
     url: str | None,
@@ -38,7 +39,7 @@ def command(
     as_json: bool,
     once: bool,
     count: int | None,
-    duration: str | None,
+    duration: float | None,
 ) -> int:
     """Live prices in the terminal from serve, Redis or Binance.
 
@@ -48,12 +49,12 @@ def command(
     """
     import asyncio
 
-    from pricectl.client.tail import TailOptions, TailResult, run_tail
-    from pricectl.config import load_settings, parse_duration
+    from pricectl.client.sse import local_url
+    from pricectl.client.tail import TableView, TailOptions, TailResult, run_tail
     from pricectl.core.pairs import parse_pair
     from pricectl.errors import UsageError
 
-    settings = obj.settings if obj is not None else load_settings()
+    cfg = settings(ctx)
     wanted: list[str] = []
     for arg in pairs:
         for text in arg.split(","):
@@ -62,43 +63,41 @@ def command(
             try:
                 base, quote = parse_pair(text)
             except ValueError as exc:
-                raise UsageError(f"{exc}; configured pairs: {', '.join(settings.pairs)}") from None
+                raise UsageError(f"{exc}; configured pairs: {', '.join(cfg.pairs)}") from None
             if f"{base}/{quote}" not in wanted:
                 wanted.append(f"{base}/{quote}")
     if source != "serve":
-        unknown = [p for p in wanted if p not in settings.pairs]
+        unknown = [p for p in wanted if p not in cfg.pairs]
         if unknown:
             raise UsageError(
-                f"unknown pair {', '.join(unknown)}; configured pairs: {', '.join(settings.pairs)}"
+                f"unknown pair {', '.join(unknown)}; configured pairs: {', '.join(cfg.pairs)}"
             )
     if plain and as_json:
         raise UsageError("choose one of --plain and --json")
-    seconds: float | None = None
-    if duration is not None:
-        try:
-            seconds = parse_duration(duration)
-        except ValueError as exc:
-            raise UsageError(f"--duration: expected {exc}, got {duration!r}") from None
     mode = "json" if as_json else "plain" if plain or not sys.stdout.isatty() else "table"
-    host = settings.server.host if settings.server.host not in ("0.0.0.0", "::") else "127.0.0.1"
     opts = TailOptions(
         pairs=tuple(wanted),
         source=source,
-        url=url or f"http://{host}:{settings.server.port}",
-        redis_url=redis_url or settings.bus.url,
-        prefix=settings.bus.prefix,
+        url=url or local_url(cfg.server.host, cfg.server.port),
+        redis_url=redis_url or cfg.bus.url,
+        prefix=cfg.bus.prefix,
         mode=mode,
         once=once,
         count=count,
-        duration=seconds,
-        stale_after=settings.resilience.heartbeat.stale_after,
-        idle_timeout=max(2.5 * settings.server.ping_interval, 5.0),
-        backoff=settings.resilience.backoff,
+        duration=duration,
+        stale_after=cfg.resilience.heartbeat.stale_after,
+        idle_timeout=max(2.5 * cfg.server.ping_interval, 5.0),
+        backoff=cfg.resilience.backoff,
     )
     if source == "redis" and opts.redis_url.startswith("memory://"):
         raise UsageError(
             "--from redis needs a Redis URL: pass --redis redis://HOST:6379/0 or set bus.url"
         )
+    table = None
+    if mode == "table":
+        from pricectl.console import LiveBoard, print_board
+
+        table = TableView(live=LiveBoard, once=print_board)
     result = TailResult()
 
     async def main() -> int:
@@ -116,7 +115,7 @@ def command(
 
         loop.add_signal_handler(signal.SIGTERM, on_term)
         try:
-            await run_tail(opts, settings, result=result)
+            await run_tail(opts, cfg, result=result, table=table)
         except asyncio.CancelledError:
             if not terminated:
                 raise  # Ctrl-C: asyncio.run turns this into KeyboardInterrupt

@@ -57,7 +57,6 @@ __all__ = [
     "ControlReply",
     "Event",
     "FrameParser",
-    "LogGate",
     "PriceEvent",
     "ServerShutdown",
     "Skipped",
@@ -446,35 +445,6 @@ def _preview(text: str | bytes, limit: int = 80) -> str:
     if isinstance(text, bytes):
         text = text[:limit].decode("utf-8", "replace")
     return text[:limit]
-
-
-class LogGate:
-    """At most one log line per ``interval_s`` per key, counting what it held back.
-
-    The reader logs a skipped frame only when ``allow(key, now)`` is true, and then
-    says how many of the same kind it suppressed since the last line, so a feed
-    sending garbage at 1000 frames/s produces one line per interval, not 1000.
-    """
-
-    __slots__ = ("_last", "_suppressed", "interval_s")
-
-    def __init__(self, interval_s: float = 10.0) -> None:
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._suppressed: Counter[str] = Counter()
-
-    def allow(self, key: str, now: float) -> bool:
-        """True if a line for ``key`` may be logged at monotonic time ``now``."""
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval_s:
-            self._suppressed[key] += 1
-            return False
-        self._last[key] = now
-        return True
-
-    def take_suppressed(self, key: str) -> int:
-        """How many lines for ``key`` were held back since the last allowed one (resets)."""
-        return self._suppressed.pop(key, 0)
 
 
 # -- building requests -----------------------------------------------------------------

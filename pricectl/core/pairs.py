@@ -13,7 +13,14 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["PAIR_RE", "PairMap", "known_symbols", "parse_pair", "parse_pair_list"]
+__all__ = [
+    "PAIR_RE",
+    "PairMap",
+    "bundled_symbols",
+    "known_symbols",
+    "parse_pair",
+    "parse_pair_list",
+]
 
 #: Upper-case asset codes of 2 to 12 letters or digits, one slash.
 PAIR_RE = re.compile(r"^([A-Z0-9]{2,12})/([A-Z0-9]{2,12})$")
@@ -99,15 +106,24 @@ class PairMap:
         return tuple(self.symbol_for(p) for p in self.pairs)
 
 
-def known_symbols() -> dict[str, tuple[str, str, str]]:
-    """Binance spot symbols in the bundled snapshot: ``{"BTCUSDT": ("BTC", "USDT", "TRADING")}``.
+def bundled_symbols() -> list[dict[str, str]]:
+    """Every Binance spot symbol in the bundled snapshot, one record each: ``symbol``,
+    ``status``, ``baseAsset``, ``quoteAsset``, ``tickSize`` (PRICE_FILTER) and
+    ``stepSize`` (LOT_SIZE), as the exchange spells them.
 
-    The snapshot is a real ``exchangeInfo`` of 2021-10-12 (1695 symbols), shipped so
+    The snapshot (``pricectl/data/binance-spot-symbols.json``) is a real
+    ``exchangeInfo`` of 2021-10-12 (1695 symbols) reduced to those fields, shipped so
     ``config check`` and the simulator work offline. Ingest checks the live
-    ``exchangeInfo`` at start-up, which is the authority.
+    ``exchangeInfo`` at start-up, which is the authority. The one reader of the file.
     """
     import json
     from importlib import resources
 
     text = resources.files("pricectl").joinpath("data/binance-spot-symbols.json").read_text()
-    return {s["symbol"]: (s["baseAsset"], s["quoteAsset"], s["status"]) for s in json.loads(text)}
+    records: list[dict[str, str]] = json.loads(text)
+    return records
+
+
+def known_symbols() -> dict[str, tuple[str, str, str]]:
+    """Binance spot symbols in the bundled snapshot: ``{"BTCUSDT": ("BTC", "USDT", "TRADING")}``."""
+    return {s["symbol"]: (s["baseAsset"], s["quoteAsset"], s["status"]) for s in bundled_symbols()}

@@ -48,7 +48,6 @@ from pricectl.core.binance import (
     ControlError,
     ControlReply,
     FrameParser,
-    LogGate,
     PriceEvent,
     ServerShutdown,
     Skipped,
@@ -57,6 +56,7 @@ from pricectl.core.binance import (
 )
 from pricectl.core.breaker import Breaker, BreakerPolicy, BreakerState
 from pricectl.core.heartbeat import IdleDetector
+from pricectl.core.loggate import LogGate
 from pricectl.core.pairs import PairMap
 from pricectl.core.ratelimit import SlidingWindow
 from pricectl.core.ticks import PriceUpdate

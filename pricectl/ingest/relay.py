@@ -39,6 +39,7 @@ from pricectl.config import ExchangeSettings, ResilienceSettings, Settings
 from pricectl.core.backoff import Backoff, BackoffPolicy
 from pricectl.core.fallback import Cascade, Source
 from pricectl.core.pairs import PairMap
+from pricectl.core.stamping import Stamper
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import BusError, FeedError, FencedError, PricectlError, RateLimitedError
 from pricectl.exchange.binance_rest import BinanceRest
@@ -92,8 +93,7 @@ class Relay:
         )
         self.rest = rest if rest is not None else BinanceRest(exchange, pair_map)
         self._own_rest = rest is None
-        self._seq: dict[str, int] = {}
-        self._gseq = 0
+        self._stamper = Stamper()
         self._last: dict[str, PriceUpdate] = {}
         self._shown: dict[str, Source] = {}
         self._publish_lock = asyncio.Lock()
@@ -231,18 +231,10 @@ class Relay:
             return
         async with self._publish_lock:
             epoch = self.fence.epoch
-            seqs = self._seq
-            gseq = self._gseq
-            stamped: list[PriceUpdate] = []
-            for u in updates:
-                seq = seqs.get(u.pair, 0) + 1
-                seqs[u.pair] = seq
-                gseq += 1
-                s = u.stamped(epoch, seq, gseq)
-                stamped.append(s)
-                self._last[u.pair] = s
+            stamped = self._stamper.stamp(updates, epoch)
+            for s in stamped:
+                self._last[s.pair] = s
                 self.by_source[s.source] = self.by_source.get(s.source, 0) + 1
-            self._gseq = gseq
             try:
                 await self.bus.publish(stamped, self.fence)
             except FencedError as exc:
@@ -290,7 +282,7 @@ class Relay:
                 "source": self.cascade.source(p, now).value,
                 "stale": self.cascade.is_stale(p, now),
                 "age": None if age is None else round(age, 3),
-                "seq": self._seq.get(p, 0),
+                "seq": self._stamper.seq(p),
             }
         ws = self.ws.status()
         return {

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from pricectl.errors import PricectlError
 
-__all__ = ["SpawnError", "Spawned", "free_port", "pin_tree", "private_redis", "spawned_system"]
+__all__ = ["SpawnError", "Spawned", "free_port", "pin_tree", "spawned_system"]
 
 
 class SpawnError(PricectlError):
@@ -62,52 +62,6 @@ def child_env(settings: Mapping[str, str]) -> dict[str, str]:
     }
     env.update(settings)
     return env
-
-
-@contextlib.contextmanager
-def private_redis() -> Iterator[str]:
-    """A throwaway redis-server (no persistence) on a free loopback port; yields its URL.
-
-    The benchmarks start their own so they never touch a Redis someone else uses.
-    """
-    import shutil
-
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SpawnError("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    with tempfile.TemporaryDirectory() as folder:
-        proc = subprocess.Popen(
-            [
-                exe,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                folder,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise SpawnError(f"redis-server did not start on port {port}") from None
-                    time.sleep(0.02)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 @dataclass

@@ -19,11 +19,11 @@ field and in the documented key order; REST shapes follow its REST API documenta
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
+
+from pricectl.core.pairs import bundled_symbols
 
 __all__ = [
     "START_PRICES_USD",
@@ -132,12 +132,11 @@ class SymbolSpec:
 
 def load_symbol_specs() -> dict[str, SymbolSpec]:
     """Every symbol of ``pricectl/data/binance-spot-symbols.json``, by exchange symbol."""
-    text = resources.files("pricectl").joinpath("data/binance-spot-symbols.json").read_text()
     return {
         s["symbol"]: SymbolSpec(
             s["symbol"], s["baseAsset"], s["quoteAsset"], s["status"], s["tickSize"], s["stepSize"]
         )
-        for s in json.loads(text)
+        for s in bundled_symbols()
     }
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.redis_server import free_port
+from pricectl.loadtest.spawn import free_port
 from tests.waiting import UNIT, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,9 +18,10 @@ from typing import Any
 
 from pricectl.bus.base import Fence
 from pricectl.core.ticks import decode_update
+from pricectl.loadtest.spawn import free_port
 from pricectl.server.app import create_app, start_server
 from pricectl.server.keys import HUB
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer
 from tests.server.harness import Running, make_settings, running
 from tests.waiting import UNIT, until
 

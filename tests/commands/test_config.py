@@ -2,42 +2,33 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from tests.conftest import RunPricectl
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pricectl.cli", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=60,
-    )
-
-
-def test_check_shipped_file_is_valid() -> None:
+def test_check_shipped_file_is_valid(run_pricectl: RunPricectl) -> None:
     """The shipped config/pricectl.yaml passes `config check` with a one-line summary."""
-    result = run("config", "check", str(ROOT / "config" / "pricectl.yaml"))
+    result = run_pricectl("config", "check", str(ROOT / "config" / "pricectl.yaml"))
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.strip().splitlines()) == 1
     assert "ok: 5 pairs" in result.stdout
 
 
-def test_check_runs_without_any_file() -> None:
+def test_check_runs_without_any_file(run_pricectl: RunPricectl) -> None:
     """With no file at all the built-in defaults are checked and valid."""
-    result = run("config", "check")
+    result = run_pricectl("config", "check")
     assert result.returncode == 0
     assert result.stdout.startswith("defaults: ok")
 
 
-def test_check_lists_every_problem_with_file_line_and_key(tmp_path: Path) -> None:
+def test_check_lists_every_problem_with_file_line_and_key(
+    tmp_path: Path, run_pricectl: RunPricectl
+) -> None:
     """A key typo, a bad duration and an unknown pair: all three, with file and line, exit 2."""
     bad = tmp_path / "bad.yaml"
     bad.write_text(
@@ -50,7 +41,7 @@ def test_check_lists_every_problem_with_file_line_and_key(tmp_path: Path) -> Non
         "  - BTC/USD\n"
         "  - FOO/BAR\n"
     )
-    result = run("config", "check", str(bad))
+    result = run_pricectl("config", "check", str(bad))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 3, result.stderr
@@ -60,16 +51,16 @@ def test_check_lists_every_problem_with_file_line_and_key(tmp_path: Path) -> Non
     assert f"{bad}:8: pairs[1]: unknown pair FOO/BAR" in lines[2]
 
 
-def test_check_missing_file(tmp_path: Path) -> None:
+def test_check_missing_file(tmp_path: Path, run_pricectl: RunPricectl) -> None:
     """A config file that does not exist: exit 2 naming it."""
-    result = run("config", "check", str(tmp_path / "nope.yaml"))
+    result = run_pricectl("config", "check", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2
     assert "nope.yaml" in result.stderr
 
 
-def test_show_applies_environment_and_redacts(tmp_path: Path) -> None:
+def test_show_applies_environment_and_redacts(tmp_path: Path, run_pricectl: RunPricectl) -> None:
     """`config show` prints the effective settings after env overrides, password redacted."""
-    result = run(
+    result = run_pricectl(
         "config",
         "show",
         env={

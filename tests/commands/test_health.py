@@ -13,8 +13,9 @@ import aiohttp
 from aiohttp import web
 
 from pricectl.bus.base import Fence
+from pricectl.loadtest.spawn import free_port
 from tests.client.test_tail import publishing, run_cli, write_config
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import RedisServer
 from tests.server.harness import make_settings, running, tick
 from tests.waiting import until
 

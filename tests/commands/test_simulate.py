@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,14 +16,8 @@ from contextlib import contextmanager
 import pytest
 
 from pricectl.cli import main
+from pricectl.loadtest.spawn import free_port
 from tests.waiting import wait_for
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -57,7 +50,7 @@ def _simulate(*args: str) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
 
 def test_simulate_prints_both_urls_and_serves() -> None:
     """It prints BINANCE_WS_URL and BINANCE_REST_URL for the port, and answers REST and WS."""
-    port = _free_port()
+    port = free_port()
     with _simulate("--port", str(port), "--pairs", "BTC/USD,ETH/USD") as (proc, lines):
         wait_for(lambda: len(lines) >= 2 or proc.poll() is not None, 20, "the two URL lines")
         assert lines[:2] == [
@@ -80,7 +73,7 @@ def test_simulate_prints_both_urls_and_serves() -> None:
 
 def test_simulate_fault_at_start() -> None:
     """--fault rest500 makes REST answer 500 from the first request."""
-    port = _free_port()
+    port = free_port()
     with _simulate("--port", str(port), "--fault", "rest500") as (proc, lines):
         wait_for(lambda: len(lines) >= 2 or proc.poll() is not None, 20, "the two URL lines")
         try:

@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from pricectl.core.pairs import PairMap, known_symbols, parse_pair, parse_pair_list
+from pricectl.core.pairs import (
+    PairMap,
+    bundled_symbols,
+    known_symbols,
+    parse_pair,
+    parse_pair_list,
+)
 from pricectl.core.ticks import PriceUpdate, decode_update
 
 
@@ -46,6 +52,14 @@ def test_two_pairs_one_symbol_refused() -> None:
     """Pairs that collide on one exchange symbol are refused."""
     with pytest.raises(ValueError, match="same exchange symbol"):
         PairMap.build(["BTC/USD", "BTC/USDT"], {"USD": "USDT"})
+
+
+def test_symbol_list_is_valid_json_array() -> None:
+    """The bundled 2021 symbol universe is a JSON array of 1695 symbol objects."""
+    symbols = bundled_symbols()
+    assert len(symbols) == 1695 and {"BTCUSDT", "ZILUSDT"} <= {s["symbol"] for s in symbols}
+    fields = {"symbol", "status", "baseAsset", "quoteAsset", "tickSize", "stepSize"}
+    assert all(set(s) == fields for s in symbols)
 
 
 def test_known_symbols_bundle() -> None:

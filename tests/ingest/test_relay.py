@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import socket
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +24,7 @@ from pricectl.core.heartbeat import HeartbeatPolicy
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import FencedError, UnknownPairError
 from pricectl.ingest.relay import Relay, run_embedded
+from pricectl.loadtest.spawn import free_port
 from pricectl.simulator import Simulator
 from tests.recordings import RECORDING_PAIRS
 from tests.waiting import UNIT, until
@@ -369,9 +369,7 @@ async def test_run_embedded_unknown_pair_stops_startup(start_sim: StartSim):
 
 async def test_run_embedded_survives_an_unreachable_exchange(start_sim: StartSim):
     """With no exchange at start, embedded ingest keeps retrying and goes live when it appears."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     settings = fast_settings(f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}")
     bus = MemoryBus()
     rec = Recorder(bus, settings.pair_map.pairs)

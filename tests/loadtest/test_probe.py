@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import socket
 import subprocess
 import sys
 import threading
@@ -11,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pricectl.loadtest.probe import ServerProbe, read_metrics, sample_process_tree
+from pricectl.loadtest.spawn import free_port
 
 _METRICS = b"""\
 # HELP pricectl_events_sent_total Events written to clients.
@@ -45,12 +45,6 @@ def _metrics_server() -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_a_process_tree_is_summed_over_its_children() -> None:
@@ -105,7 +99,7 @@ def test_metrics_are_summed_over_their_label_sets() -> None:
 
 def test_unreachable_metrics_are_a_problem_not_a_failure() -> None:
     """A /metrics that refuses the connection leaves the figures empty and names the URL."""
-    url = f"http://127.0.0.1:{_closed_port()}/metrics"
+    url = f"http://127.0.0.1:{free_port()}/metrics"
     probe = ServerProbe(metrics_url=url)
     probe.at_start()
     assert probe.metrics_start == {}

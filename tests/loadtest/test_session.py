@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -13,16 +12,11 @@ import pytest
 
 from pricectl.config import LoadtestSettings
 from pricectl.loadtest.session import Options, resolve
+from pricectl.loadtest.spawn import free_port
 from tests.redis_server import RedisServer
 from tests.waiting import UNIT
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- one precedence for every knob: flag > scenario > config > built-in ---------------------
@@ -201,7 +195,7 @@ def test_bad_arguments_get_one_line_and_exit_2(
     args: list[str], message: str, run_loadtest: Run
 ) -> None:
     """Zero clients, an unknown scenario, an unreachable URL ...: one clear line, exit 2."""
-    args = [a.replace("{closed}", str(_closed_port())) for a in args]
+    args = [a.replace("{closed}", str(free_port())) for a in args]
     proc = run_loadtest(args, timeout=30)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

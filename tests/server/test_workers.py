@@ -17,7 +17,8 @@ import pytest
 from pricectl.bus import keys
 from pricectl.bus.base import Fence
 from pricectl.bus.redis import RedisBus
-from tests.redis_server import RedisServer, free_port
+from pricectl.loadtest.spawn import free_port
+from tests.redis_server import RedisServer
 from tests.server.harness import SSEConn, tick
 from tests.waiting import UNIT, until
 
