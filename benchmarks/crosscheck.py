@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import sseload
+from benchmarks.pinning import pin_tree
 from pricectl.loadtest.probe import read_metrics
 from pricectl.loadtest.session import Options, run_load_test
-from pricectl.loadtest.spawn import pin_tree, spawned_system
+from pricectl.loadtest.spawn import spawned_system
 
 __all__ = ["main", "run_pricectl", "run_sseload"]
 

@@ -40,8 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import sseload
+from benchmarks.pinning import pin_tree
 from pricectl.loadtest.probe import read_metrics, sample_process_tree
-from pricectl.loadtest.spawn import free_port, pin_tree, spawned_system
+from pricectl.loadtest.spawn import free_port, spawned_system
 from tests.redis_server import private_redis
 
 __all__ = ["main", "nchan_server", "probe_connects", "run_case"]

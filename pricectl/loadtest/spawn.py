@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from pricectl.errors import PricectlError
 
-__all__ = ["SpawnError", "Spawned", "free_port", "pin_tree", "spawned_system"]
+__all__ = ["SpawnError", "Spawned", "free_port", "spawned_system"]
 
 
 class SpawnError(PricectlError):
@@ -34,19 +34,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def pin_tree(pid: int, cpus: set[int]) -> None:
-    """Pin every thread of ``pid`` and of its descendants to ``cpus`` (benchmarks)."""
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        with contextlib.suppress(OSError):
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with contextlib.suppress(OSError):
-                    os.sched_setaffinity(int(tid), cpus)
-        with contextlib.suppress(OSError), open(f"/proc/{p}/task/{p}/children") as f:
-            todo.extend(int(c) for c in f.read().split())
 
 
 def child_env(settings: Mapping[str, str]) -> dict[str, str]:
