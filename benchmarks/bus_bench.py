@@ -1,4 +1,4 @@
-"""Fenced-publish throughput of one process into Redis (issue 4: goal >= 20,000 updates/s).
+"""Fenced-publish throughput of one process into Redis (goal: at least 20,000 updates/s).
 
 Run ``python -m benchmarks.bus_bench`` (starts a private ``redis-server`` on a free port)
 or ``python -m benchmarks.bus_bench --url redis://127.0.0.1:6379/0``. It takes the lease

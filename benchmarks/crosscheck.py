@@ -1,7 +1,6 @@
 """``pricectl loadtest`` against an independent loader, on the same serve, in one sitting.
 
-Issue 7 asks that the load tester's figures agree with an independent loader's within
-10 %. The independent one is ``sseload.c`` (``--sseload`` or ``$SSELOAD_C``): C, one
+The load tester's figures should agree with an independent loader's within 10 %. The independent one is ``sseload.c`` (``--sseload`` or ``$SSELOAD_C``): C, one
 epoll loop, its own HTTP/chunked/SSE parsing and its own histogram code, with the same
 bucket layout. This
 driver starts one simulator and one ``serve`` (memory bus, bookTicker, 10 updates/s,

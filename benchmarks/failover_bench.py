@@ -1,4 +1,4 @@
-"""Failover gap of ``pricectl ingest`` under SIGKILL (or SIGTERM) of the leader (issue 4).
+"""Failover gap of ``pricectl ingest`` under SIGKILL (or SIGTERM) of the leader.
 
 Run ``python -m benchmarks.failover_bench`` (about 20 s a run with the default
 lease: ttl 15 s, renew_deadline 10 s, retry 2 s). It starts a private redis-server, the

@@ -11,7 +11,7 @@ Each figure is the median of ``--runs`` runs. Run::
 
     python -m benchmarks.parse_bench            # or: --frames 200000 --runs 5 --json
 
-Goal (issue 3): at least 50,000 frames/s on one core for ticker and bookTicker.
+Goal: at least 50,000 frames/s on one core for ticker and bookTicker.
 """
 
 from __future__ import annotations

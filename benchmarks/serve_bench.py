@@ -1,7 +1,7 @@
-"""Issue 5's serve benchmark: one pinned serve worker against the C loader, and nchan beside it.
+"""The serve benchmark: one pinned serve worker against the C loader, and nchan beside it.
 
 ``make bench`` (benchmarks/bench.py) runs the standard loadtest scenarios. This
-driver answers the questions of issue 5's Done-when that those do not: how one serve
+driver answers the questions those do not: how one serve
 worker copes with 10,000 and 19,900 clients each receiving 10 updates/s, what it costs
 per delivered event and per connection, whether new connections are still accepted
 promptly during the fan-out, what ``--workers 2`` adds, and how nginx + nchan (one
@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _section(table: str, started: dt.datetime, load: float, cmd: str) -> str:
     return (
-        f"{BEGIN}\n## `pricectl serve`: one worker, 10,000 and 19,900 clients (issue 5)\n\n"
+        f"{BEGIN}\n## `pricectl serve`: one worker, 10,000 and 19,900 clients\n\n"
         f"Generated {started:%Y-%m-%d %H:%M} UTC by `{cmd}` (load average {load:.1f} "
         "at the start).\n\n" + table + f"{END}"
     )

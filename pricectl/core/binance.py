@@ -34,8 +34,10 @@ Decimal strings are carried exactly as received (never parsed into floats, never
 re-rounded): ``"43250.12000000"`` stays ``"43250.12000000"``. Times are assumed to be
 milliseconds (the default; ``timeUnit=MICROSECOND`` is not used by pricectl).
 
-Protocol: ``shared/reference/binance-protocol.md`` §1.2 (raw/combined), §2 (control
-messages), §3 (``serverShutdown``), §4 (payloads).
+Protocol: Binance's WebSocket Streams documentation
+(https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams), as
+summed up for this code in docs/binance.md: §1 (raw/combined), §2 (control messages),
+§3 (``serverShutdown``), §4 (payloads).
 """
 
 from __future__ import annotations

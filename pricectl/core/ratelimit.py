@@ -2,7 +2,7 @@
 
 Binance disconnects a WebSocket that receives more than **5 messages per second** and
 may ban an IP that opens more than **300 connections per 5 minutes** or keeps going
-after a REST 429 (``shared/reference/binance-protocol.md`` §3, §5.4). The adapters ask
+after a REST 429 (docs/binance.md §3 and §5, from Binance's documentation). The adapters ask
 this module before each send, connect or REST request:
 
 - :class:`SlidingWindow` -- at most ``limit`` events in *any* window of ``window``

@@ -1,6 +1,6 @@
 """Binance Spot REST (aiohttp): the price fallback, the start-up symbol check, weight limits.
 
-Three jobs (``shared/reference/binance-protocol.md`` §5):
+Three jobs (Binance's REST API documentation, summed up in docs/binance.md §5):
 
 - :meth:`BinanceRest.fetch_prices`: one request for every pair, on the endpoint that
   matches ``exchange.stream`` so a pair served from REST carries the same fields it has
