@@ -1,9 +1,9 @@
 """``pricectl loadtest`` against an independent loader, on the same serve, in one sitting.
 
-The load tester's figures should agree with an independent loader's within 10 %. The independent one is ``sseload.c`` (``--sseload`` or ``$SSELOAD_C``): C, one
-epoll loop, its own HTTP/chunked/SSE parsing and its own histogram code, with the same
-bucket layout. This
-driver starts one simulator and one ``serve`` (memory bus, bookTicker, 10 updates/s,
+The load tester's figures should agree with an independent loader's within 10 %. The
+independent one is ``sseload.c`` (``--sseload`` or ``$SSELOAD_C``): C, one epoll loop,
+its own HTTP/chunked/SSE parsing and its own histogram code, with the same bucket
+layout. This driver starts one simulator and one ``serve`` (memory bus, bookTicker, 10 updates/s,
 one pair), pins serve to CPU 0 and the loaders and the simulator to CPU 1 (as
 serve_bench does), and runs the two loaders one after the other against that same
 serve, alternating which goes first, ``--runs`` times each. Before each run it waits

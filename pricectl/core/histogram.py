@@ -8,7 +8,8 @@ Buckets: values below 128 have a bucket each; above that, every power of two is 
 into 64 equal sub-buckets, so a bucket's width is at most 1/64 of its lower bound and
 any quantile read back is within 1.6 % (0.8 % from the midpoint) of a recorded value.
 This is the same layout as the independent C loader ``sseload.c`` that the benchmarks
-can drive (``SUB_BITS 7``; benchmarks/README.md), so the two loaders' percentiles are read off identical buckets.
+can drive (``SUB_BITS 7``; benchmarks/README.md), so the two loaders' percentiles are
+read off identical buckets.
 
 Quantiles return the highest value of the bucket holding the wanted rank, clamped to
 the exact maximum recorded (as HdrHistogram and ``sseload`` do), so a reported p99 is
