@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -139,6 +140,17 @@ def _pct(last: int, open_: int) -> str:
     if 2 * r >= open_:
         q += 1
     return fmt_units(-q if num < 0 else q, 3)
+
+
+def _below(bits: Callable[[int], int], n: int) -> int:
+    """A uniform integer in ``[0, n)`` drawn as ``random.Random.randint`` draws it
+    (``getrandbits`` of ``n``'s bit length until one is below ``n``), so the walk keeps
+    its sequence, without randint's layers of checks: the walk is the hot loop."""
+    k = n.bit_length()
+    r = bits(k)
+    while r >= n:
+        r = bits(k)
+    return r
 
 
 def _add(span: _Bar | _Window, price: int, qty: int, trade_id: int) -> None:
@@ -403,28 +415,32 @@ class Market:
         """One trade: advance the walk (and the klines and windows asked for) at ``now_ms``."""
         st = self.state(symbol)
         rng = st.rng
-        sigma = max(1.0, st.last / st.tick * self.STEP_FRACTION)
-        move = round(rng.gauss(0.0, sigma))
-        st.last = max(st.tick, st.last + move * st.tick)
-        st.last_qty = st.step * rng.randint(1, 1000)
-        st.high = max(st.high, st.last)
-        st.low = min(st.low, st.last)
-        st.volume += st.last_qty
-        st.quote_vol += st.last_qty * st.last
+        bits = rng.getrandbits
+        tick, last = st.tick, st.last
+        sigma = max(1.0, last / tick * self.STEP_FRACTION)
+        last = max(tick, last + round(rng.gauss(0.0, sigma)) * tick)
+        qty = st.step * (1 + _below(bits, 1000))
+        st.last, st.last_qty = last, qty
+        if last > st.high:
+            st.high = last
+        elif last < st.low:
+            st.low = last
+        st.volume += qty
+        st.quote_vol += qty * last
         st.trade_id += 1
         st.agg_id += 1
-        st.book_id += rng.randint(1, 5)
+        st.book_id += 1 + _below(bits, 5)
         buyer_maker = rng.random() < 0.5
         if buyer_maker:  # the taker sold into the bid: the trade is at the bid
-            st.bid, st.ask = st.last, st.last + st.tick * rng.randint(1, 3)
+            st.bid, st.ask = last, last + tick * (1 + _below(bits, 3))
         else:
-            st.bid, st.ask = max(st.tick, st.last - st.tick * rng.randint(1, 3)), st.last
-        st.bid_qty = st.step * rng.randint(1, 5000)
-        st.ask_qty = st.step * rng.randint(1, 5000)
+            st.bid, st.ask = max(tick, last - tick * (1 + _below(bits, 3))), last
+        st.bid_qty = st.step * (1 + _below(bits, 5000))
+        st.ask_qty = st.step * (1 + _below(bits, 5000))
         st.changed = True
         self._changed[symbol] = None
         st.buyer_maker = buyer_maker
-        st.trade_time = now_ms - rng.randint(0, 2)
+        st.trade_time = now_ms - _below(bits, 3)
         if st.klines or st.windows:
             self._count(st)
         return st

@@ -36,6 +36,20 @@ def test_symbols_get_state_only_when_used() -> None:
     assert list(market.states) == ["ETHBTC"]
 
 
+def test_the_walk_of_a_seed_is_pinned() -> None:
+    """Seed 0's first BTCUSDT trades are what they have always been (price, qty, time, book)."""
+    market = Market(0)
+    got = [
+        (t["p"], t["q"], t["T"], b["b"], b["a"], b["u"])
+        for t, _, b in (market.trade("BTCUSDT", T0 + i) for i in range(3))
+    ]
+    assert got == [
+        ("43650.56000000", "0.00058000", T0 - 2, "43650.54000000", "43650.56000000", 1580534478),
+        ("43656.63000000", "0.00549000", T0 + 1, "43656.63000000", "43656.65000000", 1580534481),
+        ("43657.19000000", "0.00098000", T0 + 2, "43657.19000000", "43657.20000000", 1580534484),
+    ]
+
+
 def test_other_payloads_do_not_change_the_walk() -> None:
     """Asking for klines, windows, depth or averages draws nothing from the walk's generator."""
     plain, busy = Market(3), Market(3)
