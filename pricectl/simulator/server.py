@@ -24,6 +24,26 @@ Every symbol of the bundled ``exchangeInfo`` list (~1,700) can be subscribed; on
 symbols someone is subscribed to walk, plus ``SimulatorConfig.symbols``, which always
 walk so that REST has moving prices with nobody listening (two by default: they cost
 what two subscribed symbols cost, subscribed or not).
+
+Where it behaves like Binance and where it does not, in short (the modules say why):
+
+* fed: every stream type of the Spot WebSocket Streams documentation, for any listed
+  symbol (:data:`pricectl.core.binance.STREAM_TYPES`), at its documented speed scaled
+  by ``ticker_interval``; ``!miniTicker@arr`` and ``!ticker_<w>@arr`` list the
+  symbols that walk, not the whole market;
+* refused with ``Invalid request: invalid stream`` (HTTP 400 in a URL): any other name,
+  upper-case symbols and the retired ``!ticker@arr``/``!bookTicker`` included. Third
+  parties saw Binance answer that error to some bad names and acknowledge others
+  silently (USD-M futures); refusing them all makes a client's mistake visible;
+* acknowledged and never fed, as on Binance: streams of unlisted symbols (counted in
+  ``state()``; ``refuse_unlisted`` refuses them). BREAK symbols are fed like TRADING
+  ones, where Binance would have no trades to send;
+* limits: 1,024 streams per connection (code 4 past it), a 7,974-character request
+  target (414 past it), 5 incoming messages per second (1008 ``Too many requests``
+  past it), 300 connections per 5 minutes per IP (429), the REST weights (429, 418);
+* not modelled: ``timeUnit=MICROSECOND`` (times stay milliseconds), real rolling
+  windows for ``ticker_1h``/``4h`` (they restart when full), order books deeper than
+  the walk's top of book.
 """
 
 from __future__ import annotations
