@@ -98,6 +98,12 @@ def _faults(values: tuple[str, ...]) -> dict[str, object]:
     help="Longest handshake path and query; longer gets HTTP 414.",
 )
 @click.option(
+    "--max-control-bytes",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Drop bigger control frames unanswered (Spot was seen to, past 4096). Default: no bound.",
+)
+@click.option(
     "--refuse-unlisted",
     is_flag=True,
     help="Refuse streams of symbols not in the list (Binance accepts them and sends nothing).",
@@ -124,6 +130,7 @@ def command(
     weight_limit: int,
     max_streams: int,
     max_url_length: int,
+    max_control_bytes: int | None,
     refuse_unlisted: bool,
     all_trading: bool,
 ) -> None:
@@ -173,6 +180,7 @@ def command(
             weight_limit=weight_limit,
             max_streams=max_streams,
             max_url_length=max_url_length,
+            max_control_bytes=max_control_bytes,
             refuse_unlisted=refuse_unlisted,
             all_trading=all_trading,
             replay=str(replay) if replay else None,

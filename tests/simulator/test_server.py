@@ -120,48 +120,46 @@ def test_importing_the_package_loads_no_server() -> None:
 
 
 def test_simulate_command_takes_the_limits() -> None:
-    """pricectl simulate --max-streams/--all-trading/--refuse-unlisted reach the exchange."""
+    """simulate's --max-streams, --all-trading, --refuse-unlisted, --max-url-length and
+    --max-control-bytes reach the exchange."""
     from websockets.sync.client import connect
 
     limits = ["--max-streams", "2", "--all-trading", "--refuse-unlisted", "--max-url-length", "500"]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pricectl.cli",
-            "simulate",
-            "--port",
-            "0",
-            "--pairs",
-            "BTC/USD",
-            *limits,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("BINANCE_WS_URL=ws://127.0.0.1:"), line
-        ws_url = line.strip().partition("=")[2]
-        rest_url = proc.stdout.readline().strip().partition("=")[2]
-        with urllib.request.urlopen(rest_url + "/api/v3/exchangeInfo", timeout=10) as r:
-            assert {e["status"] for e in json.load(r)["symbols"]} == {"TRADING"}
-        for path, status in (
-            ("/stream?streams=btcusdt@trade/ethusdt@trade/bnbusdt@trade", 400),
-            ("/ws/xrpxrp@trade", 400),
-            ("/ws/" + "a" * 500 + "@trade", 414),
-        ):
-            with pytest.raises(InvalidStatus) as info:
-                connect(ws_url + path, open_timeout=5).close()
-            assert info.value.response.status_code == status, path
-        with connect(ws_url + "/stream?streams=btcusdt@trade/ethusdt@trade", open_timeout=5) as ws:
-            assert json.loads(ws.recv(timeout=5))["stream"] in ("btcusdt@trade", "ethusdt@trade")
-    finally:
-        proc.send_signal(signal.SIGINT)
+    limits += ["--max-control-bytes", "100"]
+    cmd = [sys.executable, "-m", "pricectl.cli", "simulate", "--port", "0", "--pairs", "BTC/USD"]
+    with subprocess.Popen(
+        [*cmd, *limits], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as proc:
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line.startswith("BINANCE_WS_URL=ws://127.0.0.1:"), line
+            ws_url = line.strip().partition("=")[2]
+            rest_url = proc.stdout.readline().strip().partition("=")[2]
+            with urllib.request.urlopen(rest_url + "/api/v3/exchangeInfo", timeout=10) as r:
+                assert {e["status"] for e in json.load(r)["symbols"]} == {"TRADING"}
+            for path, status in (
+                ("/stream?streams=btcusdt@trade/ethusdt@trade/bnbusdt@trade", 400),
+                ("/ws/xrpxrp@trade", 400),
+                ("/ws/" + "a" * 500 + "@trade", 414),
+            ):
+                with pytest.raises(InvalidStatus) as info:
+                    connect(ws_url + path, open_timeout=5).close()
+                assert info.value.response.status_code == status, path
+            with connect(ws_url + "/stream?streams=btcusdt@trade/ethusdt@trade") as ws:
+                assert json.loads(ws.recv(timeout=5))["stream"] in (
+                    "btcusdt@trade",
+                    "ethusdt@trade",
+                )
+                too_big = {"method": "UNSUBSCRIBE", "params": ["x" * 100 + "@trade"], "id": 1}
+                ws.send(json.dumps(too_big))
+                ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 2}))
+                while "id" not in (answer := json.loads(ws.recv(timeout=5))):
+                    pass
+                assert answer["id"] == 2  # the UNSUBSCRIBE over 100 bytes got no answer
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
