@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from pricectl.cli import DURATION, settings
+from pricectl.simulator.control import MAX_URL_LENGTH
 
 __all__ = ["command"]
 
@@ -88,6 +89,36 @@ def _faults(values: tuple[str, ...]) -> dict[str, object]:
     type=int,
     help="REST request weight per minute before 429.",
 )
+@click.option(
+    "--max-streams",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Streams per WebSocket connection (Binance: 1024).",
+)
+@click.option(
+    "--max-url-length",
+    default=MAX_URL_LENGTH,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Longest handshake path and query; longer gets HTTP 414.",
+)
+@click.option(
+    "--max-control-bytes",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Drop bigger control frames unanswered (Spot was seen to, past 4096). Default: no bound.",
+)
+@click.option(
+    "--refuse-unlisted",
+    is_flag=True,
+    help="Refuse streams of symbols not in the list (Binance accepts them and sends nothing).",
+)
+@click.option(
+    "--all-trading",
+    is_flag=True,
+    help="List every symbol as TRADING (the bundled list has some in BREAK).",
+)
 @click.pass_context
 def command(
     ctx: click.Context,
@@ -103,12 +134,19 @@ def command(
     pong_timeout: float,
     trade_rate: float,
     weight_limit: int,
+    max_streams: int,
+    max_url_length: int,
+    max_control_bytes: int | None,
+    refuse_unlisted: bool,
+    all_trading: bool,
 ) -> None:
     """Run a local exchange speaking Binance's public market-data protocol.
 
     WebSocket streams (/ws/<stream>, /stream?streams=...) and REST (/api/v3/...) on one
-    port. Point pricectl at it with the two URLs it prints. Faults can be switched at
-    run time: POST /admin/fault {"stall": true}; GET /admin/state shows connections.
+    port. Point pricectl at it with the two URLs it prints. Every symbol of the bundled
+    list can be subscribed; only subscribed ones (and --pairs) move. Faults can be
+    switched at run time: POST /admin/fault {"stall": true}; GET /admin/state shows
+    connections, their streams and the messages each sent.
     """
     import asyncio
 
@@ -132,6 +170,11 @@ def command(
             pong_timeout=pong_timeout,
             max_connection_age=max_connection_age,
             weight_limit=weight_limit,
+            max_streams=max_streams,
+            max_url_length=max_url_length,
+            max_control_bytes=max_control_bytes,
+            refuse_unlisted=refuse_unlisted,
+            all_trading=all_trading,
             replay=str(replay) if replay else None,
             speed=speed,
         )

@@ -30,6 +30,11 @@ Why only one price kind per parser: ingest de-duplicates per pair on
 number spaces, so mixing ``bookTicker`` and ``aggTrade`` updates of one pair would make
 the de-duplication drop good updates. Frames of the other kinds are ignored and counted.
 
+Stream names go the other way: :func:`parse_stream` says what a name such as
+``btcusdt@kline_1m`` denotes (a :class:`Stream`) or why it denotes nothing
+(:class:`InvalidStream`), so a client checks names before it subscribes and the local
+exchange refuses what it would never feed.
+
 Decimal strings are carried exactly as received (never parsed into floats, never
 re-rounded): ``"43250.12000000"`` stays ``"43250.12000000"``. Times are assumed to be
 milliseconds (the default; ``timeUnit=MICROSECOND`` is not used by pricectl).
@@ -53,16 +58,23 @@ from pricectl.core.ticks import PriceUpdate
 
 __all__ = [
     "CONTROL_METHODS",
+    "DEPTH_LEVELS",
     "IGNORED_EVENTS",
     "KINDS",
+    "KLINE_INTERVALS",
+    "STREAM_TYPES",
+    "TICKER_WINDOWS",
     "ControlError",
     "ControlReply",
     "Event",
     "FrameParser",
+    "InvalidStream",
     "PriceEvent",
     "ServerShutdown",
     "Skipped",
+    "Stream",
     "combined_url",
+    "parse_stream",
     "stream_names",
     "subscribe_message",
 ]
@@ -485,3 +497,150 @@ def subscribe_message(
         msg["params"] = list(params)
     msg["id"] = id
     return json.dumps(msg, separators=(",", ":"))
+
+
+# -- stream names ----------------------------------------------------------------------
+
+#: Kline/candlestick intervals, in the documented order ("Kline/Candlestick chart
+#: intervals" in the WebSocket Streams documentation).
+KLINE_INTERVALS = (
+    "1s",
+    "1m",
+    "3m",
+    "5m",
+    "15m",
+    "30m",
+    "1h",
+    "2h",
+    "4h",
+    "6h",
+    "8h",
+    "12h",
+    "1d",
+    "3d",
+    "1w",
+    "1M",
+)
+
+#: Window sizes of the rolling-window ticker streams (``<symbol>@ticker_<w>``).
+TICKER_WINDOWS = ("1h", "4h", "1d")
+
+#: Levels of the partial book depth streams (``<symbol>@depth<levels>``).
+DEPTH_LEVELS = (5, 10, 20)
+
+#: Every stream type of the Spot WebSocket Streams documentation, by the name
+#: :attr:`Stream.type` gives it: the per-symbol ones, then the two market-wide arrays.
+STREAM_TYPES = (
+    "aggTrade",
+    "trade",
+    "blockTrade",
+    "kline",
+    "miniTicker",
+    "ticker",
+    "rollingTicker",
+    "bookTicker",
+    "avgPrice",
+    "partialDepth",
+    "depth",
+    "referencePrice",
+    "allMiniTickers",
+    "allRollingTickers",
+)
+
+# Suffix -> (type, update period in ms; 0 = real time) for the fixed suffixes.
+_FIXED_SUFFIXES = {
+    "aggTrade": ("aggTrade", 0),
+    "trade": ("trade", 0),
+    "blockTrade": ("blockTrade", 0),
+    "bookTicker": ("bookTicker", 0),
+    "miniTicker": ("miniTicker", 1000),
+    "ticker": ("ticker", 1000),
+    "avgPrice": ("avgPrice", 1000),
+    "referencePrice": ("referencePrice", 1000),
+    "depth": ("depth", 1000),
+    "depth@100ms": ("depth", 100),
+}
+#: The one timezone offset kline streams take (``<symbol>@kline_<i>@+08:00``).
+_KLINE_OFFSET = "+08:00"
+
+
+class InvalidStream(ValueError):
+    """A name that is not a stream of Binance's Spot WebSocket Streams documentation."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """One parsed stream name: what it carries, for which symbol, how often.
+
+    ``symbol`` is the exchange symbol in upper case (``"BTCUSDT"`` for
+    ``btcusdt@trade``), ``None`` for a market-wide stream (``!miniTicker@arr``).
+    ``param`` is the kline interval or the ticker window (``"1m"``, ``"4h"``),
+    ``levels`` the partial depth's 5, 10 or 20, ``utc_offset`` ``"+08:00"`` for a
+    kline stream in that timezone. ``period_ms`` is the documented update speed
+    (0 for real-time streams).
+    """
+
+    name: str
+    type: str
+    symbol: str | None
+    period_ms: int
+    param: str | None = None
+    levels: int | None = None
+    utc_offset: str | None = None
+
+
+def parse_stream(name: str) -> Stream:
+    """The stream a name denotes, or :class:`InvalidStream` saying why it is none.
+
+    The grammar is the "Detailed Stream information" of Binance's WebSocket Streams
+    documentation (https://developers.binance.com/docs/binance-spot-api-docs/web-socket-streams):
+    ``<symbol>@<type>`` with the symbol in lower case, and the market-wide
+    ``!miniTicker@arr`` and ``!ticker_<w>@arr``. The retired ``!ticker@arr`` and
+    ``!bookTicker`` are refused, and so is a symbol with capitals: the documentation
+    says stream symbols are lower case, and such a name delivers nothing.
+
+    Pure, so a client can check names before it subscribes::
+
+        parse_stream("btcusdt@kline_1m")   # Stream(type="kline", symbol="BTCUSDT", param="1m", ...)
+        parse_stream("btcusdt@depth7")     # InvalidStream
+    """
+    if not isinstance(name, str):
+        raise InvalidStream(f"a stream name is a string, got {type(name).__name__}")
+    if name == "!miniTicker@arr":
+        return Stream(name, "allMiniTickers", None, 1000)
+    if name.startswith("!"):
+        window = name.removeprefix("!ticker_").removesuffix("@arr")
+        if name == f"!ticker_{window}@arr" and window in TICKER_WINDOWS:
+            return Stream(name, "allRollingTickers", None, 1000, param=window)
+        raise InvalidStream(f"{name!r} is not a market-wide stream (retired or unknown)")
+    sym, at, suffix = name.partition("@")
+    if not at or not sym or not suffix:
+        raise InvalidStream(f"{name!r} is not <symbol>@<type>")
+    if not sym.isalnum():
+        raise InvalidStream(f"{name!r}: a symbol is letters and digits")
+    if sym != sym.lower():
+        raise InvalidStream(f"{name!r}: stream symbols are lower case")
+    symbol = sym.upper()
+    fixed = _FIXED_SUFFIXES.get(suffix)
+    if fixed is not None:
+        return Stream(name, fixed[0], symbol, fixed[1])
+    if suffix.startswith("ticker_"):
+        window = suffix.removeprefix("ticker_")
+        if window in TICKER_WINDOWS:
+            return Stream(name, "rollingTicker", symbol, 1000, param=window)
+    elif suffix.startswith("kline_"):
+        interval, _, offset = suffix.removeprefix("kline_").partition("@")
+        if interval in KLINE_INTERVALS and offset in ("", _KLINE_OFFSET):
+            return Stream(
+                name,
+                "kline",
+                symbol,
+                1000 if interval == "1s" else 2000,
+                param=interval,
+                utc_offset=offset or None,
+            )
+    elif suffix.startswith("depth"):
+        levels, _, speed = suffix.removeprefix("depth").partition("@")
+        if levels in ("5", "10", "20") and speed in ("", "100ms"):
+            return Stream(name, "partialDepth", symbol, 100 if speed else 1000, levels=int(levels))
+    raise InvalidStream(f"{name!r}: unknown stream type {suffix!r}")

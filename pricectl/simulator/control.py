@@ -15,8 +15,32 @@ documentation, "Live Subscribing/Unsubscribing to streams"
 
 Errors are the documented ones (codes 0 to 3) in the wrapped form clients observe,
 ``{"error":{"code":2,"msg":"Invalid request: too many parameters"},"id":8}``, plus two
-that third-party clients report: ``Invalid request: invalid stream`` (code 2) for a
-stream name without ``@`` and ``Too many subscriptions`` (code 4) past the stream cap.
+that third-party clients report: ``Invalid request: invalid stream`` (code 2) and
+``Too many subscriptions`` (code 4) past the stream cap.
+
+Which names are streams is :func:`pricectl.core.binance.parse_stream`'s grammar, the
+one pricectl's client checks its own names with. What the exchange does with them
+(:class:`Limits`):
+
+* a name the grammar refuses (``btcusdt@depth7``, ``BTCUSDT@trade``, the retired
+  ``!ticker@arr``) is ``Invalid request: invalid stream``: the simulator feeds every
+  name it accepts, so it refuses the ones it would never feed;
+* a well-formed name for a symbol the exchange does not list (``xrpxrp@trade``) is
+  accepted and never fed, as Binance does (third parties report a ``{"result":null}``
+  and silence for unknown symbols, on Spot and on USD-M futures); the WebSocket side
+  counts such streams per connection, so a test can tell. ``refuse_unlisted`` refuses
+  them instead, with the invalid-stream error;
+* a SUBSCRIBE that would take a connection past ``max_streams`` is code 4 and changes
+  nothing; the connection stays open (on USD-M futures a third party also saw a 1008
+  close right after it; no report shows that on Spot).
+
+SUBSCRIBE and UNSUBSCRIBE take any number of names in one message: Binance documents
+no bound (what third parties observed for big frames is the WebSocket side's
+``max_control_bytes``).
+
+The handshake has its own checks (:func:`refuse_handshake`): a request target longer
+than ``max_url_length`` is HTTP 414, a URL naming more than ``max_streams`` streams or
+an invalid one is HTTP 400.
 
 The method table and the reply values are :mod:`pricectl.core.binance`'s
 (:data:`~pricectl.core.binance.CONTROL_METHODS`, :class:`~pricectl.core.binance.ControlReply`,
@@ -28,21 +52,43 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pricectl.core.binance import CONTROL_METHODS, ControlError, ControlReply
+from pricectl.core.binance import (
+    CONTROL_METHODS,
+    ControlError,
+    ControlReply,
+    InvalidStream,
+    Stream,
+    parse_stream,
+)
 
 __all__ = [
+    "INVALID_STREAM",
+    "MAX_URL_LENGTH",
     "Answer",
+    "Limits",
+    "Refusal",
     "answer",
     "encode",
     "is_combined_path",
+    "is_fed",
+    "refuse_handshake",
     "stream_symbol",
     "url_streams",
     "valid_id",
 ]
+
+#: The reply's message for a name that is no stream (observed wording).
+INVALID_STREAM = "Invalid request: invalid stream"
+
+#: The longest request target (path and query, as sent) the handshake takes. Binance
+#: documents no limit; unicorn-binance-websocket-api measured (2019) that URLs of 8,004
+#: characters or more were refused, which for ``wss://stream.binance.com:9443`` (29
+#: characters) leaves 7,974 for the path and query.
+MAX_URL_LENGTH = 7974
 
 _ID_STR = re.compile(r"^[A-Za-z0-9]{1,36}$")
 #: Binance's wording, with the method list taken from the method table.
@@ -52,6 +98,29 @@ _UNKNOWN_VARIANT = (
     + " at line 1 column {}"
 )
 _PROPERTY = "combined"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What the exchange accepts: streams per connection, URL length, listed symbols.
+
+    ``listed`` is the set of exchange symbols the exchange feeds (``None``: any symbol
+    counts as listed, as in a replay); ``refuse_unlisted`` refuses a stream for any
+    other symbol instead of accepting it silently.
+    """
+
+    max_streams: int = 1024
+    max_url_length: int = MAX_URL_LENGTH
+    listed: Collection[str] | None = None
+    refuse_unlisted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An HTTP answer to a WebSocket handshake instead of the upgrade."""
+
+    status: int
+    body: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,16 +159,30 @@ def _ok(rid: Any, result: Any = None, **changes: Any) -> Answer:
     return Answer(ControlReply(rid, result), **changes)
 
 
-def _is_stream(param: Any) -> bool:
-    """What SUBSCRIBE/UNSUBSCRIBE accept as a stream name: ``<symbol>@<kind>`` or ``!...``."""
-    return isinstance(param, str) and ("@" in param or param.startswith("!"))
+def is_fed(stream: Stream, limits: Limits) -> bool:
+    """Whether the exchange sends frames on ``stream``: market-wide, or a listed symbol's."""
+    return stream.symbol is None or limits.listed is None or stream.symbol in limits.listed
 
 
-def answer(text: str, streams: Sequence[str], combined: bool, max_streams: int) -> Answer:
+def _streams(params: list[Any], limits: Limits) -> list[Stream] | None:
+    """The parsed streams of SUBSCRIBE/UNSUBSCRIBE params; None if one is refused."""
+    out = []
+    for param in params:
+        try:
+            stream = parse_stream(param)
+        except InvalidStream:
+            return None
+        if limits.refuse_unlisted and not is_fed(stream, limits):
+            return None
+        out.append(stream)
+    return out
+
+
+def answer(text: str, streams: Collection[str], combined: bool, limits: Limits) -> Answer:
     """The answer to the control frame ``text`` on a connection subscribed to ``streams``.
 
-    ``combined`` is the connection's property of that name; ``max_streams`` the most
-    streams one connection may hold (1024 on Binance).
+    ``combined`` is the connection's property of that name; ``limits`` says how many
+    streams one connection may hold (1024 on Binance) and which symbols are listed.
     """
     try:
         req = json.loads(text)
@@ -125,13 +208,13 @@ def answer(text: str, streams: Sequence[str], combined: bool, max_streams: int) 
     if not isinstance(params, list):
         return _error(2, "Invalid request: params must be an array", rid)
     if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
-        if not all(_is_stream(p) for p in params):
-            return _error(2, "Invalid request: invalid stream", rid)
+        if _streams(params, limits) is None:
+            return _error(2, INVALID_STREAM, rid)
         wanted = list(dict.fromkeys(params))
         if method == "UNSUBSCRIBE":
             return _ok(rid, unsubscribe=tuple(p for p in wanted if p in streams))
         new = tuple(p for p in wanted if p not in streams)
-        if len(streams) + len(new) > max_streams:
+        if len(streams) + len(new) > limits.max_streams:
             return _error(4, "Too many subscriptions", rid)
         return _ok(rid, subscribe=new)
     if method == "LIST_SUBSCRIPTIONS":
@@ -176,6 +259,29 @@ def url_streams(text: str) -> list[str]:
     """``"btcusdt@trade/ethusdt@trade"`` (the tail of ``/ws/...`` or the ``streams`` query
     of ``/stream``) -> the stream names, empty parts dropped."""
     return [s for s in text.split("/") if s]
+
+
+def refuse_handshake(target: str, names: Sequence[str], limits: Limits) -> Refusal | None:
+    """Why the handshake for request target ``target`` naming ``names`` is refused, if it is.
+
+    In the order a server meets them: the target's length (414: Binance documents no
+    limit and no status; 414 is what HTTP has for it), then the number of streams
+    (400, past ``max_streams``), then each name (400, as a SUBSCRIBE would refuse it).
+    """
+    if len(target) > limits.max_url_length:
+        return Refusal(
+            414,
+            {
+                "code": -1,
+                "msg": f"URL too long: {len(target)} characters, max {limits.max_url_length}",
+            },
+        )
+    if len(dict.fromkeys(names)) > limits.max_streams:
+        return Refusal(400, {"code": -1, "msg": f"too many streams: max {limits.max_streams}"})
+    if _streams(list(names), limits) is None:
+        bad = next(n for n in names if _streams([n], limits) is None)
+        return Refusal(400, {"code": 2, "msg": f"{INVALID_STREAM}: {bad}"})
+    return None
 
 
 def stream_symbol(name: str) -> str | None:

@@ -4,10 +4,16 @@
 WebSocket side (:class:`~pricectl.simulator.ws.WebSocketEndpoint`):
 
 * the market loop: the seeded walk of :mod:`pricectl.simulator.market` moves the
-  configured symbols and every subscribed one; ``trade``, ``aggTrade`` and
-  ``bookTicker`` go out ``trade_rate`` times per symbol per second, ``ticker`` and
-  ``miniTicker`` (and ``!miniTicker@arr`` for the symbols that moved) every
-  ``ticker_interval`` s. Those are the five kinds of :data:`pricectl.core.binance.KINDS`;
+  configured symbols and every subscribed listed one, nothing else (so the ~1,700
+  symbols of the list cost nothing until someone subscribes). Every stream type of
+  :data:`pricectl.core.binance.STREAM_TYPES` is fed, and only where it has a
+  subscriber: the real-time ones (``trade``, ``aggTrade``, ``bookTicker``, and
+  ``blockTrade`` on one trade in :data:`~pricectl.simulator.market.BLOCK_TRADE_EVERY`)
+  ``trade_rate`` times per symbol per second; the 1000 ms ones (``ticker``,
+  ``miniTicker``, ``ticker_<w>``, ``avgPrice``, ``referencePrice``, ``depth``,
+  ``depth<N>``, ``kline_1s``, and ``!miniTicker@arr``/``!ticker_<w>@arr`` for the
+  symbols that moved) every ``ticker_interval`` s; the other klines every two
+  ``ticker_interval``; the ``@100ms`` depth streams every tenth of one;
 * the garbage loop: with the ``garbage`` fault on, bad frames (not JSON, truncated JSON,
   unknown events, missing fields) to every connection at that rate;
 * the replay, instead of the walk: the frames of a recording (:func:`load_recording`),
@@ -26,9 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pricectl.simulator import control
-
 if TYPE_CHECKING:
+    from pricectl.core.binance import Stream
     from pricectl.simulator.market import Market
     from pricectl.simulator.server import Faults, SimulatorConfig
     from pricectl.simulator.ws import WebSocketEndpoint
@@ -116,56 +121,127 @@ class Feed:
             return None
         return {"sent": self.replay_sent, "total": len(self.recording), "done": self.replay_done}
 
-    def _walking(self) -> list[str]:
-        """Symbols the walk advances: the configured ones plus every subscribed one."""
-        out = dict.fromkeys(s for s in self.config.symbols if s in self.market)
-        for name in self.ws.subscribed():
-            symbol = control.stream_symbol(name)
-            if symbol is not None and symbol in self.market:
-                out[symbol] = None
-        return list(out)
+    def walking(self) -> list[str]:
+        """Symbols the walk advances: the configured ones plus every subscribed listed one."""
+        if self.recording is not None:
+            return []
+        subscribed = self.ws.fed_symbols()
+        out = [s for s in self.config.symbols if s in self.market and s not in subscribed]
+        out.extend(subscribed)
+        return out
 
     async def _market_loop(self) -> None:
         cfg = self.config
-        ws = self.ws
         loop = asyncio.get_running_loop()
         start = loop.time()
         trade_dt = max(0.01, 1.0 / cfg.trade_rate) if cfg.trade_rate > 0 else math.inf
+        fast_dt = cfg.ticker_interval / 10
         next_trade = start + trade_dt
         next_ticker = start + cfg.ticker_interval
+        next_fast = start + fast_dt
         trades_done = 0
+        tickers_done = 0
         while True:
-            await asyncio.sleep(max(0.0, min(next_trade, next_ticker) - loop.time()))
+            wake = min(next_trade, next_ticker)
+            if self.ws.wants_period(100):
+                wake = min(wake, next_fast)
+            await asyncio.sleep(max(0.0, wake - loop.time()))
             now = loop.time()
             now_ms = time.time_ns() // 1_000_000
             if now >= next_trade:
                 due = int((now - start) * cfg.trade_rate) - trades_done
                 trades_done += due
-                for symbol in self._walking():
-                    low = symbol.lower()
-                    for _ in range(due):
-                        trade, agg, book = self.market.trade(symbol, now_ms)
-                        ws.publish(f"{low}@trade", trade)
-                        ws.publish(f"{low}@aggTrade", agg)
-                        ws.publish(f"{low}@bookTicker", book)
+                self._trades(due, now_ms)
                 next_trade += trade_dt
                 if next_trade < now:
                     next_trade = now + trade_dt
+            if now >= next_fast:
+                self._periodic(100, now_ms)
+                next_fast += fast_dt
+                if next_fast < now:
+                    next_fast = now + fast_dt
             if now >= next_ticker:
-                for symbol in self._walking():
-                    low = symbol.lower()
-                    if ws.has_subscribers(f"{low}@ticker"):
-                        ws.publish(f"{low}@ticker", self.market.ticker(symbol, now_ms))
-                    if ws.has_subscribers(f"{low}@miniTicker"):
-                        ws.publish(f"{low}@miniTicker", self.market.mini_ticker(symbol, now_ms))
-                changed = self.market.take_changed()
-                if changed and ws.has_subscribers("!miniTicker@arr"):
-                    ws.publish(
-                        "!miniTicker@arr", [self.market.mini_ticker(s, now_ms) for s in changed]
-                    )
+                tickers_done += 1
+                self._periodic(1000, now_ms)
+                if tickers_done % 2 == 0:
+                    self._periodic(2000, now_ms)
+                self._market_wide(now_ms)
                 next_ticker += cfg.ticker_interval
                 if next_ticker < now:
                     next_ticker = now + cfg.ticker_interval
+
+    def _trades(self, due: int, now_ms: int) -> None:
+        """``due`` trades of every walking symbol, and their real-time events."""
+        if due <= 0:
+            return
+        market, publish = self.market, self.ws.publish
+        subscribed = self.ws.fed_symbols()
+        for symbol in self.walking():
+            realtime = [s for s in subscribed.get(symbol, {}).values() if s.period_ms == 0]
+            for _ in range(due):
+                market.step(symbol, now_ms)
+                for stream in realtime:
+                    if stream.type == "trade":
+                        publish(stream.name, market.trade_event(symbol, now_ms))
+                    elif stream.type == "aggTrade":
+                        publish(stream.name, market.agg_event(symbol, now_ms))
+                    elif stream.type == "bookTicker":
+                        publish(stream.name, market.book_ticker(symbol))
+                    else:
+                        block = market.block_trade(symbol, now_ms)
+                        if block is not None:
+                            publish(stream.name, block)
+
+    def _periodic(self, period_ms: int, now_ms: int) -> None:
+        """The events of every subscribed stream that updates every ``period_ms``."""
+        if not self.ws.wants_period(period_ms):
+            return
+        publish = self.ws.publish
+        for symbol, streams in list(self.ws.fed_symbols().items()):
+            for stream in list(streams.values()):
+                if stream.period_ms != period_ms:
+                    continue
+                if stream.type == "kline":
+                    assert stream.param is not None
+                    for event in self.market.kline(symbol, stream.param, stream.utc_offset, now_ms):
+                        publish(stream.name, event)
+                    continue
+                payload = self._payload(stream, symbol, now_ms)
+                if payload is not None:
+                    publish(stream.name, payload)
+
+    def _payload(self, stream: Stream, symbol: str, now_ms: int) -> dict[str, Any] | None:
+        """The event of a periodic per-symbol stream (None: nothing changed to send)."""
+        market = self.market
+        kind = stream.type
+        if kind == "ticker":
+            return market.ticker(symbol, now_ms)
+        if kind == "miniTicker":
+            return market.mini_ticker(symbol, now_ms)
+        if kind == "rollingTicker":
+            assert stream.param is not None
+            return market.rolling_ticker(symbol, stream.param, now_ms)
+        if kind == "avgPrice":
+            return market.avg_price(symbol, now_ms)
+        if kind == "referencePrice":
+            return market.reference_price(symbol, now_ms)
+        if kind == "partialDepth":
+            assert stream.levels is not None
+            return market.partial_depth(symbol, stream.levels)
+        return market.depth_update(symbol, stream.period_ms, now_ms)
+
+    def _market_wide(self, now_ms: int) -> None:
+        """``!miniTicker@arr`` and ``!ticker_<w>@arr``: one array of the symbols that moved."""
+        changed = self.market.take_changed()
+        if not changed:
+            return
+        for stream in list(self.ws.market_wide().values()):
+            if stream.type == "allMiniTickers":
+                events = [self.market.mini_ticker(s, now_ms) for s in changed]
+            else:
+                assert stream.param is not None
+                events = [self.market.rolling_ticker(s, stream.param, now_ms) for s in changed]
+            self.ws.publish(stream.name, events)
 
     async def _garbage_loop(self) -> None:
         i = 0

@@ -16,7 +16,34 @@ Faults and introspection, for tests, through :meth:`Simulator.set_fault` or HTTP
 with 503), ``{"rest429":true}``, ``{"rest500":true}``, ``{"clear":true}``;
 ``POST /admin/shutdown {"after_s":N}`` (``serverShutdown`` to every connection, cut after
 N s); ``GET /admin/state`` (connections held, connects, messages and pongs received,
-faults, subscriptions, replay progress).
+faults, subscriptions, replay progress, and per connection its stream count and the
+messages it sent, with the highest of each seen so far: what a test of a client's
+sharding and pacing asserts from the exchange's side).
+
+Every symbol of the bundled ``exchangeInfo`` list (~1,700) can be subscribed; only the
+symbols someone is subscribed to walk, plus ``SimulatorConfig.symbols``, which always
+walk so that REST has moving prices with nobody listening (two by default: they cost
+what two subscribed symbols cost, subscribed or not).
+
+Where it behaves like Binance and where it does not, in short (the modules say why):
+
+* fed: every stream type of the Spot WebSocket Streams documentation, for any listed
+  symbol (:data:`pricectl.core.binance.STREAM_TYPES`), at its documented speed scaled
+  by ``ticker_interval``; ``!miniTicker@arr`` and ``!ticker_<w>@arr`` list the
+  symbols that walk, not the whole market;
+* refused with ``Invalid request: invalid stream`` (HTTP 400 in a URL): any other name,
+  upper-case symbols and the retired ``!ticker@arr``/``!bookTicker`` included. Third
+  parties saw Binance answer that error to some bad names and acknowledge others
+  silently (USD-M futures); refusing them all makes a client's mistake visible;
+* acknowledged and never fed, as on Binance: streams of unlisted symbols (counted in
+  ``state()``; ``refuse_unlisted`` refuses them). BREAK symbols are fed like TRADING
+  ones, where Binance would have no trades to send;
+* limits: 1,024 streams per connection (code 4 past it), a 7,974-character request
+  target (414 past it), 5 incoming messages per second (1008 ``Too many requests``
+  past it), 300 connections per 5 minutes per IP (429), the REST weights (429, 418);
+* not modelled: ``timeUnit=MICROSECOND`` (times stay milliseconds), real rolling
+  windows for ``ticker_1h``/``4h`` (they restart when full), order books deeper than
+  the walk's top of book.
 """
 
 from __future__ import annotations
@@ -30,8 +57,9 @@ from typing import Any
 from aiohttp import web
 
 from pricectl.core.pairs import PairMap
+from pricectl.simulator.control import MAX_URL_LENGTH
 from pricectl.simulator.feed import Feed
-from pricectl.simulator.market import Market
+from pricectl.simulator.market import Market, load_symbol_specs
 from pricectl.simulator.rest import RestEndpoint
 from pricectl.simulator.ws import WebSocketEndpoint
 
@@ -57,6 +85,15 @@ class SimulatorConfig:
     shutdown_notice: float | None = None
     max_incoming_per_s: int = 5
     max_streams: int = 1024
+    #: The longest request target (path and query) a handshake may have; longer: 414.
+    max_url_length: int = MAX_URL_LENGTH
+    #: Refuse a stream of a symbol the list does not have (Binance accepts it and
+    #: sends nothing, which is the default here too).
+    refuse_unlisted: bool = False
+    #: Drop control frames longer than this unanswered (None: no bound, as documented).
+    max_control_bytes: int | None = None
+    #: List every symbol as TRADING (the bundled 2021 list has 1,262 of 1,695).
+    all_trading: bool = False
     #: WebSocket connection attempts per IP per ``connect_window_s`` (300 per 5 min);
     #: above it the handshake gets HTTP 429 (Binance does not document the status).
     max_connects: int = 300
@@ -76,7 +113,7 @@ class SimulatorConfig:
     def __post_init__(self) -> None:
         # The limits are counted by core's rate limiters, which need at least one event
         # per window and a window of some length.
-        for name in ("max_incoming_per_s", "max_connects", "weight_limit"):
+        for name in ("max_incoming_per_s", "max_connects", "weight_limit", "max_url_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("connect_window_s", "weight_window_s"):
@@ -115,7 +152,18 @@ class Stats:
 
     total_connects: int = 0
     refused: int = 0
+    #: Handshakes refused for their URL: too long (414), too many or invalid streams (400).
+    refused_urls: int = 0
     messages_received: int = 0
+    #: Text frames among them, control requests refused, and those dropped for their size.
+    control_messages: int = 0
+    control_errors: int = 0
+    control_ignored: int = 0
+    #: Streams accepted for a symbol the exchange does not list (never fed).
+    unfed_subscribes: int = 0
+    #: The most streams one connection held, and incoming frames in any 1 s, so far.
+    peak_streams_per_connection: int = 0
+    peak_messages_per_s: int = 0
     pings_sent: int = 0
     pongs_received: int = 0
     frames_sent: int = 0
@@ -134,12 +182,17 @@ class Simulator:
         self.config = replace(cfg, **overrides) if overrides else cfg
         self.faults = Faults()
         self.stats = Stats()
-        self.market = Market(self.config.seed)
+        specs = load_symbol_specs()
+        if self.config.all_trading:
+            specs = {sym: replace(spec, status="TRADING") for sym, spec in specs.items()}
+        self.market = Market(self.config.seed, specs)
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: web.AppRunner | None = None
         self._host = "127.0.0.1"
         self.port = 0
-        self._ws = WebSocketEndpoint(self.config, self.faults, self.stats, self._spawn)
+        # A replay feeds what it recorded, whatever the symbol: every symbol is listed.
+        listed = None if self.config.replay else frozenset(self.market.specs)
+        self._ws = WebSocketEndpoint(self.config, self.faults, self.stats, self._spawn, listed)
         self._rest = RestEndpoint(self.config, self.faults, self.stats, self.market)
         self._feed = Feed(self.config, self.faults, self.market, self._ws)
 
@@ -182,7 +235,14 @@ class Simulator:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on ``host:port`` (0: a free port, then read :attr:`port`)."""
-        self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
+        # aiohttp refuses request lines over 8190 bytes itself: leave the URL limit to us.
+        line = max(8190, self.config.max_url_length + 64)
+        self._runner = web.AppRunner(
+            self.app(),
+            handle_signals=False,
+            access_log=None,
+            max_line_size=line,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
@@ -248,6 +308,8 @@ class Simulator:
             **asdict(self.stats),
             "faults": asdict(self.faults),
             "subscriptions": self._ws.subscriptions(),
+            "per_connection": self._ws.connection_states(),
+            "walking": len(self._feed.walking()),
             "replay": self._feed.replay_state(),
         }
 

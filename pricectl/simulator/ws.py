@@ -12,28 +12,44 @@ The rules follow Binance's WebSocket Streams documentation
 * a ping every ``ping_interval`` s (20); a cut when a ping has no matching pong within
   ``pong_timeout`` s (60); unsolicited pongs keep nothing alive;
 * more than ``max_incoming_per_s`` (5) incoming frames (text, ping and pong alike) in
-  any 1 s window closes the connection;
+  any 1 s window closes the connection with 1008 ``Too many requests`` (Binance
+  documents the disconnect, not its code; third-party clients report that close on
+  Spot, e.g. polyoxide-binance's spot module);
 * a connection is cut at ``max_connection_age`` (24 h), after a ``serverShutdown``
   event ``notice_s`` seconds before;
 * more than ``max_connects`` (300) handshakes per IP in ``connect_window_s`` (5 min) get
   HTTP 429 (Binance does not document the status);
-* at most ``max_streams`` (1024) streams per connection.
+* at most ``max_streams`` (1024) streams per connection: a SUBSCRIBE past it gets
+  code 4, a URL naming more gets HTTP 400; a request target longer than
+  ``max_url_length`` gets HTTP 414 (see :mod:`pricectl.simulator.control`);
+* with ``max_control_bytes`` set, a control frame longer than that is dropped
+  unanswered: a 2024 report (binance-connector-rust issue 27) saw Spot answer nothing
+  to SUBSCRIBE frames over 4,096 bytes. Binance documents no bound; by default there
+  is none.
 
 Both windows are :class:`pricectl.core.ratelimit.SlidingWindow`, the limiter pricectl's
 own client uses to stay under the same limits.
+
+The stream index is what makes ~1,700 symbols free until asked for: the feed walks
+only the symbols of :meth:`WebSocketEndpoint.fed_symbols` (plus the configured ones),
+and :meth:`WebSocketEndpoint.connection_states` reports, per connection, its streams
+and the messages it sent, so a test can check a client's pacing from this side.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections import Counter
+from collections.abc import Callable, Collection, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from pricectl.core.binance import ControlError, Stream, parse_stream
 from pricectl.core.ratelimit import SlidingWindow
 from pricectl.simulator import control
 
@@ -60,15 +76,25 @@ class Connection:
         request: web.Request,
         combined: bool,
         max_incoming_per_s: int,
+        number: int = 0,
     ) -> None:
         self.ws = ws
         self.request = request
         self.combined = combined
-        self.streams: list[str] = []
+        #: The connection's number, in handshake order from 1 (for ``/admin/state``).
+        self.number = number
+        #: Subscribed streams, in subscription order.
+        self.streams: dict[str, Stream] = {}
+        #: How many of them the exchange never feeds (a symbol it does not list).
+        self.unfed = 0
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
         self.connected_at = time.monotonic()
         #: Incoming frames of the last second (the 5 messages per second rule).
         self.incoming = SlidingWindow(max_incoming_per_s, 1.0)
+        #: Incoming frames of every kind, the text ones among them, and the most in any 1 s.
+        self.messages_received = 0
+        self.control_messages = 0
+        self.peak_per_s = 0
         #: Pings without a pong yet: payload -> monotonic time sent.
         self.pings: dict[bytes, float] = {}
         self.shutdown_sent = False
@@ -77,17 +103,51 @@ class Connection:
     def send(self, text: str) -> None:
         self.queue.put_nowait(text)
 
+    def state(self, now: float) -> dict[str, Any]:
+        """What ``/admin/state`` says of this connection."""
+        return {
+            "number": self.number,
+            "path": self.request.path,
+            "combined": self.combined,
+            "streams": len(self.streams),
+            "unfed_streams": self.unfed,
+            "messages_received": self.messages_received,
+            "control_messages": self.control_messages,
+            "peak_messages_per_s": self.peak_per_s,
+            "age_s": round(now - self.connected_at, 3),
+        }
+
 
 class WebSocketEndpoint:
     """Every client WebSocket of the exchange, and what the feed sends them through."""
 
-    def __init__(self, config: SimulatorConfig, faults: Faults, stats: Stats, spawn: Spawn) -> None:
+    def __init__(
+        self,
+        config: SimulatorConfig,
+        faults: Faults,
+        stats: Stats,
+        spawn: Spawn,
+        listed: Collection[str] | None = None,
+    ) -> None:
         self.config = config
         self.faults = faults
         self.stats = stats
         self._spawn = spawn
-        self._conns: set[Connection] = set()
+        #: What a client may ask for; ``listed`` is the symbols the feed walks (None: any).
+        self.limits = control.Limits(
+            max_streams=config.max_streams,
+            max_url_length=config.max_url_length,
+            listed=listed,
+            refuse_unlisted=config.refuse_unlisted,
+        )
+        self._conns: dict[Connection, None] = {}
+        self._numbers = itertools.count(1)
         self._index: dict[str, set[Connection]] = {}
+        #: Fed streams with a subscriber, by symbol, and the market-wide ones.
+        self._by_symbol: dict[str, dict[str, Stream]] = {}
+        self._wide: dict[str, Stream] = {}
+        #: Fed streams with a subscriber, per update period (ms).
+        self._periods: Counter[int] = Counter()
         self._connects: dict[str, SlidingWindow] = {}
         #: Set by the first handshake (a replay waits for someone to listen).
         self.connected = asyncio.Event()
@@ -108,12 +168,29 @@ class WebSocketEndpoint:
         """Each connection's streams, in subscription order."""
         return [list(c.streams) for c in self._conns]
 
+    def connection_states(self) -> list[dict[str, Any]]:
+        """Each connection's number, streams and incoming messages (see :class:`Connection`)."""
+        now = time.monotonic()
+        return [c.state(now) for c in self._conns]
+
     def subscribed(self) -> Iterable[str]:
         """Every stream at least one connection is subscribed to."""
         return self._index
 
     def has_subscribers(self, stream: str) -> bool:
         return stream in self._index
+
+    def fed_symbols(self) -> dict[str, dict[str, Stream]]:
+        """Listed symbols with a subscriber, each with its subscribed streams (read only)."""
+        return self._by_symbol
+
+    def market_wide(self) -> dict[str, Stream]:
+        """Subscribed market-wide streams (``!miniTicker@arr``, ``!ticker_<w>@arr``)."""
+        return self._wide
+
+    def wants_period(self, period_ms: int) -> bool:
+        """Whether a fed stream with that update period has a subscriber."""
+        return self._periods[period_ms] > 0
 
     def publish(self, stream: str, payload: Any) -> None:
         """Send ``payload`` to the subscribers of ``stream`` (raw or in the envelope).
@@ -197,14 +274,16 @@ class WebSocketEndpoint:
             names = control.url_streams(request.query.get("streams", ""))
         else:
             names = control.url_streams(request.match_info.get("streams", ""))
-        if len(names) > self.config.max_streams:
-            return web.json_response(
-                {"code": -1, "msg": f"too many streams: max {self.config.max_streams}"}, status=400
-            )
+        refusal = control.refuse_handshake(request.raw_path, names, self.limits)
+        if refusal is not None:
+            self.stats.refused_urls += 1
+            return web.json_response(refusal.body, status=refusal.status)
         ws = web.WebSocketResponse(autoping=False, max_msg_size=1 << 20)
         await ws.prepare(request)
-        conn = Connection(ws, request, combined, self.config.max_incoming_per_s)
-        self._conns.add(conn)
+        conn = Connection(
+            ws, request, combined, self.config.max_incoming_per_s, next(self._numbers)
+        )
+        self._conns[conn] = None
         self.stats.total_connects += 1
         self._subscribe(conn, names)
         self.connected.set()
@@ -228,10 +307,14 @@ class WebSocketEndpoint:
         ws = conn.ws
         async for msg in ws:
             self.stats.messages_received += 1
-            if not conn.incoming.try_acquire(time.monotonic()):
+            conn.messages_received += 1
+            now = time.monotonic()
+            if not conn.incoming.try_acquire(now):
+                self._peak(conn, conn.incoming.limit + 1)
                 self.stats.cut_rate_limit += 1
-                await self._close(conn, 1008, "Too many messages")
+                await self._close(conn, 1008, "Too many requests")
                 return
+            self._peak(conn, conn.incoming.count(now))
             if msg.type == WSMsgType.PING:
                 if not self.faults.stall:
                     with contextlib.suppress(ConnectionError):
@@ -249,8 +332,21 @@ class WebSocketEndpoint:
             elif msg.type == WSMsgType.BINARY:
                 self._control(conn, bytes(msg.data).decode("utf-8", "replace"))
 
+    def _peak(self, conn: Connection, count: int) -> None:
+        if count > conn.peak_per_s:
+            conn.peak_per_s = count
+            self.stats.peak_messages_per_s = max(self.stats.peak_messages_per_s, count)
+
     def _control(self, conn: Connection, text: str) -> None:
-        answer = control.answer(text, conn.streams, conn.combined, self.config.max_streams)
+        conn.control_messages += 1
+        self.stats.control_messages += 1
+        limit = self.config.max_control_bytes
+        if limit is not None and len(text.encode()) > limit:
+            self.stats.control_ignored += 1
+            return
+        answer = control.answer(text, conn.streams, conn.combined, self.limits)
+        if isinstance(answer.reply, ControlError):
+            self.stats.control_errors += 1
         self._subscribe(conn, answer.subscribe)
         self._unsubscribe(conn, answer.unsubscribe)
         if answer.combined is not None:
@@ -332,27 +428,63 @@ class WebSocketEndpoint:
     # -- the stream index ---------------------------------------------------------------
 
     def _subscribe(self, conn: Connection, names: Iterable[str]) -> None:
+        """Add ``names`` (checked by :mod:`~pricectl.simulator.control`) to ``conn``."""
         for name in names:
             if name in conn.streams:
                 continue
-            conn.streams.append(name)
-            self._index.setdefault(name, set()).add(conn)
+            stream = parse_stream(name)
+            fed = control.is_fed(stream, self.limits)
+            conn.streams[name] = stream
+            if not fed:
+                conn.unfed += 1
+                self.stats.unfed_subscribes += 1
+            subs = self._index.get(name)
+            if subs is None:
+                subs = self._index[name] = set()
+                if fed:
+                    self._add_fed(stream)
+            subs.add(conn)
+        if len(conn.streams) > self.stats.peak_streams_per_connection:
+            self.stats.peak_streams_per_connection = len(conn.streams)
 
     def _unsubscribe(self, conn: Connection, names: Iterable[str]) -> None:
         for name in names:
-            if name in conn.streams:
-                conn.streams.remove(name)
-                self._discard(conn, name)
+            stream = conn.streams.pop(name, None)
+            if stream is not None:
+                self._discard(conn, stream)
 
     def _forget(self, conn: Connection) -> None:
-        self._conns.discard(conn)
-        for name in conn.streams:
-            self._discard(conn, name)
+        self._conns.pop(conn, None)
+        for stream in conn.streams.values():
+            self._discard(conn, stream)
         conn.streams.clear()
 
-    def _discard(self, conn: Connection, name: str) -> None:
-        subs = self._index.get(name)
+    def _discard(self, conn: Connection, stream: Stream) -> None:
+        fed = control.is_fed(stream, self.limits)
+        if not fed:
+            conn.unfed -= 1
+        subs = self._index.get(stream.name)
         if subs is not None:
             subs.discard(conn)
             if not subs:
-                del self._index[name]
+                del self._index[stream.name]
+                if fed:
+                    self._drop_fed(stream)
+
+    def _add_fed(self, stream: Stream) -> None:
+        self._periods[stream.period_ms] += 1
+        if stream.symbol is None:
+            self._wide[stream.name] = stream
+        else:
+            self._by_symbol.setdefault(stream.symbol, {})[stream.name] = stream
+
+    def _drop_fed(self, stream: Stream) -> None:
+        self._periods[stream.period_ms] -= 1
+        if stream.symbol is None:
+            self._wide.pop(stream.name, None)
+            return
+        streams = self._by_symbol.get(stream.symbol)
+        if streams is not None:
+            streams.pop(stream.name, None)
+            if not streams:
+                del self._by_symbol[stream.symbol]

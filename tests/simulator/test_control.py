@@ -27,7 +27,7 @@ def _answer(
     max_streams: int = 1024,
 ) -> control.Answer:
     text = request if isinstance(request, str) else json.dumps(request, separators=(",", ":"))
-    return control.answer(text, list(streams), combined, max_streams)
+    return control.answer(text, list(streams), combined, control.Limits(max_streams=max_streams))
 
 
 def _wire(obj: Any) -> str:

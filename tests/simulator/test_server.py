@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
+import urllib.request
 from dataclasses import asdict
 
 import aiohttp
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from pricectl.simulator import Faults, Simulator, SimulatorConfig
 from tests.simulator.client import get, recv_json, reply, ws_connect
@@ -115,3 +117,49 @@ def test_importing_the_package_loads_no_server() -> None:
     first, second = (json.loads(line) for line in out.stdout.splitlines())
     assert first == {"aiohttp": False, "threads": 1}
     assert second == {"names": ["Simulator", "SimulatorConfig", "symbols_for_pairs"]}
+
+
+def test_simulate_command_takes_the_limits() -> None:
+    """simulate's --max-streams, --all-trading, --refuse-unlisted, --max-url-length and
+    --max-control-bytes reach the exchange."""
+    from websockets.sync.client import connect
+
+    limits = ["--max-streams", "2", "--all-trading", "--refuse-unlisted", "--max-url-length", "500"]
+    limits += ["--max-control-bytes", "100"]
+    cmd = [sys.executable, "-m", "pricectl.cli", "simulate", "--port", "0", "--pairs", "BTC/USD"]
+    with subprocess.Popen(
+        [*cmd, *limits], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line.startswith("BINANCE_WS_URL=ws://127.0.0.1:"), line
+            ws_url = line.strip().partition("=")[2]
+            rest_url = proc.stdout.readline().strip().partition("=")[2]
+            with urllib.request.urlopen(rest_url + "/api/v3/exchangeInfo", timeout=10) as r:
+                assert {e["status"] for e in json.load(r)["symbols"]} == {"TRADING"}
+            for path, status in (
+                ("/stream?streams=btcusdt@trade/ethusdt@trade/bnbusdt@trade", 400),
+                ("/ws/xrpxrp@trade", 400),
+                ("/ws/" + "a" * 500 + "@trade", 414),
+            ):
+                with pytest.raises(InvalidStatus) as info:
+                    connect(ws_url + path, open_timeout=5).close()
+                assert info.value.response.status_code == status, path
+            with connect(ws_url + "/stream?streams=btcusdt@trade/ethusdt@trade") as ws:
+                assert json.loads(ws.recv(timeout=5))["stream"] in (
+                    "btcusdt@trade",
+                    "ethusdt@trade",
+                )
+                too_big = {"method": "UNSUBSCRIBE", "params": ["x" * 100 + "@trade"], "id": 1}
+                ws.send(json.dumps(too_big))
+                ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 2}))
+                while "id" not in (answer := json.loads(ws.recv(timeout=5))):
+                    pass
+                assert answer["id"] == 2  # the UNSUBSCRIBE over 100 bytes got no answer
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
