@@ -184,6 +184,7 @@ async def redis_health(
     from redis.exceptions import RedisError
 
     from pricectl.bus import keys
+    from pricectl.bus.diagnosis import explain
     from pricectl.bus.leader import read_leader
     from pricectl.bus.redis import connect_redis
     from pricectl.config import redact_url
@@ -203,7 +204,7 @@ async def redis_health(
     except (BusError, RedisError, OSError, TimeoutError) as exc:
         doc.update(
             status="down",
-            reasons=[f"redis unreachable at {where}: {exc}"],
+            reasons=[explain(url, exc)],
             bus={"url": where, "connected": False},
         )
         return doc

@@ -61,6 +61,12 @@ def command(
         raise UsageError("choose one of --url (ask serve) and --redis (ask Redis)")
     if redis_url and through:
         raise UsageError("--through compares with a serve stream: use it with --url")
+    if redis_url:
+        from pricectl.config import check_redis_url
+
+        problem = check_redis_url(redis_url)
+        if problem is not None:
+            raise UsageError(f"--redis: {problem}")
     cfg = settings(ctx)
     check = HealthCheck(
         serve_url=url or local_url(cfg.server.host, cfg.server.port),
