@@ -211,6 +211,10 @@ def print_health(health: Mapping[str, Any], console: Console | None = None) -> N
     if where:
         head.append(f"  ({where})", style="dim")
     out.print(head)
+    if health.get("simulated"):
+        out.print(
+            Text("  SIMULATED prices from the local exchange (serve --simulate)", style="bold")
+        )
     for problem in health.get("reasons", []) or []:
         out.print(Text(f"  ! {problem}", style="yellow"))
     pairs = health.get("pairs")
