@@ -110,7 +110,7 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("websockets", "aiohttp.access", "asyncio"):
+    for noisy in ("websockets", "aiohttp.access", "asyncio", "httpx", "httpcore", "hpack"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
