@@ -512,7 +512,7 @@ OFFLINE_HINT = "no network? `pricectl serve --simulate` runs a local exchange"
 
 async def _say_if_offline(settings: Settings) -> None:
     """Resolve the exchange's hosts once; when one does not resolve, say so in one plain
-    line with the way out (the relay's own retries then say less, paced by backoff)."""
+    line with the way out (the relay keeps retrying, paced by its backoff)."""
     from urllib.parse import urlsplit
 
     loop = asyncio.get_running_loop()
