@@ -1,4 +1,5 @@
-# pricectl: `make run` starts the main job, `make test` runs every check.
+# pricectl: `make run` starts the main job, `make demo` the same with a local (simulated)
+# exchange, no network needed; `make test` runs every check.
 # Both create the virtual environment (.venv) when it is missing.
 
 PY        ?= python3
@@ -9,7 +10,7 @@ STAMP     := $(VENV)/.installed
 # a real terminal for `tail`'s live table).
 SYSTEM_PACKAGES := redis-server chromium tmux
 
-.PHONY: run test lint typecheck pytest bench clean system-packages venv
+.PHONY: run demo test lint typecheck pytest bench clean system-packages venv
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,7 +21,12 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/pricectl serve
+	$(BIN)/pricectl serve $(ARGS)
+
+# Live prices with no network: the local exchange runs inside serve, and the dashboard
+# says the prices are simulated. `make demo ARGS="--port 8080"` passes options on.
+demo: $(STAMP)
+	$(BIN)/pricectl serve --simulate $(ARGS)
 
 # Installs what is missing with apt-get when running as root; otherwise prints the command.
 system-packages:

@@ -13,7 +13,8 @@ limits which commands load.
 
 This is the one place errors become exit codes: 0 success, 1 runtime failure,
 2 usage or configuration error, each as one clear line (a traceback only with
-``--log-level debug``). A command raises :class:`~pricectl.errors.PricectlError` when
+``--log-level debug``, and then with every URL's password redacted, like every log
+line). A command raises :class:`~pricectl.errors.PricectlError` when
 something went wrong and never exits by itself; it may return an ``int`` for an outcome
 it has already reported (``health``'s 0/1/2, ``tail``'s 130 on Ctrl-C), which becomes
 the exit code as it is.
@@ -226,8 +227,19 @@ def _debug_requested(argv: list[str]) -> bool:
 
 
 def _fail(message: str, code: int) -> int:
-    click.echo(f"error: {message}", err=True)
+    from pricectl.core.redaction import redact
+
+    click.echo(f"error: {redact(message)}", err=True)
     return code
+
+
+def _show_traceback() -> None:
+    """The traceback of the error being handled, on stderr, passwords redacted."""
+    import traceback
+
+    from pricectl.core.redaction import redact
+
+    click.echo(redact(traceback.format_exc()).rstrip("\n"), err=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,24 +255,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except click.ClickException as exc:
         if debug:
-            raise
+            _show_traceback()
         exc.show()
         return exc.exit_code
     except ConfigError as exc:
         if debug:
-            raise
+            _show_traceback()
         for problem in exc.problems:
             click.echo(f"error: {problem}", err=True)
         return exc.exit_code
     except PricectlError as exc:
         if debug:
-            raise
+            _show_traceback()
         return _fail(str(exc), exit_code_for(exc))
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the last line of defence: one line, not a traceback
         if debug:
-            raise
+            _show_traceback()
+            return _fail(f"{type(exc).__name__}: {exc}", 1)
         return _fail(f"{type(exc).__name__}: {exc} (run with --log-level debug for details)", 1)
     return int(result) if isinstance(result, int) else 0
 

@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -44,6 +44,7 @@ from pricectl.core.heartbeat import HeartbeatPolicy
 from pricectl.core.lease import LeasePolicy
 from pricectl.core.pairs import PairMap, known_symbols, parse_pair
 from pricectl.core.policy import PolicyError
+from pricectl.core.redaction import redact
 from pricectl.errors import ConfigError
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "ResilienceSettings",
     "ServerSettings",
     "Settings",
+    "check_redis_url",
     "format_duration",
     "load_settings",
     "parse_duration",
@@ -116,7 +118,16 @@ class ServerSettings:
     max_connections_per_ip: int = 0
     max_pairs_per_connection: int = 50
     high_water: int = 65536
+    #: SO_SNDBUF of stream sockets (bytes; 0: the same as high_water).
+    send_buffer: int = 0
+    #: Most events, and bytes (0: the same as high_water), one resume may replay.
+    resume_max_events: int = 1000
+    resume_max_bytes: int = 0
     write_timeout: float = _dur(30.0)
+    #: From connect (or a next request's first byte) to a complete request head.
+    request_head_timeout: float = _dur(5.0)
+    #: An idle kept-alive connection between requests.
+    keepalive_timeout: float = _dur(10.0)
     drain_window: float = _dur(5.0)
     cors_origins: tuple[str, ...] = ()
     update_debounce_ms: int = 250
@@ -380,11 +391,10 @@ def _check(s: Settings, problems: _Problems) -> None:
         parts = urlsplit(url)
         if parts.scheme not in schemes or not parts.netloc:
             problems.add(f"exchange.{key}", f"expected a {'/'.join(schemes)}:// URL, got {url!r}")
-    bus = urlsplit(s.bus.url)
-    if bus.scheme not in ("memory", "redis", "rediss", "unix"):
-        problems.add(
-            "bus.url", f"expected memory://, redis://, rediss:// or unix://, got {s.bus.url!r}"
-        )
+    if not s.bus.url.startswith("memory://"):
+        problem = check_redis_url(s.bus.url, allow_memory=True)
+        if problem is not None:
+            problems.add("bus.url", problem)
     if not 0 < s.server.port < 65536 and s.server.port != 0:
         problems.add("server.port", f"must be 0 to 65535, got {s.server.port}")
     if s.server.workers < 1:
@@ -459,6 +469,8 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, Any]]:
 
 
 def _scalar(text: str) -> Any:
+    if not text.strip():
+        return text  # an empty variable is an empty string (PRICECTL_BUS__PREFIX=), not null
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -495,6 +507,11 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{origin}: cannot read the config file: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{origin}: not a YAML text file: byte 0x{exc.object[exc.start]:02x} at offset "
+                f"{exc.start} is not UTF-8"
+            ) from None
         raw, lines = _compose(text, origin)
     problems = _Problems(origin, lines)
     if not isinstance(raw, dict):
@@ -512,15 +529,52 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None 
     return dataclasses.replace(settings, source=origin)
 
 
+_REDIS_FORM = "redis://[[user]:password@]host[:port][/db]"
+
+
+def check_redis_url(url: str, *, allow_memory: bool = False) -> str | None:
+    """What is wrong with the Redis URL ``url`` (one sentence, the URL redacted), or None.
+
+    The rule of ``bus.url``, ``--redis`` and ``REDIS_URL`` alike, checked before anything
+    connects: a scheme redis-py takes (``redis://``, ``rediss://`` for TLS, ``unix://``),
+    a host, a port that is a number from 1 to 65535, a database that is a number.
+    """
+    shown = redact(url)
+    schemes = (
+        "memory://, redis://, rediss:// or unix://"
+        if allow_memory
+        else ("redis://, rediss:// or unix://")
+    )
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return f"expected a URL such as {_REDIS_FORM}, got {shown!r} ({exc})"
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return f"expected {schemes}, got {shown!r}"
+    if parts.scheme == "unix":
+        if not parts.path:
+            return f"expected unix:///path/to/redis.sock, got {shown!r}"
+        return None
+    hostinfo = parts.netloc.rpartition("@")[2]
+    if hostinfo.startswith("["):
+        host, _, rest = hostinfo[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = hostinfo.partition(":")
+    if not host:
+        return f"no host in {shown!r}: expected {_REDIS_FORM}"
+    if port and (not port.isdigit() or not 0 < int(port) < 65536):
+        return f"port {port!r} is not a number from 1 to 65535 in {shown!r}"
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        return f"database {db!r} is not a number in {shown!r}: expected {_REDIS_FORM}"
+    return None
+
+
 def redact_url(url: str) -> str:
-    """``redis://user:secret@host`` -> ``redis://user:***@host``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    """``redis://user:secret@host`` -> ``redis://user:***@host``, ``?password=`` too: the one
+    redaction rule (:func:`pricectl.core.redaction.redact`), for URLs and any text naming one."""
+    return redact(url)
 
 
 def settings_to_dict(s: Any) -> Any:

@@ -211,6 +211,10 @@ def print_health(health: Mapping[str, Any], console: Console | None = None) -> N
     if where:
         head.append(f"  ({where})", style="dim")
     out.print(head)
+    if health.get("simulated"):
+        out.print(
+            Text("  SIMULATED prices from the local exchange (serve --simulate)", style="bold")
+        )
     for problem in health.get("reasons", []) or []:
         out.print(Text(f"  ! {problem}", style="yellow"))
     pairs = health.get("pairs")
@@ -240,12 +244,15 @@ def print_health(health: Mapping[str, Any], console: Console | None = None) -> N
 def print_through(report: Mapping[str, Any], console: Console | None = None) -> None:
     """The proxy check: a plain verdict, then the numbers behind it."""
     out = console or Console()
-    buffers = bool(report.get("buffers"))
+    buffers = report.get("buffers")
+    over = f" ({report['http_version']})" if report.get("http_version") else ""
     verdict = Text("proxy    ", style="bold")
-    verdict.append(
-        "BUFFERS the stream" if buffers else "passes the stream through unbuffered",
-        style="bold red" if buffers else "bold green",
-    )
+    if buffers is None:
+        verdict.append("COULD NOT CHECK the stream through the proxy", style="bold yellow")
+    elif buffers:
+        verdict.append(f"BUFFERS the stream{over}", style="bold red")
+    else:
+        verdict.append(f"passes the stream through unbuffered{over}", style="bold green")
     out.print(verdict)
     out.print(Text(f"         {report.get('summary', '')}"))
 

@@ -27,16 +27,21 @@ __all__ = ["RedisServer", "private_redis"]
 
 
 class RedisServer:
-    """One redis-server in ``folder``; ``url`` stays the same across restarts."""
+    """One redis-server in ``folder``; ``url`` stays the same across restarts.
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    With ``password`` it runs with ``--requirepass`` and ``url`` carries the password.
+    """
+
+    def __init__(self, folder: Path, port: int | None = None, password: str | None = None) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed: run `make test`, which installs it")
         self.exe = exe
         self.folder = folder
         self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        auth = f":{password}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> None:
@@ -59,6 +64,7 @@ class RedisServer:
                 str(self.folder),
                 "--daemonize",
                 "no",
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -76,6 +82,10 @@ class RedisServer:
         """True when the server answers PING."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                if self.password:
+                    s.sendall(b"AUTH %s\r\n" % self.password.encode())
+                    if not s.recv(16).startswith(b"+OK"):
+                        return False
                 s.sendall(b"PING\r\n")
                 return s.recv(16).startswith(b"+PONG")
         except OSError:

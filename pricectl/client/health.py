@@ -15,6 +15,12 @@
   ``proxy_buffering off``, a CDN, a compressing middlebox) holds the opening comment
   and batches events, which turns "sub-second" into "whenever a buffer fills"; the
   per-event delay (same event id, proxy arrival minus direct arrival) shows it plainly.
+  The proxy is read the way a browser reads it: over HTTPS with the certificate checked
+  (``cacert`` adds a CA, ``insecure`` skips the check), and over HTTP/2 when the proxy
+  offers it in the TLS handshake (ALPN), since that is what a browser then uses and a
+  proxy may buffer HTTP/2 streams differently. That side uses httpx (with h2): aiohttp,
+  used everywhere else, speaks only HTTP/1.1. A proxy that cannot be reached or
+  trusted is one verdict, "could not check", with the fix.
 
 Exit codes (:func:`exit_code_for_status`): 0 ok, 1 degraded, 2 down or unreachable.
 """
@@ -25,6 +31,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import ssl
 import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -52,13 +59,16 @@ __all__ = [
     "HealthReport",
     "StreamTiming",
     "check_health",
+    "describe_tls_error",
     "exit_code_for_status",
     "judge_proxy",
     "pair_states",
     "probe_through",
+    "proxy_ssl",
     "redis_health",
     "serve_health",
     "time_stream",
+    "time_stream_h2",
 ]
 
 HEALTH_PATH = "/api/market-data/health"
@@ -89,6 +99,9 @@ class HealthCheck:
     #: How long ``through`` listens, and how long serve may take to answer.
     window: float = 5.0
     timeout: float = 5.0
+    #: For an https ``through``: a CA file to trust, or no certificate check at all.
+    cacert: str | None = None
+    insecure: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,7 +141,12 @@ async def check_health(check: HealthCheck) -> HealthReport:
     code = exit_code_for_status(str(doc.get("status")))
     if check.through:
         report = await probe_through(
-            check.serve_url, check.through, list(check.pairs), check.window
+            check.serve_url,
+            check.through,
+            list(check.pairs),
+            check.window,
+            cacert=check.cacert,
+            insecure=check.insecure,
         )
         doc["through"] = report
         if report.get("buffers") is None or report.get("buffers"):
@@ -184,6 +202,7 @@ async def redis_health(
     from redis.exceptions import RedisError
 
     from pricectl.bus import keys
+    from pricectl.bus.diagnosis import explain
     from pricectl.bus.leader import read_leader
     from pricectl.bus.redis import connect_redis
     from pricectl.config import redact_url
@@ -203,7 +222,7 @@ async def redis_health(
     except (BusError, RedisError, OSError, TimeoutError) as exc:
         doc.update(
             status="down",
-            reasons=[f"redis unreachable at {where}: {exc}"],
+            reasons=[explain(url, exc)],
             bus={"url": where, "connected": False},
         )
         return doc
@@ -239,6 +258,8 @@ class StreamTiming:
     first_event: float | None = None
     arrivals: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    #: The protocol the stream came over (``HTTP/1.1``, ``HTTP/2``), once it answered.
+    http_version: str | None = None
 
     def gaps(self) -> list[float]:
         """Seconds between consecutive price events, in arrival order."""
@@ -289,6 +310,7 @@ def judge_proxy(direct: StreamTiming, proxy: StreamTiming, window: float) -> dic
     report: dict[str, Any] = {
         "direct": direct.url,
         "through": proxy.url,
+        "http_version": proxy.http_version,
         "window_s": window,
         "ttfb_direct_s": direct.ttfb,
         "ttfb_through_s": proxy.ttfb,
@@ -305,7 +327,9 @@ def judge_proxy(direct: StreamTiming, proxy: StreamTiming, window: float) -> dic
         return report
     if proxy.error:
         report.update(
-            buffers=None, ok=False, summary=f"the stream through the proxy failed: {proxy.error}"
+            buffers=None,
+            ok=False,
+            summary=f"could not check the proxy: the stream through it failed: {proxy.error}",
         )
         return report
     common = [i for i in direct.arrivals if i in proxy.arrivals]
@@ -348,13 +372,103 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
 
 
+async def time_stream_h2(
+    url: str,
+    pairs: Sequence[str],
+    window: float,
+    *,
+    verify: ssl.SSLContext | bool = True,
+) -> StreamTiming:
+    """:func:`time_stream` through httpx, over HTTP/2 when the server offers it (ALPN)."""
+    import httpx
+
+    timing = StreamTiming(url=stream_url(url, pairs))
+    start = time.monotonic()
+    deadline = start + window
+    timeout = httpx.Timeout(connect=min(10.0, window), read=window, write=window, pool=window)
+    try:
+        async with (
+            httpx.AsyncClient(http2=True, verify=verify, timeout=timeout) as client,
+            client.stream(
+                "GET",
+                timing.url,
+                headers={"Accept": "text/event-stream", "Cache-Control": "no-cache"},
+            ) as resp,
+        ):
+            timing.http_version = resp.http_version
+            if resp.status_code != 200:
+                timing.error = f"HTTP {resp.status_code} ({resp.http_version})"
+                return timing
+            decoder = SSEDecoder()
+            chunks = resp.aiter_raw()
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    chunk = await asyncio.wait_for(anext(chunks), left)
+                except (TimeoutError, StopAsyncIteration):
+                    break
+                now = time.monotonic() - start
+                if timing.ttfb is None:
+                    timing.ttfb = now
+                for event in decoder.feed(chunk):
+                    if timing.first_event is None:
+                        timing.first_event = now
+                    if event.event == "price" and event.id:
+                        timing.arrivals.setdefault(event.id, now)
+    except httpx.HTTPError as exc:
+        timing.error = describe_tls_error(exc) or (str(exc) or type(exc).__name__)
+    except (OSError, ssl.SSLError) as exc:
+        timing.error = describe_tls_error(exc) or str(exc)
+    return timing
+
+
+def describe_tls_error(exc: BaseException) -> str | None:
+    """A certificate problem in words that name the fix, or None when it is not one."""
+    cur: BaseException | None = exc
+    while cur is not None:
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            reason = cur.verify_message or cur.reason or str(cur)
+            return (
+                f"its TLS certificate is not trusted ({reason}): pass --cacert FILE with the "
+                "CA that signed it (for a self-signed one, the certificate itself), or "
+                "--insecure to look without checking"
+            )
+        if isinstance(cur, ssl.SSLError):
+            return f"TLS with the proxy failed ({cur.reason or cur}): is it https at that port?"
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def proxy_ssl(cacert: str | None, insecure: bool) -> ssl.SSLContext | bool:
+    """What httpx verifies the proxy's certificate with: the system's CAs, plus ``cacert``
+    when given; nothing at all with ``insecure``."""
+    if insecure:
+        return False
+    context = ssl.create_default_context()
+    if cacert:
+        context.load_verify_locations(cafile=cacert)
+    return context
+
+
 async def probe_through(
-    direct_url: str, proxy_url: str, pairs: Sequence[str], window: float = 5.0
+    direct_url: str,
+    proxy_url: str,
+    pairs: Sequence[str],
+    window: float = 5.0,
+    *,
+    cacert: str | None = None,
+    insecure: bool = False,
 ) -> dict[str, Any]:
-    """Stream directly and through ``proxy_url`` at once for ``window`` seconds; judge it."""
+    """Stream directly and through ``proxy_url`` at once for ``window`` seconds; judge it.
+
+    The direct stream is read with aiohttp, the proxy's with httpx (HTTP/2 when offered).
+    """
     timeout = aiohttp.ClientTimeout(total=None, connect=min(10.0, window), sock_connect=window)
+    verify = proxy_ssl(cacert, insecure)
     async with aiohttp.ClientSession(timeout=timeout, auto_decompress=True) as session:
         async with asyncio.TaskGroup() as tg:
             d = tg.create_task(time_stream(session, direct_url, pairs, window))
-            p = tg.create_task(time_stream(session, proxy_url, pairs, window))
+            p = tg.create_task(time_stream_h2(proxy_url, pairs, window, verify=verify))
         return judge_proxy(d.result(), p.result(), window)

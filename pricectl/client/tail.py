@@ -204,7 +204,9 @@ async def run_tail(
     except (asyncio.CancelledError, KeyboardInterrupt):
         raise
     except BusError as exc:
-        raise PricectlError(f"{exc}; {_hint(opts)}") from None
+        from pricectl.bus.diagnosis import explain
+
+        raise PricectlError(explain(opts.redis_url or "", exc)) from None
     except UsageError:
         raise
     except PricectlError as exc:

@@ -29,6 +29,17 @@ __all__ = ["command"]
     "--window", type=DURATION, default="5s", show_default=True, help="How long --through listens."
 )
 @click.option(
+    "--cacert",
+    type=click.Path(exists=True, dir_okay=False),
+    help="With an https --through: also trust the CA certificate(s) in this PEM file "
+    "(for a self-signed proxy, its certificate).",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="With an https --through: do not check the proxy's certificate (a quick look only).",
+)
+@click.option(
     "--timeout",
     type=DURATION,
     default="5s",
@@ -43,6 +54,8 @@ def command(
     as_json: bool,
     through: str | None,
     window: float,
+    cacert: str | None,
+    insecure: bool,
     timeout: float,
 ) -> int:
     """Ask a running serve (or Redis) how the system is: exit 0 ok, 1 degraded, 2 down.
@@ -61,6 +74,33 @@ def command(
         raise UsageError("choose one of --url (ask serve) and --redis (ask Redis)")
     if redis_url and through:
         raise UsageError("--through compares with a serve stream: use it with --url")
+    if (cacert or insecure) and not through:
+        raise UsageError("--cacert and --insecure are for the proxy of --through")
+    if cacert and insecure:
+        raise UsageError("choose one of --cacert (check with this CA) and --insecure (no check)")
+    if cacert:
+        import ssl
+
+        from pricectl.client.health import proxy_ssl
+
+        try:
+            proxy_ssl(cacert, False)
+        except (ssl.SSLError, OSError) as exc:
+            raise UsageError(
+                f"--cacert {cacert}: not a PEM file of CA certificates ({exc})"
+            ) from None
+    if insecure:
+        click.echo(
+            "warning: --insecure: the proxy's TLS certificate is not checked; anyone between "
+            "here and it could answer in its place",
+            err=True,
+        )
+    if redis_url:
+        from pricectl.config import check_redis_url
+
+        problem = check_redis_url(redis_url)
+        if problem is not None:
+            raise UsageError(f"--redis: {problem}")
     cfg = settings(ctx)
     check = HealthCheck(
         serve_url=url or local_url(cfg.server.host, cfg.server.port),
@@ -71,6 +111,8 @@ def command(
         stale_after=cfg.resilience.heartbeat.stale_after,
         window=window,
         timeout=timeout,
+        cacert=cacert,
+        insecure=insecure,
     )
     report = asyncio.run(check_health(check))
     if as_json:

@@ -93,6 +93,12 @@ def command(
         raise UsageError(
             "--from redis needs a Redis URL: pass --redis redis://HOST:6379/0 or set bus.url"
         )
+    if source == "redis" and redis_url:
+        from pricectl.config import check_redis_url
+
+        problem = check_redis_url(redis_url)
+        if problem is not None:
+            raise UsageError(f"--redis: {problem}")
     table = None
     if mode == "table":
         from pricectl.console import LiveBoard, print_board

@@ -7,6 +7,11 @@ position it has. The ring answers "everything after that position for these
 pairs", or ``None`` when it cannot vouch for completeness, in which case the
 server sends a fresh snapshot instead: a client is never silently skipped ahead.
 
+A resume is also capped (``max_events``, ``max_bytes``): a client back from far behind
+would otherwise get its whole absence as its opening (4,000 events are 1.4 MB, written
+at once into one socket). Beyond the cap the ring answers ``None`` as well, and the
+client gets the snapshot: what it missed is superseded by the latest price anyway.
+
 The ring covers the half-open range ``(floor, last]`` of one epoch. ``floor``
 rises as old entries are evicted; :meth:`reset` (after a bus gap, or a new
 epoch) empties it, optionally at a known position so clients that are exactly
@@ -39,12 +44,15 @@ def parse_event_id(text: str) -> tuple[int, int]:
 class HistoryRing:
     """At most ``capacity`` recent events of one epoch: ``(gseq, pair, payload bytes)``."""
 
-    __slots__ = ("_entries", "capacity", "epoch", "floor", "last")
+    __slots__ = ("_entries", "capacity", "epoch", "floor", "last", "max_bytes", "max_events")
 
-    def __init__(self, capacity: int) -> None:
-        if capacity < 0:
-            raise ValueError("capacity must be >= 0")
+    def __init__(self, capacity: int, *, max_events: int = 0, max_bytes: int = 0) -> None:
+        if capacity < 0 or max_events < 0 or max_bytes < 0:
+            raise ValueError("capacity, max_events and max_bytes must be >= 0")
         self.capacity = capacity
+        #: Most events, and bytes, one resume may replay (0: no cap).
+        self.max_events = max_events
+        self.max_bytes = max_bytes
         self._entries: deque[tuple[int, str, bytes]] = deque()
         #: The epoch the ring covers, or None when it covers nothing.
         self.epoch: int | None = None
@@ -85,17 +93,24 @@ class HistoryRing:
         """Payloads after ``(epoch, gseq)`` for ``pairs``, oldest first; ``None`` when not covered.
 
         Not covered: another epoch, a position older than the ring reaches back,
-        or a position the ring has not reached (the client saw more than we did).
+        a position the ring has not reached (the client saw more than we did), or a
+        replay longer than ``max_events`` events or ``max_bytes`` bytes.
         """
         if self.epoch is None or epoch != self.epoch:
             return None
         if gseq < self.floor or gseq > self.last:
             return None
+        max_events = self.max_events or len(self._entries)
+        max_bytes = self.max_bytes
+        size = 0
         out: list[bytes] = []
         for g, pair, payload in reversed(self._entries):
             if g <= gseq:
                 break
             if pair in pairs:
                 out.append(payload)
+                size += len(payload)
+                if len(out) > max_events or (max_bytes and size > max_bytes):
+                    return None
         out.reverse()
         return out

@@ -13,18 +13,25 @@ In-process use (tests, embedding)::
 graceful SIGTERM); ``run_workers`` forks N of them on one port with SO_REUSEPORT.
 
 Security defaults: bind 127.0.0.1; CORS only for ``server.cors_origins`` (empty:
-same origin only); errors are JSON without stack traces or addresses; request
-bodies are refused (no endpoint takes one) and header sizes are aiohttp's 8 KiB.
+same origin only); errors are JSON without stack traces or addresses, those of
+requests aiohttp cannot parse included; request bodies are refused (no endpoint takes
+one) and header sizes are aiohttp's 8 KiB; the ``Server`` header names no version.
+Connections have deadlines for the request head and for idle keep-alive, and a budget
+sized from the open-file limit (``connections.py``, ``descriptors.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import errno
+import gc
 import json
 import logging
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -34,8 +41,18 @@ from aiohttp.abc import AbstractAccessLogger
 
 from pricectl import __version__
 from pricectl.bus.base import Bus
-from pricectl.config import Settings
+from pricectl.config import Settings, redact_url
 from pricectl.core.api import STREAM_PATH
+from pricectl.errors import PricectlError, UsageError
+from pricectl.logs import escape
+from pricectl.server import descriptors
+from pricectl.server.connections import (
+    SERVER_HEADER,
+    ConnectionRules,
+    ConnectionStats,
+    ErrorResponse,
+    ServeRunner,
+)
 from pricectl.server.errors import error_json
 from pricectl.server.health import UpstreamStatus, health_report
 from pricectl.server.hub import Hub
@@ -52,6 +69,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("pricectl.server")
+
+#: True when the prices come from the in-process simulator (``serve --simulate``).
+SIMULATED = web.AppKey("simulated", bool)
+#: What happened to connections before a handler had them (deadlines, budget, bad HTTP).
+CONNECTIONS = web.AppKey("connections", ConnectionStats)
 
 STATIC = Path(__file__).parent / "static"
 
@@ -112,6 +134,7 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
     if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Vary"] = "Origin"
+    response.headers["Server"] = SERVER_HEADER
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
 
@@ -121,17 +144,23 @@ class AccessLogger(AbstractAccessLogger):
 
     Streams log once, when the hub takes them over after the opening (never per
     event; the hub then owns the connection, see stream.py), at debug level when
-    they were accepted: at 10,000 clients a line per connection is noise.
+    they were accepted: at 10,000 clients a line per connection is noise. The path is
+    the client's: it is escaped, so it cannot forge a line. A request aiohttp could not
+    parse is not logged here (:mod:`pricectl.server.connections` logs it, rate-limited).
     """
 
     def log(self, request: Any, response: Any, time: float) -> None:
+        if isinstance(response, ErrorResponse):
+            return
         stream = request.path == STREAM_PATH and response.status == 200
         level = logging.DEBUG if stream else logging.INFO
         if not self.logger.isEnabledFor(level):
             return
+        method = escape(request.method, 32)
+        path = escape(request.path, 512)
         extra = {
-            "method": request.method,
-            "path": request.path,
+            "method": method,
+            "path": path,
             "status": response.status,
             "duration_ms": round(time * 1000, 1),
             "remote": request.remote,
@@ -140,8 +169,8 @@ class AccessLogger(AbstractAccessLogger):
         self.logger.log(
             level,
             "%s %s %s %.1fms",
-            request.method,
-            request.path,
+            method,
+            path,
             response.status,
             time * 1000,
             extra=extra,
@@ -175,6 +204,8 @@ async def _config(request: web.Request) -> web.Response:
                 # How long the stream may be down before the page polls REST (ms).
                 "failover_ms": 3000,
                 "version": __version__,
+                # The prices come from the local simulator: the page shows a banner.
+                "simulated": request.app[SIMULATED],
             }
         )
     )
@@ -204,12 +235,15 @@ async def _prices(request: web.Request) -> web.Response:
 
 async def _health(request: web.Request) -> web.Response:
     report = health_report(request.app[HUB], request.app[UPSTREAM])  # type: ignore[arg-type]
+    if request.app[SIMULATED]:
+        report["simulated"] = True
     status = 503 if report["status"] == "down" else 200
     return _no_store(web.json_response(report, status=status))
 
 
 async def _metrics(request: web.Request) -> web.Response:
     text = render_metrics(request.app[HUB], request.app[UPSTREAM])  # type: ignore[arg-type]
+    text += request.app[CONNECTIONS].render()
     resp = web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
     return _no_store(resp)
 
@@ -223,10 +257,15 @@ def create_app(
     upstream: UpstreamStatus | None = None,
     *,
     hub: Hub | None = None,
+    simulated: bool = False,
 ) -> web.Application:
     """The serve application. The hub's bus subscription runs while the app runs
-    (``bus.start()`` is the caller's job; the hub waits for the bus by itself)."""
+    (``bus.start()`` is the caller's job; the hub waits for the bus by itself).
+    ``simulated``: the prices come from the local simulator, and the page, the config
+    and the health report say so."""
     app = web.Application(middlewares=[_errors], client_max_size=1024)
+    app[SIMULATED] = simulated
+    app[CONNECTIONS] = ConnectionStats()
     the_hub = hub if hub is not None else Hub(settings, bus)
     app[HUB] = the_hub
     app[SETTINGS] = settings
@@ -260,23 +299,51 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 async def start_server(
-    app: web.Application, host: str, port: int, *, reuse_port: bool = False
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    budget: int = 0,
 ) -> tuple[web.AppRunner, int]:
     """Serve ``app`` on ``host:port`` (0 picks a free port); returns the runner and the port.
 
     Handlers are cancelled when their client goes away, so a closed stream is
-    unregistered at once rather than at the next heartbeat.
+    unregistered at once rather than at the next heartbeat. Connections follow
+    ``server.request_head_timeout`` and ``server.keepalive_timeout``, and ``budget``
+    (when above 0) bounds the connections open at once, streams included
+    (:mod:`pricectl.server.connections`).
     """
-    runner = web.AppRunner(
+    s = app[SETTINGS].server
+    hub = app[HUB]
+    rules = ConnectionRules(
+        head_timeout=s.request_head_timeout,
+        keepalive_timeout=s.keepalive_timeout,
+        budget=budget,
+    )
+    runner = ServeRunner(
         app,
+        rules=rules,
+        streams=lambda: hub.fanout.clients,
+        stats=app[CONNECTIONS],
         handler_cancellation=True,
         access_log_class=AccessLogger,
         access_log=logging.getLogger("pricectl.access"),
         shutdown_timeout=5.0,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=4096)
-    await site.start()
+    # asyncio accepts up to `backlog` connections per wake-up: a small batch, so the budget
+    # sees each connection before the process runs out of descriptors; the kernel's queue
+    # is then set long enough for a reconnect storm (descriptors.py).
+    site = web.TCPSite(
+        runner, host, port, reuse_port=reuse_port or None, backlog=descriptors.ACCEPT_BATCH
+    )
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    descriptors.deepen_listen_queue(getattr(site._server, "sockets", ()))
     bound = runner.addresses[0][1]
     return runner, int(bound)
 
@@ -290,42 +357,81 @@ async def serve_forever(
     port: int,
     *,
     reuse_port: bool = False,
+    simulate: bool = False,
     on_ready: Callable[[int], None] | None = None,
 ) -> None:
     """``pricectl serve``: bus, embedded relay (memory://), server; graceful on SIGTERM.
 
     Shutdown order: stop listening, send every client a jittered ``retry:``, close
     streams over ``server.drain_window``, stop the relay, close the bus.
+
+    At start the open-file limit is raised to the hard limit, and the streams accepted
+    are what fits in it (:mod:`pricectl.server.descriptors`). With ``simulate`` the
+    local exchange (:mod:`pricectl.simulator`) runs in this process and the relay reads
+    it: live prices with no network, and every page and health report says they are
+    simulated. A listen that fails (port in use, a host that does not resolve) raises a
+    :class:`~pricectl.errors.PricectlError` naming the address and the option.
     """
     from pricectl.bus import open_bus
 
-    bus = open_bus(settings.bus.url, prefix=settings.bus.prefix)
-    await bus.start()
-    upstream: UpstreamStatus | None = None
-    relay_coro: Awaitable[None] | None = None
-    if settings.bus.url.startswith("memory://"):
-        relay_coro, upstream = _embedded_relay(settings, bus)
-    app = create_app(settings, bus, upstream)
-    hub = app[HUB]
-    runner, bound = await start_server(app, host, port, reuse_port=reuse_port)
-    log.info(
-        "serving on http://%s:%d (bus %s%s)",
-        host,
-        bound,
-        settings.bus.url,
-        ", embedded relay" if relay_coro is not None else "",
-    )
-    if on_ready is not None:
-        on_ready(bound)
-    stop = asyncio.Event()
+    limit = descriptors.raise_open_file_limit()
+    plan = descriptors.plan_connections(limit, settings.server.max_connections)
+    descriptors.log_limit(limit, settings.server.max_connections, plan)
+    if plan.lowered:
+        server = dataclasses.replace(settings.server, max_connections=plan.streams)
+        settings = dataclasses.replace(settings, server=server)
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(descriptors.accept_error_handler(limit.soft))
+    embedded = settings.bus.url.startswith("memory://")
+    async with contextlib.AsyncExitStack() as stack:
+        if simulate:
+            settings = await _start_simulator(settings, stack)
+        bus = open_bus(settings.bus.url, prefix=settings.bus.prefix)
+        await bus.start()
+        stack.push_async_callback(bus.close)
+        holder = _RelayStatus(simulated=simulate) if embedded else None
+        app = create_app(settings, bus, holder, simulated=simulate)
+        hub = app[HUB]
+        runner, bound = await _listen(app, host, port, reuse_port=reuse_port, budget=plan.waiting)
+        stack.push_async_callback(runner.cleanup)
+        # Everything made so far (modules, settings, the app) lives as long as the process:
+        # out of the collector's sight, a full collection no longer walks it, which under
+        # a churn of connections cut a 200 ms pause down to a few ms.
+        gc.freeze()
+        log.info(
+            "serving on http://%s:%d (bus %s%s)%s",
+            host,
+            bound,
+            redact_url(settings.bus.url),
+            ", embedded relay" if embedded else "",
+            f"; SIMULATED prices from the local exchange at {settings.exchange.ws_url}"
+            if simulate
+            else "",
+        )
+        if on_ready is not None:
+            on_ready(bound)
+        await _run_until_signalled(settings, hub, runner, bus, holder, simulate)
+    log.info("stopped")
+
+
+async def _run_until_signalled(
+    settings: Settings,
+    hub: Hub,
+    runner: web.AppRunner,
+    bus: Bus,
+    holder: _RelayStatus | None,
+    simulate: bool,
+) -> None:
+    """Serve (and run the embedded relay) until SIGTERM/SIGINT; then drain the streams."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    relay_task = (
-        asyncio.create_task(_guard_relay(relay_coro), name="pricectl-relay")
-        if relay_coro is not None
-        else None
-    )
+    relay_task = None
+    if holder is not None:
+        relay_task = asyncio.create_task(
+            _embedded_relay(settings, bus, holder, simulate), name="pricectl-relay"
+        )
     try:
         await stop.wait()
         log.info(
@@ -341,36 +447,131 @@ async def serve_forever(
             relay_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await relay_task
-        await runner.cleanup()
-        await bus.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-    log.info("stopped")
+
+
+async def _listen(
+    app: web.Application, host: str, port: int, *, reuse_port: bool, budget: int
+) -> tuple[web.AppRunner, int]:
+    """:func:`start_server`, with a failure to listen said in words that name the fix."""
+    try:
+        return await start_server(app, host, port, reuse_port=reuse_port, budget=budget)
+    except (OSError, OverflowError) as exc:
+        raise listen_error(host, port, exc) from None
+
+
+def listen_error(host: str, port: int, exc: BaseException) -> PricectlError:
+    """The error for a listen on ``host:port`` that failed with ``exc``: a usage error
+    (exit 2) when the address is wrong, a runtime error (exit 1) when it is taken."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(exc, OverflowError):
+        return UsageError(f"--port must be 0 to 65535 (server.port), got {port}")
+    if isinstance(exc, socket.gaierror):
+        return UsageError(
+            f"cannot listen on {where}: the host {host!r} does not resolve "
+            f"({exc.strerror}); check --host (server.host)"
+        )
+    code = getattr(exc, "errno", None)
+    if code == errno.EADDRINUSE:
+        return PricectlError(
+            f"cannot listen on {where}: the address is already in use (another pricectl "
+            "serve?); stop it, or choose another --port (server.port)"
+        )
+    if code == errno.EADDRNOTAVAIL:
+        return UsageError(
+            f"cannot listen on {where}: {host} is not an address of this machine; "
+            "check --host (server.host)"
+        )
+    if code == errno.EACCES:
+        return UsageError(
+            f"cannot listen on {where}: permission denied (ports below 1024 need "
+            "privileges); choose --port 1024 or above (server.port)"
+        )
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return PricectlError(f"cannot listen on {where}: {reason}")
+
+
+async def _start_simulator(settings: Settings, stack: contextlib.AsyncExitStack) -> Settings:
+    """Start the local exchange for ``--simulate``; the settings that point the relay at it."""
+    from pricectl.simulator import Simulator, SimulatorConfig, symbols_for_pairs
+
+    symbols = symbols_for_pairs(settings.pairs, dict(settings.quote_aliases))
+    sim = Simulator(SimulatorConfig(symbols=symbols))
+    await sim.start()
+    stack.push_async_callback(sim.stop)
+    exchange = dataclasses.replace(
+        settings.exchange, ws_url=sim.ws_url, rest_url=sim.rest_url, check_symbols=False
+    )
+    return dataclasses.replace(settings, exchange=exchange)
+
+
+#: What a newcomer with no network is told, once, when the exchange does not resolve.
+OFFLINE_HINT = "no network? `pricectl serve --simulate` runs a local exchange"
+
+
+async def _say_if_offline(settings: Settings) -> None:
+    """Resolve the exchange's hosts once; when one does not resolve, say so in one plain
+    line with the way out (the relay keeps retrying, paced by its backoff)."""
+    from urllib.parse import urlsplit
+
+    loop = asyncio.get_running_loop()
+    hosts: list[str] = []
+    for url in (settings.exchange.ws_url, settings.exchange.rest_url):
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:
+            continue
+        if host and host not in hosts:
+            hosts.append(host)
+    for host in hosts:
+        try:
+            await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except socket.gaierror:
+            log.warning("cannot resolve %s: %s", host, OFFLINE_HINT)
+            return
+        except OSError:
+            return
+
+
+async def _embedded_relay(
+    settings: Settings, bus: Bus, holder: _RelayStatus, simulate: bool
+) -> None:
+    """The in-process relay for memory:// (``pricectl.ingest.relay.run_embedded``), and
+    beside it the one-time check that the exchange resolves.
+
+    The relay's coroutine is made here, where it is awaited at once: made before the
+    server listens, a failed listen would leave it never awaited (a RuntimeWarning).
+    """
+    from pricectl.ingest.relay import run_embedded
+
+    async with asyncio.TaskGroup() as tg:
+        if not simulate:
+            tg.create_task(_say_if_offline(settings), name="pricectl-offline-check")
+        tg.create_task(_guard_relay(run_embedded(settings, bus, on_relay=holder.set)))
 
 
 class _RelayStatus:
     """Upstream status for /health while the embedded relay runs (before it starts: starting)."""
 
-    def __init__(self) -> None:
+    def __init__(self, simulated: bool = False) -> None:
         self.relay: Any = None
+        self.simulated = simulated
 
     def set(self, relay: Any) -> None:
         self.relay = relay
 
     def status(self) -> dict[str, Any]:
         if self.relay is None:
-            return {"state": "starting"}
-        st = dict(self.relay.status())
-        st.setdefault("leader", {"identity": "embedded", "epoch": st.get("epoch"), "since": None})
+            st: dict[str, Any] = {"state": "starting"}
+        else:
+            st = dict(self.relay.status())
+            st.setdefault(
+                "leader", {"identity": "embedded", "epoch": st.get("epoch"), "since": None}
+            )
+        if self.simulated:
+            st["exchange"] = "simulator"
         return st
-
-
-def _embedded_relay(settings: Settings, bus: Bus) -> tuple[Awaitable[None], UpstreamStatus]:
-    """The in-process relay for memory:// (``pricectl.ingest.relay.run_embedded``)."""
-    from pricectl.ingest.relay import run_embedded
-
-    holder = _RelayStatus()
-    return run_embedded(settings, bus, on_relay=holder.set), holder
 
 
 async def _guard_relay(coro: Awaitable[None]) -> None:

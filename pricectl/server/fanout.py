@@ -51,6 +51,7 @@ import time
 from collections.abc import Callable
 
 from pricectl.core.sse import encode_comment
+from pricectl.server.sockets import reset
 
 __all__ = ["Client", "Fanout", "frame"]
 
@@ -498,20 +499,24 @@ class Fanout:
     def finish(self, client: Client, reason: str) -> None:
         """End a stream (idempotent): unregister it and close its connection.
 
-        ``write timeout`` aborts (nothing more can be written); other reasons end the
-        chunked body cleanly and close once the buffered bytes are out; ``connection
-        lost`` only unregisters.
+        ``write timeout``, and any end of a client that lags, reset the connection (TCP
+        RST, :func:`pricectl.server.sockets.reset`: nothing more can be written, and the
+        kernel frees its buffers at once); other reasons end the chunked body cleanly
+        and close once the buffered bytes are out; ``connection lost`` only unregisters.
         """
         group = client.group
         if client not in group.clients:
             return
         del group.clients[client]
         self._slow.pop(client, None)
+        lagging = client.pending is not None
         client.pending = _GONE
         transport = client.transport
-        if reason == "write timeout":
-            transport.abort()
-        elif reason != "connection lost" and not transport.is_closing():
+        if reason == "connection lost":
+            pass
+        elif reason == "write timeout" or lagging:
+            reset(transport)
+        elif not transport.is_closing():
             if group.chunked:
                 transport.write(_LAST_CHUNK)
             transport.close()

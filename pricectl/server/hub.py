@@ -63,7 +63,11 @@ class Hub:
             ping_interval=s.ping_interval,
             clock=clock,
         )
-        self.ring = HistoryRing(s.history_size)
+        self.ring = HistoryRing(
+            s.history_size,
+            max_events=s.resume_max_events,
+            max_bytes=s.resume_max_bytes or s.high_water,
+        )
         #: Latest update and its raw JSON per pair, with the wall time it was received.
         self.latest: dict[str, PriceUpdate] = {}
         self.latest_raw: dict[str, str] = {}

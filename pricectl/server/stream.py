@@ -24,6 +24,7 @@ from pricectl.core.pairs import parse_pair_list
 from pricectl.server.errors import bad_request
 from pricectl.server.hub import Hub
 from pricectl.server.keys import HUB
+from pricectl.server.sockets import bound_send_buffer, send_buffer_size
 
 __all__ = ["parse_pairs", "stream_handler"]
 
@@ -105,6 +106,9 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     if reason is not None:
         return await _turn_away(hub, request, reason)
 
+    s = hub.settings.server
+    if request.transport is not None:
+        bound_send_buffer(request.transport, send_buffer_size(s.send_buffer, s.high_water))
     resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
     chunked = request.version >= HttpVersion11
     if chunked:

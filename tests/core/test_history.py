@@ -83,3 +83,29 @@ def test_event_id_round_trip_and_malformed():
     for bad in ["", "7", "7-", "-1", "a-1", "7-1-2", "7_1", "٣-1", "1" * 41 + "-1"]:
         with pytest.raises(ValueError):
             parse_event_id(bad)
+
+
+def test_resume_beyond_the_event_cap_is_not_covered():
+    """A replay longer than max_events is refused (None: the client gets the snapshot)."""
+    ring = HistoryRing(100, max_events=3)
+    for g in range(1, 11):
+        ring.append(7, g, "BTC/USD", b"e%d" % g)
+    assert ring.since(7, 7, {"BTC/USD"}) == [b"e8", b"e9", b"e10"]
+    assert ring.since(7, 6, {"BTC/USD"}) is None
+    # only the client's own pairs count against the cap
+    assert ring.since(7, 6, {"ETH/USD"}) == []
+
+
+def test_resume_beyond_the_byte_cap_is_not_covered():
+    """A replay of more than max_bytes is refused as well."""
+    ring = HistoryRing(100, max_bytes=25)
+    for g in range(1, 11):
+        ring.append(7, g, "BTC/USD", b"x" * 10)
+    assert ring.since(7, 8, {"BTC/USD"}) == [b"x" * 10, b"x" * 10]
+    assert ring.since(7, 7, {"BTC/USD"}) is None
+
+
+def test_caps_must_not_be_negative():
+    """A negative cap is a programming error, refused at once."""
+    with pytest.raises(ValueError):
+        HistoryRing(10, max_events=-1)

@@ -199,6 +199,7 @@
     .then(function (c) {
       cfg = c;
       cfg.failover_ms = cfg.failover_ms || 3000;
+      document.getElementById("simulated").hidden = !cfg.simulated;
       start();
     });
 })();
