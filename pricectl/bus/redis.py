@@ -16,6 +16,16 @@ arrive together into one call is what makes >= 20,000 updates/s possible (bench.
 redis-py's own retries are turned off: a transparent reconnect would resubscribe
 without telling us, hiding a gap. Instead each subscription reconnects itself with
 backoff and yields ``Gap("redis reconnect")`` so the consumer re-reads the snapshot.
+Idempotent commands (snapshot reads, PING, the fenced publish, whose replay consumers
+drop by ``(epoch, seq)``) are retried once on a fresh connection when the first attempt
+finds the connection dead (:func:`pricectl.bus.failures.retry_once`): after a Redis
+restart the first use of a pooled connection fails, and that must not cost a batch.
+
+redis-py's ``socket_timeout`` is not used either: it bounds a command's send with
+``asyncio.wait_for``, which on Python 3.11 swallows a cancellation that arrives just as
+the send completes (the task then runs on as if never cancelled, so a relay told to stop
+keeps publishing). :func:`connect_redis` bounds each command with ``asyncio.timeout``
+instead, which passes every cancellation on.
 """
 
 from __future__ import annotations
@@ -25,17 +35,17 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pricectl.bus import keys
 from pricectl.bus.base import BusEvent, Fence, Gap, Subscription, Update
+from pricectl.bus.failures import describe, is_unreachable, retry_once
 from pricectl.config import redact_url
 from pricectl.core.backoff import Backoff, BackoffPolicy
 from pricectl.core.ticks import PriceUpdate, decode_update
@@ -45,9 +55,9 @@ __all__ = [
     "DEFAULT_RECONNECT",
     "MAX_BATCH",
     "PUBLISH_SCRIPT",
+    "BoundedRedis",
     "RedisBus",
     "connect_redis",
-    "is_unreachable",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,28 +93,42 @@ end
 return n
 """
 
-#: Errors that mean "Redis is not reachable right now" (retry), as opposed to a bug.
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+#: What a Redis call can raise besides RedisError when the server is not there.
+_UNREACHABLE = (OSError, asyncio.TimeoutError)
 
 
-def is_unreachable(exc: BaseException) -> bool:
-    """True when ``exc`` means Redis could not be reached (retry later), not a bad command."""
-    return isinstance(exc, _UNREACHABLE)
+class BoundedRedis(aioredis.Redis):
+    """A redis.asyncio client whose every command is bounded by ``asyncio.timeout``.
+
+    Replaces redis-py's ``socket_timeout`` (see the module docstring for why). A command
+    that times out raises ``TimeoutError`` and its connection is dropped by redis-py, so
+    no late reply is ever read as the answer to the next command.
+    """
+
+    #: Seconds one command may take, connect included.
+    op_timeout: float = 5.0
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        async with asyncio.timeout(self.op_timeout):
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
 
-def connect_redis(url: str, *, timeout: float = 5.0) -> aioredis.Redis:
+def connect_redis(url: str, *, timeout: float = 5.0) -> BoundedRedis:
     """A redis.asyncio client for ``url`` with redis-py's retries off (we retry ourselves).
 
-    Does not connect: the first command does. ``timeout`` bounds connects and replies,
-    so a paused Redis turns into an error instead of a hang.
+    Does not connect: the first command does. ``timeout`` bounds connects and each
+    command, so a paused Redis turns into an error instead of a hang. Pipelines are not
+    bounded by it: wrap ``execute()`` in ``asyncio.timeout`` yourself.
     """
-    client: aioredis.Redis = aioredis.from_url(
+    client = BoundedRedis.from_url(
         url,
         decode_responses=True,
         retry=Retry(NoBackoff(), 0),
         socket_connect_timeout=timeout,
-        socket_timeout=timeout,
+        socket_timeout=None,
     )
+    assert isinstance(client, BoundedRedis)
+    client.op_timeout = timeout
     return client
 
 
@@ -171,7 +195,9 @@ class RedisBus:
         """Fenced publish of the batch in one script call (chunks of :data:`MAX_BATCH`).
 
         Raises ``FencedError`` if Redis says the fence is not the current lease and
-        ``BusError`` if Redis cannot be reached (nothing was published then).
+        ``BusError`` if Redis cannot be reached. A batch whose first attempt met a dead
+        connection is sent once more; if the first did reach Redis, subscribers drop the
+        repeat by ``(epoch, seq)`` (:class:`~pricectl.bus.base.EpochFilter`).
         """
         for start in range(0, len(updates), MAX_BATCH):
             chunk = updates[start : start + MAX_BATCH]
@@ -185,15 +211,11 @@ class RedisBus:
                 "\n".join([u.to_json() for u in chunk]),
             ]
             try:
-                result = await self._script(keys=self._fence_keys, args=args)
-            except RedisError as exc:
+                result = await retry_once(partial(self._script, keys=self._fence_keys, args=args))
+            except (RedisError, *_UNREACHABLE) as exc:
                 if is_unreachable(exc):
                     self._set_connected(False, exc)
-                    raise BusError(f"redis unreachable at {self._where}: {exc}") from exc
-                raise BusError(f"redis refused the publish script: {exc}") from exc
-            except _UNREACHABLE as exc:
-                self._set_connected(False, exc)
-                raise BusError(f"redis unreachable at {self._where}: {exc}") from exc
+                raise BusError(f"publish failed: redis at {self._where} {describe(exc)}") from exc
             self._set_connected(True)
             if result == -1:
                 raise FencedError(f"publish refused by redis: {fence.token} is not the leader")
@@ -206,10 +228,11 @@ class RedisBus:
         if not wanted:
             return {}
         try:
-            values = await self._client.hmget(keys.latest(self.prefix), wanted)
+            values = await retry_once(lambda: self._client.hmget(keys.latest(self.prefix), wanted))
         except (RedisError, *_UNREACHABLE) as exc:
-            self._set_connected(False, exc)
-            raise BusError(f"redis unreachable at {self._where}: {exc}") from exc
+            if is_unreachable(exc):
+                self._set_connected(False, exc)
+            raise BusError(f"snapshot failed: redis at {self._where} {describe(exc)}") from exc
         self._set_connected(True)
         out: dict[str, PriceUpdate] = {}
         for pair, raw in zip(wanted, values, strict=True):
@@ -303,7 +326,9 @@ class RedisBus:
         if up and not self.connected:
             log.info("redis connected at %s", self._where)
         elif not up and self.connected:
-            log.warning("redis unreachable at %s: %s", self._where, exc)
+            log.warning(
+                "redis at %s %s", self._where, describe(exc) if exc is not None else "unreachable"
+            )
         self.connected = up
 
     async def _probe_loop(self) -> None:
@@ -313,13 +338,15 @@ class RedisBus:
         # that lands while a command is in flight.
         while not self._closed:
             try:
-                await self._client.ping()
+                await retry_once(self._client.ping)
             except (RedisError, *_UNREACHABLE) as exc:
                 was_up = self.connected
                 self._set_connected(False, exc)
                 delay = min(self._probe_interval, backoff.next_delay(time.monotonic()))
                 if not was_up and backoff.attempt == 1:
-                    log.warning("redis unreachable at %s: retrying in %.1fs", self._where, delay)
+                    log.warning(
+                        "redis at %s %s: retrying in %.1fs", self._where, describe(exc), delay
+                    )
                 await self._pause(delay)
                 continue
             self._set_connected(True)
