@@ -37,6 +37,7 @@ __all__ = [
     "EpochFilter",
     "Fence",
     "Gap",
+    "Leadership",
     "Subscription",
     "Update",
 ]
@@ -72,6 +73,15 @@ class Gap:
 
 
 BusEvent = Update | Gap
+
+
+@dataclass(frozen=True, slots=True)
+class Leadership:
+    """What a consumer can tell of the publisher: who holds the lease, and how long ago
+    (seconds, the consumer's monotonic clock) its heartbeat last moved (None: never)."""
+
+    holder: str | None
+    heartbeat_age: float | None
 
 
 class EpochFilter:
@@ -207,6 +217,8 @@ class Bus(Protocol):
     url: str
     #: True while connected (always True for memory://).
     connected: bool
+    #: False once the bus has not answered a PING within PING_LIMIT (health: down).
+    responsive: bool
     #: Updates dropped by subscriptions because their epoch was below the pair's highest.
     epoch_drops: int
     #: Times a subscription had to reconnect (always 0 for memory://).
@@ -224,6 +236,12 @@ class Bus(Protocol):
         Raises ``FencedError`` when the bus refuses the fence (the caller must step
         down at once) and ``BusError`` when the bus is unreachable.
         """
+
+    async def heartbeat(self, fence: Fence) -> None:
+        """Tell consumers the leader under ``fence`` is alive (fenced like a publish)."""
+
+    def leadership(self) -> Leadership | None:
+        """Who holds the lease and how fresh its heartbeat is; None until first known."""
 
     async def snapshot(self, pairs: Iterable[str]) -> dict[str, PriceUpdate]:
         """The latest update of each pair that has one."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 __all__ = [
     "channel",
     "epoch",
-    "heartbeat_channel",
+    "heartbeat",
     "latest",
     "leader",
     "lease_channel",
@@ -64,7 +64,8 @@ def presence_channel(prefix: str, token: str) -> str:
     return f"{presence_prefix(prefix)}{token}"
 
 
-def heartbeat_channel(prefix: str) -> str:
-    """Channel on which the leader publishes a small heartbeat (epoch, token, time) every
-    second, so a consumer can tell "the market is quiet" from "no leader is publishing"."""
+def heartbeat(prefix: str) -> str:
+    """String key the leader rewrites every second (``<epoch> <token> <ms>``, fenced, with
+    a short expiry): a consumer that sees it move knows a leader is alive and publishing
+    even while the market is quiet, and one that sees it stand still knows none is."""
     return f"{prefix}pricectl:heartbeat"

@@ -44,15 +44,18 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from pricectl.bus import keys
-from pricectl.bus.base import BusEvent, Fence, Gap, Subscription, Update
+from pricectl.bus.base import BusEvent, Fence, Gap, Leadership, Subscription, Update
 from pricectl.bus.failures import describe, is_unreachable, retry_once
 from pricectl.config import redact_url
 from pricectl.core.backoff import Backoff, BackoffPolicy
+from pricectl.core.health import PING_LIMIT
 from pricectl.core.ticks import PriceUpdate, decode_update
 from pricectl.errors import BusError, FencedError
 
 __all__ = [
     "DEFAULT_RECONNECT",
+    "HEARTBEAT_SCRIPT",
+    "HEARTBEAT_TTL_MS",
     "MAX_BATCH",
     "PUBLISH_SCRIPT",
     "BoundedRedis",
@@ -92,6 +95,18 @@ while np <= #names do
 end
 return n
 """
+
+#: KEYS: leader, epoch, heartbeat. ARGV: token, epoch, value, px. Fenced like a publish:
+#: 1 if written, -1 / -2 as PUBLISH_SCRIPT.
+HEARTBEAT_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return -2 end
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+return 1
+"""
+
+#: The heartbeat key's expiry: a few missed beats and it is gone.
+HEARTBEAT_TTL_MS = 5000
 
 #: What a Redis call can raise besides RedisError when the server is not there.
 _UNREACHABLE = (OSError, asyncio.TimeoutError)
@@ -141,13 +156,18 @@ class RedisBus:
         prefix: str = "",
         *,
         reconnect: BackoffPolicy = DEFAULT_RECONNECT,
-        probe_interval: float = 1.0,
+        probe_interval: float = 0.5,
         timeout: float = 5.0,
     ) -> None:
         self.url = url
         self.prefix = prefix
         #: True while the last contact with Redis succeeded.
         self.connected = False
+        #: False once a PING went unanswered for PING_LIMIT seconds (a frozen Redis
+        #: keeps its sockets open, so ``connected`` alone would not notice).
+        self.responsive = False
+        #: Seconds the last answered PING took.
+        self.ping_latency: float | None = None
         #: Updates dropped by subscriptions because their epoch was below the pair's highest.
         self.epoch_drops = 0
         #: Times a subscription lost Redis and subscribed again (each yields a Gap).
@@ -156,7 +176,13 @@ class RedisBus:
         self._probe_interval = probe_interval
         self._client = connect_redis(url, timeout=timeout)
         self._script = self._client.register_script(PUBLISH_SCRIPT)
+        self._heartbeat = self._client.register_script(HEARTBEAT_SCRIPT)
         self._fence_keys = [keys.leader(prefix), keys.epoch(prefix), keys.latest(prefix)]
+        self._heartbeat_keys = [keys.leader(prefix), keys.epoch(prefix), keys.heartbeat(prefix)]
+        self._leadership_known = False
+        self._holder: str | None = None
+        self._beat: str | None = None
+        self._beat_at: float | None = None
         self._channels: dict[str, str] = {}
         self._channel_prefix = keys.channel(prefix, "")
         self._pubsubs: set[Any] = set()
@@ -221,6 +247,25 @@ class RedisBus:
                 raise FencedError(f"publish refused by redis: {fence.token} is not the leader")
             if result == -2:
                 raise FencedError(f"publish refused by redis: epoch {fence.epoch} is not current")
+
+    async def heartbeat(self, fence: Fence) -> None:
+        """Rewrite the heartbeat key under ``fence`` (FencedError / BusError as publish)."""
+        value = f"{fence.epoch} {fence.token} {time.time_ns() // 1_000_000}"
+        args: list[str | int] = [fence.token, fence.epoch, value, HEARTBEAT_TTL_MS]
+        try:
+            beat = partial(self._heartbeat, keys=self._heartbeat_keys, args=args)
+            result = await retry_once(beat)
+        except (RedisError, *_UNREACHABLE) as exc:
+            raise BusError(f"heartbeat failed: redis at {self._where} {describe(exc)}") from exc
+        if result in (-1, -2):
+            raise FencedError(f"heartbeat refused by redis: epoch {fence.epoch} is not current")
+
+    def leadership(self) -> Leadership | None:
+        """The lease holder and the heartbeat's age as the probe last read them."""
+        if not self._leadership_known:
+            return None
+        at = self._beat_at
+        return Leadership(self._holder, None if at is None else time.monotonic() - at)
 
     async def snapshot(self, pairs: Iterable[str]) -> dict[str, PriceUpdate]:
         """The latest update of each pair that has one (HMGET ``prices:latest``)."""
@@ -332,15 +377,21 @@ class RedisBus:
         self.connected = up
 
     async def _probe_loop(self) -> None:
-        """PING now and then so ``connected`` is true to life even when the bus is idle."""
+        """PING (with the lease holder and the heartbeat read in the same round trip)
+        every ``probe_interval``, so ``connected``, ``responsive`` and :meth:`leadership`
+        are true to life even when the bus is idle. A PING unanswered for PING_LIMIT
+        seconds makes the bus unresponsive (a frozen Redis)."""
         backoff = Backoff(self._reconnect)
-        # Checks _closed as well as being cancelled: redis-py can swallow a cancellation
-        # that lands while a command is in flight.
+        # Checks _closed as well as being cancelled, and never awaits in a way that could
+        # swallow a cancel (see connect_redis).
         while not self._closed:
+            started = time.monotonic()
             try:
-                await retry_once(self._client.ping)
+                async with asyncio.timeout(PING_LIMIT):
+                    holder, beat = await retry_once(self._probe_once)
             except (RedisError, *_UNREACHABLE) as exc:
                 was_up = self.connected
+                self.responsive = False
                 self._set_connected(False, exc)
                 delay = min(self._probe_interval, backoff.next_delay(time.monotonic()))
                 if not was_up and backoff.attempt == 1:
@@ -349,9 +400,28 @@ class RedisBus:
                     )
                 await self._pause(delay)
                 continue
+            now = time.monotonic()
+            self.ping_latency = now - started
+            if not self.responsive and self.connected:
+                took = 1000 * (now - started)
+                log.info("redis at %s answers again (PING %.0f ms)", self._where, took)
+            self.responsive = True
             self._set_connected(True)
-            backoff.connected(time.monotonic())
-            await self._pause(self._probe_interval)
+            self._holder = holder
+            if beat != self._beat:
+                self._beat = beat
+                self._beat_at = now if beat is not None else None
+            self._leadership_known = True
+            backoff.connected(now)
+            await self._pause(max(0.0, self._probe_interval - (now - started)))
+
+    async def _probe_once(self) -> tuple[str | None, str | None]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.ping()
+            pipe.get(keys.leader(self.prefix))
+            pipe.get(keys.heartbeat(self.prefix))
+            _, holder, beat = await pipe.execute()
+        return holder, beat
 
     async def _pause(self, seconds: float) -> None:
         """Sleep that :meth:`close` cuts short."""

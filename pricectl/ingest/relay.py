@@ -64,12 +64,16 @@ from pricectl.exchange.binance_rest import BinanceRest
 from pricectl.exchange.binance_ws import BinanceWS
 from pricectl.logs import RateLimitedLog
 
-__all__ = ["CLOCK_EVERY", "Guard", "Relay", "lead", "run_embedded"]
+__all__ = ["CLOCK_EVERY", "HEARTBEAT_EVERY", "Guard", "Relay", "lead", "run_embedded"]
 
 log = logging.getLogger("pricectl.relay")
 
 #: Seconds between two samples of the exchange's clock (REST ``/api/v3/time``, weight 1).
 CLOCK_EVERY = 60.0
+
+#: Seconds between two leader heartbeats on the bus (consumers tell a quiet market from
+#: a dead or frozen leader by them: DESIGN 3.6).
+HEARTBEAT_EVERY = 1.0
 
 #: Asked before each publish: None to go ahead, or why this process must not publish.
 Guard = Callable[[], str | None]
@@ -151,6 +155,7 @@ class Relay:
                 tg.create_task(self.ws.run(), name="relay-ws")
                 tg.create_task(self._cascade_loop(), name="relay-cascade")
                 tg.create_task(self._clock_loop(), name="relay-exchange-clock")
+                tg.create_task(self._heartbeat_loop(), name="relay-heartbeat")
         except BaseExceptionGroup as group:
             raise _unwrap(group) from None
         finally:
@@ -182,6 +187,22 @@ class Relay:
                 self.exchange_clock.error_ms or 0.0,
             )
         return True
+
+    async def _heartbeat_loop(self) -> None:
+        """Every :data:`HEARTBEAT_EVERY`: the fenced heartbeat, under the same guard as a
+        publish (a leader that may not publish is not alive as a leader either)."""
+        while True:
+            why = self._may_publish() if self._may_publish is not None else None
+            if why is not None:
+                raise LeaseLost(f"renew deadline passed: {why}")
+            try:
+                await self.bus.heartbeat(self.fence)
+            except FencedError as exc:
+                log.error("relay: heartbeat refused, the lease is gone: %s", exc)
+                raise
+            except BusError as exc:
+                self._rlog.warning("heartbeat", "relay: heartbeat failed: %s", exc)
+            await asyncio.sleep(HEARTBEAT_EVERY)
 
     async def _clock_loop(self) -> None:
         while True:
