@@ -6,7 +6,8 @@ simulator (``bookTicker`` at ``--rate`` events per symbol per second, so the gap
 measured to ~1/(2*rate) s), ``--candidates`` ingest processes, and a bus consumer. Each
 run SIGKILLs the process holding the lease and measures, at the consumer, the gap
 between the last update of the old epoch and the first of the new one; a fresh ingest
-process replaces the dead one so every run starts with the same number of candidates.
+process replaces the dead one, and the next run starts once it is a ready standby, so
+every run starts with the same number of warm candidates.
 
 With SIGKILL the dead leader's Redis connections close at once, and with them its
 presence subscription; a standby's next acquire attempt (every ``watch``, 0.3 s to
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 from pricectl.bus import keys
 from pricectl.bus.base import Gap
@@ -118,6 +120,7 @@ async def run_failovers(
                 first_new = min(t for t, e in seen if e > old)
                 gaps.append(first_new - last_old)
                 spawn()
+                await _ready(client, procs[-1], folder, len(procs) - 1, candidates)
                 if callable(on_run):
                     on_run(f"run {i + 1}/{runs}: gap {gaps[-1]:.2f}s")
         finally:
@@ -131,6 +134,24 @@ async def run_failovers(
             await client.aclose()
             await sim.stop()
         return gaps
+
+
+async def _ready(
+    client: Any, proc: subprocess.Popen[bytes], folder: str, index: int, candidates: int
+) -> None:
+    """Wait until the replacement is a warm standby (its presence channel is up and it has
+    checked the pairs), so every run starts with ``candidates`` ready processes and a run
+    never measures a process start."""
+    log_path = os.path.join(folder, f"ingest-{index}.log")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        alive = await client.pubsub_channels(keys.presence_prefix("") + "*")
+        with open(log_path, "rb") as f:
+            checked = b"exchangeInfo: all" in f.read()
+        if len(alive) >= candidates and checked:
+            return
+        await asyncio.sleep(0.05)
+    raise SystemExit(f"ingest-{index} did not become a ready standby")
 
 
 async def _until(predicate: object, timeout: float) -> None:

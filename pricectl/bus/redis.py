@@ -180,6 +180,7 @@ class RedisBus:
         self._fence_keys = [keys.leader(prefix), keys.epoch(prefix), keys.latest(prefix)]
         self._heartbeat_keys = [keys.leader(prefix), keys.epoch(prefix), keys.heartbeat(prefix)]
         self._leadership_known = False
+        self._ever_responsive = False
         self._holder: str | None = None
         self._beat: str | None = None
         self._beat_at: float | None = None
@@ -402,10 +403,10 @@ class RedisBus:
                 continue
             now = time.monotonic()
             self.ping_latency = now - started
-            if not self.responsive and self.connected:
+            if not self.responsive and self._ever_responsive:
                 took = 1000 * (now - started)
                 log.info("redis at %s answers again (PING %.0f ms)", self._where, took)
-            self.responsive = True
+            self.responsive = self._ever_responsive = True
             self._set_connected(True)
             self._holder = holder
             if beat != self._beat:

@@ -4,7 +4,9 @@ Every instance runs the candidate loop of :class:`~pricectl.bus.leader.Leader`:
 
 - **standby**: no exchange connection at all. It keeps a bus subscription to every pair
   and the latest value of each (re-read from ``prices:latest`` after any gap), so a
-  takeover starts warm: those values seed the relay's cache stage.
+  takeover starts warm: those values seed the relay's cache stage. At start it checks
+  the pairs against ``exchangeInfo`` once (one REST request), so a takeover goes
+  straight to its REST snapshot: the check is the slowest request of a term's start.
 - **leader**: runs :func:`pricectl.ingest.relay.lead` under its fence: check the pairs, publish
   a REST snapshot, then go live on the WebSocket. Every publish is the fenced script, so
   nothing is ever published unfenced, and each one first asks the lease whether the last
@@ -41,7 +43,8 @@ from pricectl.bus.leader import Leader
 from pricectl.bus.redis import RedisBus
 from pricectl.config import Settings, redact_url
 from pricectl.core.ticks import PriceUpdate
-from pricectl.errors import ConfigError, FencedError, UsageError
+from pricectl.errors import ConfigError, FeedError, FencedError, UsageError
+from pricectl.exchange.binance_rest import BinanceRest
 from pricectl.ingest.relay import Relay, lead
 from pricectl.ingest.stacks import log_tasks
 
@@ -98,6 +101,11 @@ class Ingest:
         self._standby.set()
         self._fatal: BaseException | None = None
         self._stop: asyncio.Event | None = None
+        #: True once a term has checked the pairs against exchangeInfo.
+        self._validated = False
+        #: One REST client for the life of the process: a takeover's snapshot request
+        #: goes out on a warm session instead of opening one.
+        self.rest = BinanceRest(settings.exchange, settings.pair_map)
 
     # --- running -----------------------------------------------------------------------
 
@@ -126,6 +134,7 @@ class Ingest:
                 others = [
                     tg.create_task(self._follow(), name="ingest-follow"),
                     tg.create_task(self._report(), name="ingest-status"),
+                    tg.create_task(self._check_pairs(), name="ingest-check-pairs"),
                 ]
                 await stop.wait()
                 log.info("ingest: stopping; releasing the lease if held")
@@ -137,6 +146,7 @@ class Ingest:
         finally:
             await self.leader.close()
             await self.bus.close()
+            await self.rest.close()
         if self._fatal is not None:
             raise self._fatal
         log.info("ingest: stopped")
@@ -157,11 +167,12 @@ class Ingest:
             pair_map=s.pair_map,
             resilience=s.resilience,
             may_publish=self.leader.may_publish,
+            rest=self.rest,
         )
         relay.seed(self.latest.values())
         self.relay = relay
         try:
-            await lead(relay)
+            await lead(relay, validate=not self._validated)
         except FencedError:
             self.fenced += 1
             raise
@@ -172,6 +183,7 @@ class Ingest:
                 self._stop.set()
             raise
         finally:
+            self._validated = self._validated or relay.validated
             self.relay = None
             self._standby.set()
 
@@ -181,6 +193,22 @@ class Ingest:
         relay = self.relay
         if relay is not None:
             relay.abort()
+
+    async def _check_pairs(self) -> None:
+        """Check the pairs against exchangeInfo once, as a standby; a failure leaves the
+        check to the first term (which retries it), wrong pairs stop the process."""
+        try:
+            await self.rest.validate_pairs()
+        except ConfigError as exc:
+            log.error("ingest: %s; stopping", exc)
+            self._fatal = exc
+            if self._stop is not None:
+                self._stop.set()
+            return
+        except FeedError as exc:
+            log.warning("ingest: cannot check the pairs yet (%s); the first term will", exc)
+            return
+        self._validated = True
 
     async def _follow(self) -> None:
         """As a standby, keep a subscription and the latest value of every pair warm."""

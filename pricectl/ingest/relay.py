@@ -111,6 +111,8 @@ class Relay:
         self.late_updates = 0
         #: Updates held back because the guard refused the publish.
         self.held_back = 0
+        #: True once the pairs were checked against exchangeInfo (by this term or before).
+        self.validated = False
         self.pairs = pair_map.pairs
         self.resilience = resilience
         self.cascade = Cascade(
@@ -440,6 +442,11 @@ def _unwrap(group: BaseExceptionGroup[Any]) -> BaseException:
     return group
 
 
+async def _validate_later(relay: Relay, first_error: str) -> None:
+    await _validate_until_ok(relay.rest, relay.resilience.backoff, first_error)
+    relay.validated = True
+
+
 async def _validate_until_ok(rest: BinanceRest, policy: BackoffPolicy, first_error: str) -> None:
     """Retry the exchangeInfo check with backoff; UnknownPairError ends everything."""
     backoff = Backoff(policy, rand=random.random)
@@ -491,7 +498,7 @@ async def run_embedded(
     await lead(relay)
 
 
-async def lead(relay: Relay) -> None:
+async def lead(relay: Relay, *, validate: bool = True) -> None:
     """One term of leadership for ``relay``: check pairs, REST snapshot, then live; until
     cancelled. Closes the relay when it ends.
 
@@ -499,11 +506,15 @@ async def lead(relay: Relay) -> None:
     non-trading pair raises :class:`~pricectl.errors.UnknownPairError`; an exchange that
     cannot be reached is logged and checked again in the background while the relay runs
     (serving cache/stale). :class:`~pricectl.errors.FencedError` propagates at once.
+    ``validate=False`` skips the pairs check (a candidate whose earlier term checked the
+    same pairs): a takeover then costs one REST round trip, not two.
     """
     try:
         pending_error: str | None = None
         try:
-            await relay.rest.validate_pairs()
+            if validate:
+                await relay.rest.validate_pairs()
+            relay.validated = True
         except RateLimitedError as exc:
             pending_error = str(exc)
         except FeedError as exc:
@@ -513,9 +524,7 @@ async def lead(relay: Relay) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
                 if pending_error is not None:
-                    tg.create_task(
-                        _validate_until_ok(relay.rest, relay.resilience.backoff, pending_error)
-                    )
+                    tg.create_task(_validate_later(relay, pending_error), name="relay-validate")
                 tg.create_task(relay.run(), name="relay")
         except BaseExceptionGroup as group:
             raise _unwrap(group) from None
