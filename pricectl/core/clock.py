@@ -11,8 +11,8 @@ reply was stamped half-way through the round trip, the offset is
 ``remote - (sent + received) / 2``, wrong by at most half the round trip. The estimate
 is the sample with the shortest round trip among the last :data:`KEEP`: a slow round
 trip says less. A sample with no round trip (a clock pushed by the server, such as an
-SSE ``clock`` event) has its error bounded by how late it was delivered, so it is passed
-with ``sent == received``::
+SSE ``clock`` event) is passed with ``sent == received``: it can only be late, never
+early, so among such samples the one with the largest offset (the least delayed) wins::
 
     est = ClockOffset()
     est.add(sent=1_000, remote=61_010, received=1_020)   # offset 60_000 +- 10
@@ -67,10 +67,11 @@ class ClockOffset:
 
     @property
     def best(self) -> Sample | None:
-        """The kept sample with the shortest round trip (the newest among equals)."""
+        """The kept sample with the shortest round trip; among equals the largest offset
+        (a delivery delay only ever makes the remote clock look behind)."""
         best: Sample | None = None
         for s in self._samples:
-            if best is None or s.rtt <= best.rtt:
+            if best is None or (s.rtt, -s.offset) < (best.rtt, -best.offset):
                 best = s
         return best
 

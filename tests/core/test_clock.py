@@ -37,6 +37,15 @@ def test_a_pushed_clock_has_no_round_trip() -> None:
     assert est.offset_ms == 60_000.0 and est.error_ms == 0.0
 
 
+def test_the_least_delayed_pushed_clock_wins() -> None:
+    """Pushed clocks can only arrive late: the largest offset among them is believed."""
+    est = ClockOffset()
+    est.add(sent=1_000, remote=60_990, received=1_000)  # delivered 10 ms late
+    est.add(sent=2_000, remote=62_000, received=2_000)  # on time
+    est.add(sent=3_000, remote=62_950, received=3_000)  # 50 ms late
+    assert est.offset_ms == 60_000.0
+
+
 def test_old_samples_are_forgotten() -> None:
     """Only the last KEEP samples count, so a clock that was stepped is followed."""
     est = ClockOffset(keep=2)

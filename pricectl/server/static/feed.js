@@ -93,7 +93,11 @@
       var data;
       try { data = JSON.parse(e.data); } catch (err) { return; }
       if (typeof data.server_ms !== "number") return;
-      var msg = { type: "clock", offsetMs: data.server_ms - Date.now() };
+      // A clock event can only arrive late: the largest of the recent offsets is the
+      // least delayed one.
+      self.clockSamples = (self.clockSamples || []).concat([data.server_ms - Date.now()]);
+      if (self.clockSamples.length > 8) self.clockSamples.shift();
+      var msg = { type: "clock", offsetMs: Math.max.apply(null, self.clockSamples) };
       self.latest["clock"] = msg;
       self.emit(msg);
     });
