@@ -411,7 +411,8 @@ class RedisBus:
             self._holder = holder
             if beat != self._beat:
                 self._beat = beat
-                self._beat_at = now if beat is not None else None
+                if beat is not None:  # an expired key keeps the time of the last beat
+                    self._beat_at = now
             self._leadership_known = True
             backoff.connected(now)
             await self._pause(max(0.0, self._probe_interval - (now - started)))

@@ -152,6 +152,8 @@ class Faults:
     refuse: bool = False
     rest429: bool = False
     rest500: bool = False
+    #: Answer every REST request 418 (IP banned) with Retry-After ``ban_s``.
+    rest418: bool = False
 
 
 @dataclass
@@ -328,6 +330,7 @@ class Simulator:
         refuse: bool | None = None,
         rest429: bool | None = None,
         rest500: bool | None = None,
+        rest418: bool | None = None,
         clear: bool = False,
     ) -> None:
         """Change faults; ``None`` leaves one as it is, ``clear`` resets all first."""
@@ -343,6 +346,8 @@ class Simulator:
             self.faults.rest429 = rest429
         if rest500 is not None:
             self.faults.rest500 = rest500
+        if rest418 is not None:
+            self.faults.rest418 = rest418
         if drop:
             for conn in list(self._conns):
                 transport = conn.request.transport
@@ -756,6 +761,8 @@ class Simulator:
                     500,
                     acct[1],
                 )
+            if self.faults.rest418:
+                return self._limit_response(418, acct[1], math.ceil(cfg.ban_s))
             if self.faults.rest429:
                 return self._limit_response(429, acct[1], cfg.fault_retry_after_s)
             try:
@@ -952,7 +959,9 @@ class Simulator:
             body = await request.json()
             if not isinstance(body, dict):
                 raise ValueError("expected a JSON object")
-            allowed = {"drop", "stall", "garbage", "refuse", "rest429", "rest500", "clear"}
+            allowed = {
+                "drop", "stall", "garbage", "refuse", "rest429", "rest500", "rest418", "clear"
+            }  # fmt: skip
             unknown = set(body) - allowed
             if unknown:
                 raise ValueError(f"unknown fault(s): {', '.join(sorted(unknown))}")
