@@ -318,6 +318,14 @@ class Hub:
         self.ready = True
         # A lagging client gets the snapshot as its pending slots.
         fanout.resend(self._snapshot_by_pair)
+        # A pair still quiet after the re-read is told stale again: the snapshot just
+        # sent does not say so itself.
+        now, now_ms = self._clock(), time.time_ns() // 1_000_000
+        for pair in self.pairs:
+            held = self.latest.get(pair)
+            if pair in self.quiet and held is not None and not held.stale:
+                quiet_s = now - self.fresh_at.get(pair, now)
+                fanout.publish(pair, stale_event(held, quiet_s, now_ms))
 
     async def drain(self, window: float) -> None:
         """Graceful shutdown: refuse new streams, tell every client when to come back
