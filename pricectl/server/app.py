@@ -36,6 +36,7 @@ from pricectl import __version__
 from pricectl.bus.base import Bus
 from pricectl.config import Settings
 from pricectl.core.api import STREAM_PATH
+from pricectl.server import watchdog
 from pricectl.server.errors import error_json
 from pricectl.server.health import UpstreamStatus, health_report
 from pricectl.server.hub import Hub
@@ -326,8 +327,10 @@ async def serve_forever(
         if relay_coro is not None
         else None
     )
+    stop_bound: Any = None
     try:
         await stop.wait()
+        stop_bound = watchdog.arm(settings.server.drain_window + watchdog.GRACE)
         log.info(
             "shutting down: draining %d clients over %.1fs",
             hub.fanout.clients,
@@ -345,6 +348,8 @@ async def serve_forever(
         await bus.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if stop_bound is not None:
+            stop_bound.cancel()
     log.info("stopped")
 
 
