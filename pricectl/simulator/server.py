@@ -154,6 +154,12 @@ class Faults:
     rest500: bool = False
     #: Answer every REST request 418 (IP banned) with Retry-After ``ban_s``.
     rest418: bool = False
+    #: The exchange's clock reads this many ms from the real one (event times and
+    #: REST ``serverTime``): a skewed exchange clock, or a feed delivered late.
+    clock_skew_ms: int = 0
+    #: The feed's event times lag the exchange's clock by this many ms (frames that
+    #: waited somewhere before reaching the client).
+    feed_delay_ms: int = 0
 
 
 @dataclass
@@ -321,6 +327,10 @@ class Simulator:
 
     # -- faults ------------------------------------------------------------------------
 
+    def _now_ms(self) -> int:
+        """The exchange's clock in ms (the real one plus ``clock_skew_ms``)."""
+        return time.time_ns() // 1_000_000 + self.faults.clock_skew_ms
+
     def set_fault(
         self,
         *,
@@ -331,6 +341,8 @@ class Simulator:
         rest429: bool | None = None,
         rest500: bool | None = None,
         rest418: bool | None = None,
+        clock_skew_ms: int | None = None,
+        feed_delay_ms: int | None = None,
         clear: bool = False,
     ) -> None:
         """Change faults; ``None`` leaves one as it is, ``clear`` resets all first."""
@@ -348,6 +360,10 @@ class Simulator:
             self.faults.rest500 = rest500
         if rest418 is not None:
             self.faults.rest418 = rest418
+        if clock_skew_ms is not None:
+            self.faults.clock_skew_ms = int(clock_skew_ms)
+        if feed_delay_ms is not None:
+            self.faults.feed_delay_ms = int(feed_delay_ms)
         if drop:
             for conn in list(self._conns):
                 transport = conn.request.transport
@@ -665,7 +681,7 @@ class Simulator:
         while True:
             await asyncio.sleep(max(0.0, min(next_trade, next_ticker) - loop.time()))
             now = loop.time()
-            now_ms = time.time_ns() // 1_000_000
+            now_ms = self._now_ms() - self.faults.feed_delay_ms
             if now >= next_trade:
                 due = int((now - start) * cfg.trade_rate) - trades_done
                 trades_done += due
@@ -869,7 +885,7 @@ class Simulator:
         return 1, {}
 
     def _time(self, request: web.Request) -> tuple[int, Any]:
-        return 1, {"serverTime": time.time_ns() // 1_000_000}
+        return 1, {"serverTime": self._now_ms()}
 
     def _exchange_info(self, request: web.Request) -> tuple[int, Any]:
         try:
@@ -960,7 +976,8 @@ class Simulator:
             if not isinstance(body, dict):
                 raise ValueError("expected a JSON object")
             allowed = {
-                "drop", "stall", "garbage", "refuse", "rest429", "rest500", "rest418", "clear"
+                "drop", "stall", "garbage", "refuse", "rest429", "rest500", "rest418",
+                "clock_skew_ms", "feed_delay_ms", "clear",
             }  # fmt: skip
             unknown = set(body) - allowed
             if unknown:

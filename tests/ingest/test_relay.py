@@ -431,3 +431,33 @@ async def test_replay_of_a_real_recording_goes_end_to_end(start_sim: StartSim):
         live = [u for u in h.rec.by_pair[pair] if u.source == "ws"]
         assert (live[-1].bid, live[-1].ask, live[-1].order_key) == (data["b"], data["a"], data["u"])
     assert_seq_contiguous(h.rec, h.fence.epoch)
+
+
+async def test_ws_updates_are_judged_on_the_exchanges_clock(start_sim: StartSim):
+    """An exchange whose clock is 60 s behind ours: its events are live, judged on its own
+    clock (sampled from /api/v3/time), not on ours."""
+    sim = await start_sim()
+    sim.set_fault(clock_skew_ms=-60_000)
+    async with Harness(sim_settings(sim)) as h:
+        await until(lambda: h.relay.exchange_clock.known, 5, "a sample of the exchange's clock")
+        assert abs(h.relay.exchange_clock.offset_ms + 60_000) < 1_000
+        await until(lambda: h.rec.count("ws") >= 6, 5, "live ws updates")
+        ws = [u for u in h.rec.all if u.source == "ws"]
+        assert not any(u.stale for u in ws) and h.relay.late_updates == 0
+
+
+async def test_ws_updates_older_than_stale_after_are_not_live(start_sim: StartSim):
+    """Event times behind the exchange's own clock by more than stale_after (frames that
+    waited in a buffer): published stale, and they do not keep the pair on live ws (REST
+    vouches for it instead)."""
+    sim = await start_sim()
+    sim.set_fault(clock_skew_ms=-60_000, feed_delay_ms=1_500)  # stale_after is 1 s here
+    async with Harness(sim_settings(sim)) as h:
+        await until(lambda: h.relay.late_updates >= 4, 5, "late updates")
+        late = [u for u in h.rec.all if u.source == "ws"]
+        assert late and all(u.stale for u in late)
+        await until(
+            lambda: all(p["source"] != "ws" for p in h.relay.status()["pairs"].values()),
+            3,
+            "the pairs off live ws",
+        )
