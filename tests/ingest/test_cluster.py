@@ -1,6 +1,7 @@
-"""Staleness told at every hop, on real processes: 3 `pricectl ingest`, 2 `pricectl serve`,
-a redis-server the test starts (and freezes), the simulator, and one SSE client per serve
-recording every event it gets.
+"""The whole cluster on real processes: 3 `pricectl ingest`, 2 `pricectl serve`, a
+redis-server the test starts (and freezes, flushes), the simulator, and one SSE client per
+serve recording every event it gets. Leadership faults as the browsers see them, and
+staleness told at every hop.
 
 Each test asserts what the clients saw, per pair: no older epoch after a newer one, no
 duplicate, every hole marked by a snapshot, and when the pair turned stale or came back.
@@ -347,3 +348,59 @@ async def test_sigterm_of_every_ingest_is_degraded_at_once(
         assert any("no ingest leader" in r for r in docs[0]["reasons"]), docs[0]
         for p in s.ingest.procs:
             assert p.wait(timeout=5 * UNIT) == 0
+
+
+async def test_leadership_faults_as_the_browsers_see_them(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Default lease. SIGKILL of the leader: every browser gets a new epoch within 3 s;
+    FLUSHALL (the leader fenced): a leader again within 2 s and a new epoch at every
+    browser; no client ever sees an older epoch after a newer one, a duplicate, or an
+    unmarked hole."""
+    async with stack(tmp_path, redis_server, stale_after=30.0) as s:
+
+        def newest(w: Watcher) -> int:
+            return max((d["epoch"] for p in PAIRS for _, d, _ in w.prices(p)), default=0)
+
+        def first_of(w: Watcher, epoch: int) -> float:
+            return min(at for p in PAIRS for at, d, _ in w.prices(p) if d["epoch"] == epoch)
+
+        leader = await _leader_proc(s)
+        assert leader is not None
+        before = max(newest(w) for w in s.watchers)
+        cut = time.monotonic()
+        leader.kill()
+        await until(
+            lambda: all(newest(w) > before for w in s.watchers), 5, "a new epoch everywhere"
+        )
+        for w in s.watchers:
+            took = first_of(w, newest(w)) - cut
+            assert took < 3.0, f"new epoch after {took:.2f}s"
+        before = max(newest(w) for w in s.watchers)
+        cut = time.monotonic()
+        s.redis.flushall()
+        await until(lambda: _leader_proc(s, wait=False), 2, "a leader after FLUSHALL")
+        assert time.monotonic() - cut < 2.0 + 0.3 * UNIT
+        await until(
+            lambda: all(newest(w) > before for w in s.watchers), 5, "a new epoch everywhere"
+        )
+        await s.live()
+        for w in s.watchers:
+            w.check()
+        assert s.sim.connections == 1
+
+
+async def _leader_proc(s: Stack, wait: bool = True) -> subprocess.Popen[bytes] | None:
+    """The ingest process holding the lease (waits up to 10 s for one if ``wait``)."""
+    found: list[subprocess.Popen[bytes]] = []
+
+    async def known() -> bool:
+        p = await s.ingest.leader(s.redis.url)
+        if p is not None:
+            found.append(p)
+        return p is not None
+
+    if not wait:
+        return found[-1] if await known() else None
+    await until(known, 10, "a leader")
+    return found[-1]
