@@ -288,7 +288,8 @@ async def _exited(p: subprocess.Popen[bytes], timeout: float) -> int:
 async def test_one_exchange_connection_and_updates_flow(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    """Three candidates, default timings: one leader, one simulator connection, every update."""
+    """Three candidates, default timings: one leader, one simulator connection, every
+    update; SIGUSR1 makes the leader log its tasks' await chains and carry on."""
     async with system(tmp_path, redis_server) as s:
         await s.leader()
         await s.flowing(80)
@@ -301,6 +302,17 @@ async def test_one_exchange_connection_and_updates_flow(
             seqs = [x.update.seq for x in s.consumer.seen if x.update.pair == pair]
             assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), pair
         assert s.samples > 100
+        # SIGUSR1 logs every task's await chain (and changes nothing).
+        leader = await s.leader()
+        leader.send_signal(signal.SIGUSR1)
+        await until(
+            lambda: "task 'ingest-candidate' pending" in s.cluster.log(leader),
+            5,
+            "the task dump",
+        )
+        assert "pricectl/bus/leader.py" in s.cluster.log(leader).split("task dump (SIGUSR1)")[1]
+        await s.flowing(20)
+        assert leader.poll() is None
 
 
 async def test_sigterm_hands_over_within_two_seconds(
