@@ -136,8 +136,11 @@ class Hub:
         self.fanout.start()
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._watch_quiet(), name="hub-stale-watch")
-                await self._consume()
+                watcher = tg.create_task(self._watch_quiet(), name="hub-stale-watch")
+                try:
+                    await self._consume()
+                finally:
+                    watcher.cancel()  # the bus closed: the hub's work is over
         finally:
             self.fanout.stop()
 
