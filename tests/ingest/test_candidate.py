@@ -588,3 +588,26 @@ def test_memory_bus_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "ingest needs a shared bus: set bus.url / REDIS_URL to redis://" in result.stderr
+
+
+async def test_sigterm_with_redis_frozen_exits_within_five_seconds(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """SIGTERM while Redis is frozen (the release can never be answered): the process
+    still exits within 5 s, and if its graceful stop could not finish it says why."""
+    async with system(tmp_path, redis_server, n=1) as s:
+        (p,) = s.cluster.procs
+        await s.leader()
+        await s.flowing(10)
+        s.redis.freeze()
+        try:
+            t0 = time.monotonic()
+            p.send_signal(signal.SIGTERM)
+            code = await _exited(p, 6)
+            took = time.monotonic() - t0
+        finally:
+            s.redis.thaw()
+        assert took < 5.0 + 0.5 * UNIT, f"exit took {took:.2f}s"
+        log = s.cluster.log(p)
+        assert code == 0 or (code == 1 and "graceful stop did not finish within 5s" in log), log
+        print(f"exit {code} after {took:.2f}s")
