@@ -313,8 +313,8 @@ def _marker(sse: SSEEvent) -> Clock | Stale | None:
         return Stale(
             pair=str(data["pair"]),
             reason=str(data.get("reason", "")),
-            epoch=int(data.get("epoch", 0)),
-            seq=int(data.get("seq", 0)),
+            epoch=int(data.get("last_epoch", 0)),
+            seq=int(data.get("last_seq", 0)),
         )
     except (ValueError, KeyError, TypeError):
         return None

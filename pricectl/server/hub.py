@@ -62,16 +62,17 @@ def clock_event(now_ms: int) -> bytes:
 def stale_event(update: PriceUpdate, quiet_s: float, now_ms: int) -> bytes:
     """``event: stale`` for ``update``'s pair: the last update, marked stale by serve.
 
-    No ``id``: a client keeps its ``Last-Event-ID`` and its ``(epoch, seq)`` per pair.
+    No ``id``: a client keeps its ``Last-Event-ID`` and its ``(epoch, seq)`` per pair. The
+    update it refers to is ``last_epoch``/``last_seq``: not ``epoch``/``seq``, so nothing
+    that reads those from every event can take the marker for an update.
     """
     data = {
         "pair": update.pair,
         "stale": True,
         "reason": f"no update for {quiet_s:.0f}s",
-        "epoch": update.epoch,
-        "seq": update.seq,
+        "last_epoch": update.epoch,
+        "last_seq": update.seq,
         "price": update.price,
-        "ingest_ns": update.ingest_ns,
         "server_ms": now_ms,
     }
     return encode_event(json.dumps(data, separators=(",", ":")), event="stale")

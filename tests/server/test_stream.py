@@ -162,7 +162,8 @@ async def test_a_quiet_pair_is_sent_stale_without_an_id():
             assert stale.id == snap.id
             marker = json.loads(stale.data)
             assert marker["pair"] == "ETH/USD" and marker["stale"] is True
-            assert (marker["epoch"], marker["seq"]) == (up.epoch, up.seq)
+            assert (marker["last_epoch"], marker["last_seq"]) == (up.epoch, up.seq)
+            assert "seq" not in marker and "epoch" not in marker
             assert r.hub.stale_marked == 1
             late = await SSEConn.open(r.port, f"{STREAM}?pairs=ETH/USD")
             try:

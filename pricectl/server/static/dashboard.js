@@ -136,8 +136,9 @@
       var row = rows[msg.data.pair];
       // only if no newer update is on its way or shown
       var cur = (pending[msg.data.pair] || row || {}).data;
-      if (row && (!cur || cur.epoch < msg.data.epoch ||
-                  (cur.epoch === msg.data.epoch && cur.seq <= msg.data.seq))) {
+      var m = msg.data;
+      if (row && (!cur || cur.epoch < m.last_epoch ||
+                  (cur.epoch === m.last_epoch && cur.seq <= m.last_seq))) {
         row.marked = true;
         renderAge(row);
       }
