@@ -444,9 +444,9 @@ class Leader:
             self.since = None
             self.last_step_down = reason
             log.warning("stepped down (epoch %d): %s", epoch, reason)
-        if reason in ("relay ended", "renew deadline passed") or reason.startswith("relay failed"):
-            await self.release()
-        return reason not in ("relay ended", "lease taken") and not reason.startswith("fenced")
+        if reason.startswith(("relay ended", "renew deadline passed", "relay failed")):
+            await self.release()  # ours or not, compare-and-delete is safe
+        return not reason.startswith(("relay ended", "lease taken", "fenced"))
 
     async def _stop_term(self, task: asyncio.Task[None], epoch: int) -> None:
         """Cancel the term's work and wait for it, at most :data:`TERM_STOP` seconds."""
