@@ -104,9 +104,28 @@ class RedisServer:
         self.kill()
         self.start()
 
+    def freeze(self) -> None:
+        """SIGSTOP: the server keeps its sockets open and answers nothing (a hung host)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after :meth:`freeze`."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
+
+    def flushall(self) -> None:
+        """FLUSHALL: every key gone at once (the lease, the epoch, the snapshot)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2.0) as s:
+            s.sendall(b"FLUSHALL\r\n")
+            reply = s.recv(64)
+        if not reply.startswith(b"+OK"):
+            raise RuntimeError(f"FLUSHALL answered {reply!r}")
+
     def _signal(self, sig: int) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
+        os.kill(self.proc.pid, signal.SIGCONT)  # a frozen server cannot act on SIGTERM
         os.kill(self.proc.pid, sig)
         self.proc.wait(timeout=10)
 

@@ -37,6 +37,7 @@ __all__ = [
     "EpochFilter",
     "Fence",
     "Gap",
+    "Leadership",
     "Subscription",
     "Update",
 ]
@@ -74,28 +75,58 @@ class Gap:
 BusEvent = Update | Gap
 
 
+@dataclass(frozen=True, slots=True)
+class Leadership:
+    """What a consumer can tell of the publisher: who holds the lease, and how long ago
+    (seconds, the consumer's monotonic clock) its heartbeat last moved (None: never)."""
+
+    holder: str | None
+    heartbeat_age: float | None
+
+
 class EpochFilter:
-    """Per pair, the highest epoch seen; updates from a lower (deposed) epoch are dropped.
+    """Per pair, the highest epoch seen and the highest seq within it: updates from a lower
+    (deposed) epoch are dropped, and so are live repeats of a seq already delivered.
 
     This is the consumer's half of fencing (DESIGN 3.3): even if a deposed leader's
-    message got through, it never overwrites the new leader's price.
+    message got through, it never overwrites the new leader's price. The repeat rule
+    makes a publish that was retried after a lost reply (the first attempt did reach
+    Redis) harmless: its updates carry the same ``(epoch, seq)`` as the ones already seen.
     """
 
-    __slots__ = ("drops", "highest")
+    __slots__ = ("drops", "duplicates", "highest", "seqs")
 
     def __init__(self) -> None:
         self.highest: dict[str, int] = {}
+        #: Highest seq seen for each pair within its highest epoch.
+        self.seqs: dict[str, int] = {}
         #: Updates dropped because their epoch was below the pair's highest.
         self.drops = 0
+        #: Live updates dropped because their (epoch, seq) had already been delivered.
+        self.duplicates = 0
 
-    def accept(self, update: PriceUpdate) -> bool:
-        """True if ``update`` should be delivered; counts it in :attr:`drops` otherwise."""
-        top = self.highest.get(update.pair)
+    def accept(self, update: PriceUpdate, *, live: bool = True) -> bool:
+        """True if ``update`` should be delivered; counts it otherwise.
+
+        ``live=False`` for a snapshot entry: the latest value is delivered again after a
+        gap on purpose, so only the epoch rule applies to it.
+        """
+        pair = update.pair
+        top = self.highest.get(pair)
         if top is not None and update.epoch < top:
             self.drops += 1
             return False
         if top is None or update.epoch > top:
-            self.highest[update.pair] = update.epoch
+            self.highest[pair] = update.epoch
+            self.seqs[pair] = update.seq
+            return True
+        last = self.seqs.get(pair, 0)
+        if update.seq <= last:
+            if live:
+                self.duplicates += 1
+                return False
+            return True
+        self.seqs[pair] = update.seq
         return True
 
 
@@ -138,12 +169,14 @@ class Subscription:
         return self
 
     async def __anext__(self) -> BusEvent:
-        accept = self.epochs.accept
+        epochs = self.epochs
         async for event in self._events:
-            if type(event) is Update and not accept(event.update):
-                if self._on_drop is not None:
-                    self._on_drop()
-                continue
+            if type(event) is Update:
+                dropped = epochs.drops
+                if not epochs.accept(event.update):
+                    if epochs.drops != dropped and self._on_drop is not None:
+                        self._on_drop()
+                    continue
             return event
         raise StopAsyncIteration
 
@@ -171,7 +204,7 @@ class Subscription:
                 await asyncio.sleep(delay)
         out: dict[str, PriceUpdate] = {}
         for pair, update in snap.items():
-            if self.epochs.accept(update):
+            if self.epochs.accept(update, live=False):
                 out[pair] = update
             elif self._on_drop is not None:
                 self._on_drop()
@@ -184,6 +217,8 @@ class Bus(Protocol):
     url: str
     #: True while connected (always True for memory://).
     connected: bool
+    #: False once the bus has not answered a PING within PING_LIMIT (health: down).
+    responsive: bool
     #: Updates dropped by subscriptions because their epoch was below the pair's highest.
     epoch_drops: int
     #: Times a subscription had to reconnect (always 0 for memory://).
@@ -201,6 +236,12 @@ class Bus(Protocol):
         Raises ``FencedError`` when the bus refuses the fence (the caller must step
         down at once) and ``BusError`` when the bus is unreachable.
         """
+
+    async def heartbeat(self, fence: Fence) -> None:
+        """Tell consumers the leader under ``fence`` is alive (fenced like a publish)."""
+
+    def leadership(self) -> Leadership | None:
+        """Who holds the lease and how fresh its heartbeat is; None until first known."""
 
     async def snapshot(self, pairs: Iterable[str]) -> dict[str, PriceUpdate]:
         """The latest update of each pair that has one."""

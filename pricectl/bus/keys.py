@@ -7,7 +7,16 @@ and the snapshot hash land in one slot: the fenced-publish script touches all th
 
 from __future__ import annotations
 
-__all__ = ["channel", "epoch", "latest", "leader", "lease_channel"]
+__all__ = [
+    "channel",
+    "epoch",
+    "heartbeat",
+    "latest",
+    "leader",
+    "lease_channel",
+    "presence_channel",
+    "presence_prefix",
+]
 
 
 def channel(prefix: str, pair: str) -> str:
@@ -38,3 +47,25 @@ def lease_channel(prefix: str) -> str:
     """Channel on which a leader announces ``released`` so standbys take over at once
     instead of at their next poll (DESIGN 3.4: "about a second, not after the TTL")."""
     return f"{prefix}pricectl:lease"
+
+
+def presence_prefix(prefix: str) -> str:
+    """What every candidate's presence channel starts with (the token follows)."""
+    return f"{prefix}pricectl:alive:"
+
+
+def presence_channel(prefix: str, token: str) -> str:
+    """Channel a candidate stays subscribed to for its whole life, named after its token.
+
+    Redis drops the subscription the moment the process's connection closes (a crash
+    included), so ``PUBSUB NUMSUB`` of the lease holder's channel falling to 0 tells the
+    standbys the leader is dead without waiting for the lease TTL (DESIGN 3.4).
+    """
+    return f"{presence_prefix(prefix)}{token}"
+
+
+def heartbeat(prefix: str) -> str:
+    """String key the leader rewrites every second (``<epoch> <token> <ms>``, fenced, with
+    a short expiry): a consumer that sees it move knows a leader is alive and publishing
+    even while the market is quiet, and one that sees it stand still knows none is."""
+    return f"{prefix}pricectl:heartbeat"

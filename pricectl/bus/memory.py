@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 
-from pricectl.bus.base import BusEvent, Fence, Gap, Subscription, Update
+from pricectl.bus.base import BusEvent, Fence, Gap, Leadership, Subscription, Update
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import FencedError
 
@@ -91,12 +91,14 @@ class MemoryBus:
         self.url = "memory://"
         self.prefix = prefix
         self.connected = True
+        self.responsive = True
         self.epoch_drops = 0
         self.reconnects = 0
         self._queue_bound = queue_bound
         self._latest: dict[str, PriceUpdate] = {}
         self._by_pair: dict[str, list[MemoryQueue]] = {}
         self._fence: Fence | None = None
+        self._heartbeat_at: float | None = None
 
     async def start(self) -> None:
         """Nothing to connect."""
@@ -131,6 +133,20 @@ class MemoryBus:
     async def snapshot(self, pairs: Iterable[str]) -> dict[str, PriceUpdate]:
         """The latest update of each pair that has one."""
         return {p: self._latest[p] for p in pairs if p in self._latest}
+
+    async def heartbeat(self, fence: Fence) -> None:
+        """The embedded relay is alive; FencedError if ``fence`` is not the current one."""
+        if fence != self._fence:
+            raise FencedError(f"heartbeat refused: epoch {fence.epoch} is not the current lease")
+        self._heartbeat_at = time.monotonic()
+
+    def leadership(self) -> Leadership | None:
+        """The embedded relay holds the in-process lease (it counts as the leader)."""
+        at = self._heartbeat_at
+        return Leadership(
+            holder=self._fence.token if self._fence is not None else None,
+            heartbeat_age=None if at is None else time.monotonic() - at,
+        )
 
     def subscribe(self, pairs: Iterable[str]) -> Subscription:
         """Live at once: publishes after this call are queued for the subscriber."""

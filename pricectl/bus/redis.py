@@ -16,6 +16,16 @@ arrive together into one call is what makes >= 20,000 updates/s possible (bench.
 redis-py's own retries are turned off: a transparent reconnect would resubscribe
 without telling us, hiding a gap. Instead each subscription reconnects itself with
 backoff and yields ``Gap("redis reconnect")`` so the consumer re-reads the snapshot.
+Idempotent commands (snapshot reads, PING, the fenced publish, whose replay consumers
+drop by ``(epoch, seq)``) are retried once on a fresh connection when the first attempt
+finds the connection dead (:func:`pricectl.bus.failures.retry_once`): after a Redis
+restart the first use of a pooled connection fails, and that must not cost a batch.
+
+redis-py's ``socket_timeout`` is not used either: it bounds a command's send with
+``asyncio.wait_for``, which on Python 3.11 swallows a cancellation that arrives just as
+the send completes (the task then runs on as if never cancelled, so a relay told to stop
+keeps publishing). :func:`connect_redis` bounds each command with ``asyncio.timeout``
+instead, which passes every cancellation on.
 """
 
 from __future__ import annotations
@@ -25,29 +35,32 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pricectl.bus import keys
-from pricectl.bus.base import BusEvent, Fence, Gap, Subscription, Update
+from pricectl.bus.base import BusEvent, Fence, Gap, Leadership, Subscription, Update
+from pricectl.bus.failures import describe, is_unreachable, retry_once
 from pricectl.config import redact_url
 from pricectl.core.backoff import Backoff, BackoffPolicy
+from pricectl.core.health import PING_LIMIT
 from pricectl.core.ticks import PriceUpdate, decode_update
 from pricectl.errors import BusError, FencedError
 
 __all__ = [
     "DEFAULT_RECONNECT",
+    "HEARTBEAT_SCRIPT",
+    "HEARTBEAT_TTL_MS",
     "MAX_BATCH",
     "PUBLISH_SCRIPT",
+    "BoundedRedis",
     "RedisBus",
     "connect_redis",
-    "is_unreachable",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,28 +96,54 @@ end
 return n
 """
 
-#: Errors that mean "Redis is not reachable right now" (retry), as opposed to a bug.
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+#: KEYS: leader, epoch, heartbeat. ARGV: token, epoch, value, px. Fenced like a publish:
+#: 1 if written, -1 / -2 as PUBLISH_SCRIPT.
+HEARTBEAT_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return -2 end
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+return 1
+"""
+
+#: The heartbeat key's expiry: a few missed beats and it is gone.
+HEARTBEAT_TTL_MS = 5000
+
+#: What a Redis call can raise besides RedisError when the server is not there.
+_UNREACHABLE = (OSError, asyncio.TimeoutError)
 
 
-def is_unreachable(exc: BaseException) -> bool:
-    """True when ``exc`` means Redis could not be reached (retry later), not a bad command."""
-    return isinstance(exc, _UNREACHABLE)
+class BoundedRedis(aioredis.Redis):
+    """A redis.asyncio client whose every command is bounded by ``asyncio.timeout``.
+
+    Replaces redis-py's ``socket_timeout`` (see the module docstring for why). A command
+    that times out raises ``TimeoutError`` and its connection is dropped by redis-py, so
+    no late reply is ever read as the answer to the next command.
+    """
+
+    #: Seconds one command may take, connect included.
+    op_timeout: float = 5.0
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        async with asyncio.timeout(self.op_timeout):
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
 
-def connect_redis(url: str, *, timeout: float = 5.0) -> aioredis.Redis:
+def connect_redis(url: str, *, timeout: float = 5.0) -> BoundedRedis:
     """A redis.asyncio client for ``url`` with redis-py's retries off (we retry ourselves).
 
-    Does not connect: the first command does. ``timeout`` bounds connects and replies,
-    so a paused Redis turns into an error instead of a hang.
+    Does not connect: the first command does. ``timeout`` bounds connects and each
+    command, so a paused Redis turns into an error instead of a hang. Pipelines are not
+    bounded by it: wrap ``execute()`` in ``asyncio.timeout`` yourself.
     """
-    client: aioredis.Redis = aioredis.from_url(
+    client = BoundedRedis.from_url(
         url,
         decode_responses=True,
         retry=Retry(NoBackoff(), 0),
         socket_connect_timeout=timeout,
-        socket_timeout=timeout,
+        socket_timeout=None,
     )
+    assert isinstance(client, BoundedRedis)
+    client.op_timeout = timeout
     return client
 
 
@@ -117,13 +156,18 @@ class RedisBus:
         prefix: str = "",
         *,
         reconnect: BackoffPolicy = DEFAULT_RECONNECT,
-        probe_interval: float = 1.0,
+        probe_interval: float = 0.5,
         timeout: float = 5.0,
     ) -> None:
         self.url = url
         self.prefix = prefix
         #: True while the last contact with Redis succeeded.
         self.connected = False
+        #: False once a PING went unanswered for PING_LIMIT seconds (a frozen Redis
+        #: keeps its sockets open, so ``connected`` alone would not notice).
+        self.responsive = False
+        #: Seconds the last answered PING took.
+        self.ping_latency: float | None = None
         #: Updates dropped by subscriptions because their epoch was below the pair's highest.
         self.epoch_drops = 0
         #: Times a subscription lost Redis and subscribed again (each yields a Gap).
@@ -132,7 +176,14 @@ class RedisBus:
         self._probe_interval = probe_interval
         self._client = connect_redis(url, timeout=timeout)
         self._script = self._client.register_script(PUBLISH_SCRIPT)
+        self._heartbeat = self._client.register_script(HEARTBEAT_SCRIPT)
         self._fence_keys = [keys.leader(prefix), keys.epoch(prefix), keys.latest(prefix)]
+        self._heartbeat_keys = [keys.leader(prefix), keys.epoch(prefix), keys.heartbeat(prefix)]
+        self._leadership_known = False
+        self._ever_responsive = False
+        self._holder: str | None = None
+        self._beat: str | None = None
+        self._beat_at: float | None = None
         self._channels: dict[str, str] = {}
         self._channel_prefix = keys.channel(prefix, "")
         self._pubsubs: set[Any] = set()
@@ -171,7 +222,9 @@ class RedisBus:
         """Fenced publish of the batch in one script call (chunks of :data:`MAX_BATCH`).
 
         Raises ``FencedError`` if Redis says the fence is not the current lease and
-        ``BusError`` if Redis cannot be reached (nothing was published then).
+        ``BusError`` if Redis cannot be reached. A batch whose first attempt met a dead
+        connection is sent once more; if the first did reach Redis, subscribers drop the
+        repeat by ``(epoch, seq)`` (:class:`~pricectl.bus.base.EpochFilter`).
         """
         for start in range(0, len(updates), MAX_BATCH):
             chunk = updates[start : start + MAX_BATCH]
@@ -185,20 +238,35 @@ class RedisBus:
                 "\n".join([u.to_json() for u in chunk]),
             ]
             try:
-                result = await self._script(keys=self._fence_keys, args=args)
-            except RedisError as exc:
+                result = await retry_once(partial(self._script, keys=self._fence_keys, args=args))
+            except (RedisError, *_UNREACHABLE) as exc:
                 if is_unreachable(exc):
                     self._set_connected(False, exc)
-                    raise BusError(f"redis unreachable at {self._where}: {exc}") from exc
-                raise BusError(f"redis refused the publish script: {exc}") from exc
-            except _UNREACHABLE as exc:
-                self._set_connected(False, exc)
-                raise BusError(f"redis unreachable at {self._where}: {exc}") from exc
+                raise BusError(f"publish failed: redis at {self._where} {describe(exc)}") from exc
             self._set_connected(True)
             if result == -1:
                 raise FencedError(f"publish refused by redis: {fence.token} is not the leader")
             if result == -2:
                 raise FencedError(f"publish refused by redis: epoch {fence.epoch} is not current")
+
+    async def heartbeat(self, fence: Fence) -> None:
+        """Rewrite the heartbeat key under ``fence`` (FencedError / BusError as publish)."""
+        value = f"{fence.epoch} {fence.token} {time.time_ns() // 1_000_000}"
+        args: list[str | int] = [fence.token, fence.epoch, value, HEARTBEAT_TTL_MS]
+        try:
+            beat = partial(self._heartbeat, keys=self._heartbeat_keys, args=args)
+            result = await retry_once(beat)
+        except (RedisError, *_UNREACHABLE) as exc:
+            raise BusError(f"heartbeat failed: redis at {self._where} {describe(exc)}") from exc
+        if result in (-1, -2):
+            raise FencedError(f"heartbeat refused by redis: epoch {fence.epoch} is not current")
+
+    def leadership(self) -> Leadership | None:
+        """The lease holder and the heartbeat's age as the probe last read them."""
+        if not self._leadership_known:
+            return None
+        at = self._beat_at
+        return Leadership(self._holder, None if at is None else time.monotonic() - at)
 
     async def snapshot(self, pairs: Iterable[str]) -> dict[str, PriceUpdate]:
         """The latest update of each pair that has one (HMGET ``prices:latest``)."""
@@ -206,10 +274,11 @@ class RedisBus:
         if not wanted:
             return {}
         try:
-            values = await self._client.hmget(keys.latest(self.prefix), wanted)
+            values = await retry_once(lambda: self._client.hmget(keys.latest(self.prefix), wanted))
         except (RedisError, *_UNREACHABLE) as exc:
-            self._set_connected(False, exc)
-            raise BusError(f"redis unreachable at {self._where}: {exc}") from exc
+            if is_unreachable(exc):
+                self._set_connected(False, exc)
+            raise BusError(f"snapshot failed: redis at {self._where} {describe(exc)}") from exc
         self._set_connected(True)
         out: dict[str, PriceUpdate] = {}
         for pair, raw in zip(wanted, values, strict=True):
@@ -303,28 +372,58 @@ class RedisBus:
         if up and not self.connected:
             log.info("redis connected at %s", self._where)
         elif not up and self.connected:
-            log.warning("redis unreachable at %s: %s", self._where, exc)
+            log.warning(
+                "redis at %s %s", self._where, describe(exc) if exc is not None else "unreachable"
+            )
         self.connected = up
 
     async def _probe_loop(self) -> None:
-        """PING now and then so ``connected`` is true to life even when the bus is idle."""
+        """PING (with the lease holder and the heartbeat read in the same round trip)
+        every ``probe_interval``, so ``connected``, ``responsive`` and :meth:`leadership`
+        are true to life even when the bus is idle. A PING unanswered for PING_LIMIT
+        seconds makes the bus unresponsive (a frozen Redis)."""
         backoff = Backoff(self._reconnect)
-        # Checks _closed as well as being cancelled: redis-py can swallow a cancellation
-        # that lands while a command is in flight.
+        # Checks _closed as well as being cancelled, and never awaits in a way that could
+        # swallow a cancel (see connect_redis).
         while not self._closed:
+            started = time.monotonic()
             try:
-                await self._client.ping()
+                async with asyncio.timeout(PING_LIMIT):
+                    holder, beat = await retry_once(self._probe_once)
             except (RedisError, *_UNREACHABLE) as exc:
                 was_up = self.connected
+                self.responsive = False
                 self._set_connected(False, exc)
                 delay = min(self._probe_interval, backoff.next_delay(time.monotonic()))
                 if not was_up and backoff.attempt == 1:
-                    log.warning("redis unreachable at %s: retrying in %.1fs", self._where, delay)
+                    log.warning(
+                        "redis at %s %s: retrying in %.1fs", self._where, describe(exc), delay
+                    )
                 await self._pause(delay)
                 continue
+            now = time.monotonic()
+            self.ping_latency = now - started
+            if not self.responsive and self._ever_responsive:
+                took = 1000 * (now - started)
+                log.info("redis at %s answers again (PING %.0f ms)", self._where, took)
+            self.responsive = self._ever_responsive = True
             self._set_connected(True)
-            backoff.connected(time.monotonic())
-            await self._pause(self._probe_interval)
+            self._holder = holder
+            if beat != self._beat:
+                self._beat = beat
+                if beat is not None:  # an expired key keeps the time of the last beat
+                    self._beat_at = now
+            self._leadership_known = True
+            backoff.connected(now)
+            await self._pause(max(0.0, self._probe_interval - (now - started)))
+
+    async def _probe_once(self) -> tuple[str | None, str | None]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.ping()
+            pipe.get(keys.leader(self.prefix))
+            pipe.get(keys.heartbeat(self.prefix))
+            _, holder, beat = await pipe.execute()
+        return holder, beat
 
     async def _pause(self, seconds: float) -> None:
         """Sleep that :meth:`close` cuts short."""

@@ -7,6 +7,10 @@ readers; all three yield these values so one view can show any of them:
   is new, a gap, a duplicate, or a snapshot repeat / resync after a reconnect;
 - :class:`Connected` / :class:`Disconnected`: the connection's state changes, with the
   reconnect count and the delay before the next attempt;
+- :class:`Stale`: serve says a pair has had nothing for ``stale_after`` (``event:
+  stale``): its last price must be shown as stale until a new one arrives;
+- :class:`Clock`: the server's wall clock (``event: clock``), so ages are computed on
+  the server's clock rather than on a skewed local one;
 - :class:`Notice`: anything else the source said (an unknown SSE event, a malformed
   payload), surfaced rather than dropped.
 """
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from pricectl.core.sequence import Check, Verdict
 from pricectl.core.ticks import PriceUpdate
 
-__all__ = ["Connected", "Disconnected", "Notice", "Price", "StreamEvent"]
+__all__ = ["Clock", "Connected", "Disconnected", "Notice", "Price", "Stale", "StreamEvent"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,4 +79,22 @@ class Notice:
     detail: str
 
 
-StreamEvent = Price | Connected | Disconnected | Notice
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """serve marked ``pair`` stale: its update ``(epoch, seq)`` is the last one it has."""
+
+    pair: str
+    reason: str
+    epoch: int = 0
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """The server's wall clock in ms, and ours (wall ns) when the event arrived."""
+
+    server_ms: int
+    received_ns: int
+
+
+StreamEvent = Price | Connected | Disconnected | Notice | Stale | Clock

@@ -37,7 +37,15 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
-from pricectl.client.events import Connected, Disconnected, Notice, Price, StreamEvent
+from pricectl.client.events import (
+    Clock,
+    Connected,
+    Disconnected,
+    Notice,
+    Price,
+    Stale,
+    StreamEvent,
+)
 from pricectl.core.api import STREAM_PATH
 from pricectl.core.backoff import Backoff, BackoffPolicy
 from pricectl.core.sequence import SequenceTracker
@@ -283,6 +291,10 @@ class SSEClient:
         )
 
     def _to_event(self, sse: SSEEvent) -> StreamEvent:
+        if sse.event in ("clock", "stale"):
+            marker = _marker(sse)
+            if marker is not None:
+                return marker
         if sse.event not in ("price", "snapshot"):
             return Notice(kind=sse.event, detail=sse.data)
         try:
@@ -299,6 +311,22 @@ class SSEClient:
             received=time.monotonic(),
             received_ns=time.time_ns(),
         )
+
+
+def _marker(sse: SSEEvent) -> Clock | Stale | None:
+    """``event: clock`` / ``event: stale`` (docs/protocol.md); None if malformed."""
+    try:
+        data = json.loads(sse.data)
+        if sse.event == "clock":
+            return Clock(server_ms=int(data["server_ms"]), received_ns=time.time_ns())
+        return Stale(
+            pair=str(data["pair"]),
+            reason=str(data.get("reason", "")),
+            epoch=int(data.get("last_epoch", 0)),
+            seq=int(data.get("last_seq", 0)),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class _Retry(Exception):

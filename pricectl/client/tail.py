@@ -28,7 +28,15 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
-from pricectl.client.events import Connected, Disconnected, Notice, Price, StreamEvent
+from pricectl.client.events import (
+    Clock,
+    Connected,
+    Disconnected,
+    Notice,
+    Price,
+    Stale,
+    StreamEvent,
+)
 from pricectl.client.views import Board, event_line, json_line, plain_line
 from pricectl.core.backoff import Backoff, BackoffPolicy
 from pricectl.core.sequence import Check, SequenceStats, SequenceTracker, Verdict
@@ -165,7 +173,7 @@ class _Writer:
         self.out.write(line + "\n")
         self.out.flush()
 
-    def status(self, event: Connected | Disconnected | Notice) -> None:
+    def status(self, event: Connected | Disconnected | Notice | Stale | Clock) -> None:
         self.err.write(event_line(event) + "\n")
         self.err.flush()
 
@@ -246,6 +254,8 @@ async def _pump(
             return
         now = time.monotonic()
         board.apply(event, now)
+        if isinstance(event, Clock):
+            continue  # folded into the board's clock offset; nothing to print
         if isinstance(event, Price):
             if not event.deliver:
                 continue

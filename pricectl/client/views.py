@@ -20,7 +20,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-from pricectl.client.events import Connected, Disconnected, Notice, Price, StreamEvent
+from pricectl.client.events import (
+    Clock,
+    Connected,
+    Disconnected,
+    Notice,
+    Price,
+    Stale,
+    StreamEvent,
+)
+from pricectl.core.clock import ClockOffset
 from pricectl.core.sequence import SequenceStats
 from pricectl.core.ticks import PriceUpdate
 
@@ -74,7 +83,7 @@ def json_line(price: Price) -> str:
     return price.update.to_json()
 
 
-def event_line(event: Connected | Disconnected | Notice) -> str:
+def event_line(event: Connected | Disconnected | Notice | Stale | Clock) -> str:
     """A status line for a connection event (written to stderr next to plain/JSON output)."""
     if isinstance(event, Connected):
         if event.reconnects:
@@ -85,6 +94,10 @@ def event_line(event: Connected | Disconnected | Notice) -> str:
         if event.retry_in <= 0:
             return f"disconnected: {event.reason}; reconnecting"
         return f"disconnected: {event.reason}; reconnecting in {event.retry_in:.1f}s"
+    if isinstance(event, Stale):
+        return f"{event.pair}: stale ({event.reason}; the last price is not live)"
+    if isinstance(event, Clock):
+        return f"server clock {event.server_ms} ms"
     return f"{event.kind}: {event.detail}"
 
 
@@ -137,6 +150,11 @@ class Row:
     received: float | None = None
     history: deque[Decimal] = field(default_factory=lambda: deque(maxlen=40))
     updates: int = 0
+    #: The monotonic instant the update was made (its ``ingest_ns`` on the server's
+    #: clock), when known; else None and ages count from arrival.
+    born: float | None = None
+    #: serve sent ``event: stale`` for the pair after this update.
+    marked: bool = False
 
     def direction(self) -> int:
         """+1 if the last price rose, -1 if it fell, 0 if unchanged or unknown."""
@@ -148,12 +166,14 @@ class Row:
         return 1 if now > self.previous else -1
 
     def age(self, now: float) -> float | None:
-        """Seconds since this pair's last update arrived (monotonic ``now``)."""
-        return None if self.received is None else max(0.0, now - self.received)
+        """Seconds since this pair's last update was made (monotonic ``now``): from its
+        ``ingest_ns`` on the server's clock when known, else since it arrived."""
+        start = self.born if self.born is not None else self.received
+        return None if start is None else max(0.0, now - start)
 
     def is_stale(self, now: float, stale_after: float) -> bool:
-        """Stale if the source says so or nothing arrived for ``stale_after`` seconds."""
-        if self.update is not None and self.update.stale:
+        """Stale if the source or serve says so, or the price is ``stale_after`` old."""
+        if self.marked or (self.update is not None and self.update.stale):
             return True
         age = self.age(now)
         return age is not None and age >= stale_after
@@ -171,6 +191,8 @@ class Board:
     last_problem: str = ""
     rows: dict[str, Row] = field(default_factory=dict)
     stats: SequenceStats | None = None
+    #: The server's clock minus ours, from ``event: clock``.
+    clock: ClockOffset = field(default_factory=ClockOffset)
 
     def __post_init__(self) -> None:
         for pair in self.pairs:
@@ -186,6 +208,12 @@ class Board:
                 row.previous = _dec(row.update.price)
             row.update = event.update
             row.received = now
+            row.marked = False
+            row.born = None
+            if event.update.ingest_ns and event.received_ns and self.clock.known:
+                wall_ms = event.received_ns / 1e6
+                made_ms = event.update.ingest_ns / 1e6
+                row.born = now - self.clock.age_ms(made_ms, wall_ms) / 1000.0
             row.updates += 1
             value = _dec(event.update.price)
             if value is not None:
@@ -194,6 +222,15 @@ class Board:
                 self.last_problem = (
                     f"{event.update.pair}: resynced from snapshot, {event.check.missing} skipped"
                 )
+        elif isinstance(event, Clock):
+            at = event.received_ns / 1e6
+            self.clock.add(sent=at, remote=event.server_ms, received=at)
+        elif isinstance(event, Stale):
+            marked = self.rows.get(event.pair)
+            last = marked.update if marked is not None else None
+            if marked is not None and last is not None:
+                marked.marked = (last.epoch, last.seq) <= (event.epoch, event.seq)
+            self.last_problem = event_line(event)
         elif isinstance(event, Connected):
             self.state = "live"
             self.reconnects = event.reconnects

@@ -17,8 +17,8 @@ def command(ctx: click.Context) -> None:
 
     Every instance competes for the lease in Redis (bus.url / REDIS_URL, redis://...);
     the leader holds the one exchange connection and publishes, the others wait warm
-    and take over within leader.ttl if it dies, at once if it is stopped. SIGTERM or
-    Ctrl-C releases the lease and exits 0.
+    and take over within a second if it dies or is stopped (within leader.ttl if it
+    hangs while still connected). SIGTERM or Ctrl-C releases the lease and exits 0.
     """
     import asyncio
 

@@ -2,20 +2,26 @@
 
 The cascade, per pair (DESIGN 3.2 ``source``: ``ws`` | ``rest`` | ``cache``):
 
-1. ``WS`` while the WebSocket is healthy (connected, breaker closed) *and* the pair's last
+1. ``WS`` while the WebSocket is usable (connected, breaker closed) *and* the pair's last
    WS update is younger than ``stale_after``. A healthy socket that has stopped carrying
-   one pair (a delisted or halted symbol, a lost subscription) drops that pair alone to REST.
-2. ``REST`` otherwise, as long as REST polling works: fewer than
-   ``rest_failures_before_cache`` consecutive failed polls. Each pair off WS is polled at
-   most once per ``rest_poll_interval`` (2 s of one 24 h ticker call keeps far inside
-   Binance's 1200 weight/minute; a ``Retry-After`` pauses polling entirely).
-3. ``CACHE`` when REST is failing too: the last value is re-published, marked stale, at
-   most once per ``rest_poll_interval`` so viewers see it age. REST keeps being polled at
-   the same pace, and the first success brings the pairs back to ``REST``.
+   one pair (a delisted or halted symbol, a lost subscription) drops that pair alone off WS.
+2. ``REST`` otherwise, as long as REST polling works (fewer than
+   ``rest_failures_before_cache`` consecutive failed polls) and the pair is not stale.
+   REST covers a pair from the moment its WebSocket is down, not only once the breaker
+   opens or the pair goes stale: a reconnect that takes seconds is not a hole. Each pair
+   off WS is polled at most once per ``rest_poll_interval`` (2 s of one 24 h ticker call
+   keeps far inside Binance's 1200 weight/minute; a ``Retry-After`` pauses polling).
+3. ``CACHE`` when REST is failing too, *or* the pair has had no fresh data for
+   ``stale_after`` whatever REST is doing (paused by a ``Retry-After`` of a minute, slow,
+   throttled): the last value is re-published marked stale, at once and then at most
+   once per ``rest_poll_interval`` so viewers see it age. REST keeps being polled at its
+   pace, and the first success brings the pairs back to ``REST``.
 
 A pair is *stale* (:meth:`Cascade.is_stale`) when no fresh WS or REST data came for
 ``stale_after``, and always while it is served from ``CACHE``: no working source can vouch
-for the price, so it is never shown as live.
+for the price, so it is never shown as live. Because stale implies ``CACHE``, a stale
+pair is always *published* stale at ``stale_after``: consumers learn it from the data,
+not only from a health endpoint.
 
 Call pattern (the relay owns the clock and the I/O; this class only decides)::
 
@@ -174,9 +180,11 @@ class Cascade:
         self._check(pair)
         if self._on_ws(pair, now):
             return Source.WS
-        if self._rest_failures < self.policy.rest_failures_before_cache:
-            return Source.REST
-        return Source.CACHE
+        if self._rest_failures >= self.policy.rest_failures_before_cache:
+            return Source.CACHE
+        if self._fresh.is_stale(pair, now) and self._fresh.age(pair, now) is not None:
+            return Source.CACHE
+        return Source.REST
 
     def is_stale(self, pair: str, now: float) -> bool:
         """No fresh WS/REST data for ``stale_after`` (or never), or served from the cache."""
@@ -221,7 +229,6 @@ class Cascade:
         """
         interval = self.policy.rest_poll_interval
         candidates: list[float] = []
-        caching = self._rest_failures >= self.policy.rest_failures_before_cache
         for p in self.pairs:
             if self._on_ws(p, now):
                 candidates.append(self._ws_last[p] + self.stale_after)
@@ -229,7 +236,7 @@ class Cascade:
             polled = self._polled_at.get(p)
             poll_at = -math.inf if polled is None else polled + interval
             candidates.append(max(self._rest_paused_until, poll_at))
-            if caching:
+            if self.source(p, now) is Source.CACHE:
                 cached = self._cached_at.get(p)
                 candidates.append(-math.inf if cached is None else cached + interval)
             else:

@@ -1,8 +1,11 @@
 """The health rule of DESIGN 3.6, shared by serve's endpoint and ``pricectl health --redis``.
 
-``down``: the bus is unreachable or no pair has fresh data. ``degraded``: some pair is
-stale or served from REST or cache (or, seen from Redis, no ingest leader holds the
-lease). ``ok`` otherwise. Pure: wall-clock ``now`` is an argument.
+``down``: the bus is unreachable, or it did not answer a PING within
+:data:`PING_LIMIT` seconds, or no pair has fresh data. ``degraded``: some pair is stale
+or served from REST or cache, or no ingest leader holds the lease, or neither a bus
+message nor a leader heartbeat arrived for :data:`QUIET_LIMIT` seconds (a leader that
+holds the lease but publishes nothing, a frozen one). ``ok`` otherwise. Pure: wall-clock
+``now`` and the ages are arguments.
 """
 
 from __future__ import annotations
@@ -12,14 +15,26 @@ from typing import Any
 
 from pricectl.core.ticks import PriceUpdate
 
-__all__ = ["judge", "pair_state"]
+__all__ = ["PING_LIMIT", "QUIET_LIMIT", "judge", "pair_state"]
+
+#: Seconds a bus may take to answer a PING before it counts as down.
+PING_LIMIT = 1.0
+
+#: Seconds with no bus message and no leader heartbeat before serve is degraded. The
+#: leader's heartbeat comes every second, so this is three missed in a row.
+QUIET_LIMIT = 3.0
 
 
 def pair_state(
-    update: PriceUpdate | None, stale_after: float, now: float, received_at: float | None = None
+    update: PriceUpdate | None,
+    stale_after: float,
+    now: float,
+    received_at: float | None = None,
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """One pair's health entry: age (from ``ingest_ns``, else ``received_at``, else the
-    exchange's ``event_ms``), source, stale (ingest's flag or older than ``stale_after``)."""
+    exchange's ``event_ms``), source, stale (ingest's flag, older than ``stale_after``, or
+    ``quiet``: serve itself has had nothing for the pair for ``stale_after``)."""
     if update is None:
         return {"age_s": None, "source": None, "stale": True, "price": None}
     if update.ingest_ns:
@@ -32,7 +47,7 @@ def pair_state(
     return {
         "age_s": round(age, 3),
         "source": update.source,
-        "stale": bool(update.stale or age > stale_after),
+        "stale": bool(update.stale or quiet or age > stale_after),
         "price": update.price,
         "epoch": update.epoch,
         "seq": update.seq,
@@ -40,13 +55,27 @@ def pair_state(
 
 
 def judge(
-    pairs: Mapping[str, Mapping[str, Any]], *, bus_connected: bool, leader: bool = True
+    pairs: Mapping[str, Mapping[str, Any]],
+    *,
+    bus_connected: bool,
+    leader: bool = True,
+    bus_responsive: bool = True,
+    message_age: float | None = None,
+    heartbeat_age: float | None = None,
+    quiet_limit: float = QUIET_LIMIT,
 ) -> tuple[str, list[str]]:
-    """``(status, reasons)`` for the per-pair states of :func:`pair_state`."""
+    """``(status, reasons)`` for the per-pair states of :func:`pair_state`.
+
+    ``message_age`` (seconds since the last bus message) and ``heartbeat_age`` (since
+    the leader's heartbeat last moved) are checked together when either is given:
+    ``None`` for one of them means never.
+    """
     fresh = [p for p, st in pairs.items() if not st["stale"]]
     reasons: list[str] = []
     if not bus_connected:
         reasons.append("bus unreachable")
+    elif not bus_responsive:
+        reasons.append(f"bus did not answer a PING within {PING_LIMIT:g}s")
     if not fresh:
         reasons.append("no fresh data")
     if reasons:
@@ -59,4 +88,8 @@ def judge(
         reasons.append("not live: " + ", ".join(fallback))
     if not leader:
         reasons.append("no ingest leader holds the lease")
+    elif message_age is not None or heartbeat_age is not None:
+        quiet = [a for a in (message_age, heartbeat_age) if a is None or a > quiet_limit]
+        if len(quiet) == 2:
+            reasons.append(f"no bus message and no leader heartbeat for {quiet_limit:g}s")
     return ("degraded" if reasons else "ok"), reasons

@@ -10,8 +10,14 @@ election: ``ttl`` 15 s, ``renew_deadline`` 10 s, ``retry`` 2 s.
   ``renew_deadline < ttl``, it has stopped before Redis can let the key expire and a
   standby can take over, so two leaders never publish at once by the timers alone (the
   fenced publish in Redis is the second line of defence, DESIGN 3.3).
-- A standby tries to acquire every ``retry`` seconds, jittered by up to 50% so standbys
-  started together do not hit Redis in lock-step.
+- A standby tries to acquire every :attr:`LeasePolicy.watch` seconds (0.3 s with the
+  defaults), jittered by up to 50% so standbys started together do not hit Redis in
+  lock-step. Each attempt also asks Redis whether the holder still has a connection
+  (its presence channel, DESIGN 3.4), so a crashed leader is replaced within about a
+  watch period; after a Redis error the standby waits ``retry`` instead.
+- A leader publishes only while :meth:`LeaseClock.may_publish` holds: its last successful
+  renew is younger than ``renew_deadline``. The relay asks before every publish, so a
+  process that wakes from a freeze publishes nothing before it notices it must step down.
 
 Pass the monotonic time taken *before* sending the acquire or renew command: Redis starts
 the TTL when it runs the command, which is no earlier, so the local deadline stays on the
@@ -67,6 +73,12 @@ class LeasePolicy:
     def ttl_ms(self) -> int:
         """The TTL as Redis ``PX`` wants it."""
         return max(1, round(self.ttl * 1000))
+
+    @property
+    def watch(self) -> float:
+        """Seconds between a standby's acquire attempts, each of which also checks that
+        the holder is still connected: 0.3 s, or ``retry / 2`` if that is shorter."""
+        return min(0.3, self.retry / 2)
 
 
 class LeaseClock:
@@ -143,6 +155,15 @@ class LeaseClock:
         deadline = self.step_down_at()
         return deadline is not None and now >= deadline
 
+    def may_publish(self, now: float) -> bool:
+        """Leader only: the last successful renew is younger than ``renew_deadline``.
+
+        False as a standby. Checked synchronously before each publish: a leader frozen
+        past the deadline must not publish what piled up while it was frozen.
+        """
+        deadline = self.step_down_at()
+        return deadline is not None and now < deadline
+
     def next_wakeup(self, now: float) -> float:
         """When the leader loop should next look: the next renew or the step-down deadline.
 
@@ -155,6 +176,11 @@ class LeaseClock:
         return max(now, min(renew_at, self._last_ok + self.policy.renew_deadline))
 
     def standby_delay(self, rand: Callable[[], float] = random.random) -> float:
-        """Wait before the next acquire attempt: ``retry * (1 + 0.5 * rand())``."""
+        """Wait after Redis failed: ``retry * (1 + 0.5 * rand())``."""
         jitter = min(1.0, max(0.0, rand()))
         return self.policy.retry * (1.0 + 0.5 * jitter)
+
+    def watch_delay(self, rand: Callable[[], float] = random.random) -> float:
+        """Wait before a standby's next acquire attempt: ``watch * (1 + 0.5 * rand())``."""
+        jitter = min(1.0, max(0.0, rand()))
+        return self.policy.watch * (1.0 + 0.5 * jitter)

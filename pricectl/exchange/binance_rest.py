@@ -308,6 +308,17 @@ class BinanceRest:
         sub = PairMap.build(wanted, pair_map.aliases)
         return updates_from_response(self.kind, body, sub, time.time_ns())
 
+    async def server_time(self) -> tuple[float, float, float]:
+        """``GET /api/v3/time`` (weight 1): ``(sent, server, received)`` in milliseconds,
+        ours wall-clock around the exchange's, for :class:`pricectl.core.clock.ClockOffset`."""
+        sent = time.time_ns() / 1e6
+        body = await self.get("/api/v3/time", None, 1)
+        received = time.time_ns() / 1e6
+        server = body.get("serverTime") if isinstance(body, dict) else None
+        if not isinstance(server, int | float) or isinstance(server, bool):
+            raise FeedError("REST time: no serverTime in the response")
+        return sent, float(server), received
+
     async def exchange_info(self) -> dict[str, Any]:
         """``GET /api/v3/exchangeInfo`` (every symbol; weight 20)."""
         body = await self.get("/api/v3/exchangeInfo", None, EXCHANGE_INFO_WEIGHT)

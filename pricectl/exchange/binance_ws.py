@@ -235,6 +235,18 @@ class BinanceWS:
             if was:
                 self._state_changed()
 
+    def abort(self) -> None:
+        """Cut every open connection now (synchronous; the tasks notice and end).
+
+        For a caller whose cancel did not stop :meth:`run` in time: the exchange socket
+        must not outlive the decision to stop.
+        """
+        for conn in (self._active, self._candidate):
+            if conn is not None:
+                if conn.closed_reason is None:
+                    conn.closed_reason = "closed by us (aborted)"
+                conn.ws.transport.abort()
+
     async def _deliver(self) -> None:
         """Hand whatever arrived since the last batch to ``on_batch``, one batch at a time."""
         while True:

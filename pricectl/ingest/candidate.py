@@ -4,17 +4,23 @@ Every instance runs the candidate loop of :class:`~pricectl.bus.leader.Leader`:
 
 - **standby**: no exchange connection at all. It keeps a bus subscription to every pair
   and the latest value of each (re-read from ``prices:latest`` after any gap), so a
-  takeover starts warm: those values seed the relay's cache stage.
+  takeover starts warm: those values seed the relay's cache stage. At start it checks
+  the pairs against ``exchangeInfo`` once (one REST request), so a takeover goes
+  straight to its REST snapshot: the check is the slowest request of a term's start.
 - **leader**: runs :func:`pricectl.ingest.relay.lead` under its fence: check the pairs, publish
   a REST snapshot, then go live on the WebSocket. Every publish is the fenced script, so
-  nothing is ever published unfenced. A :class:`~pricectl.errors.FencedError` (Redis
-  says someone else holds the lease) ends the term at once: the relay stops, the
-  exchange socket closes, and the process is a candidate again.
+  nothing is ever published unfenced, and each one first asks the lease whether the last
+  renew is recent enough (:meth:`~pricectl.bus.leader.Leader.may_publish`). Whatever
+  ends a term (fenced by Redis, renew deadline passed, the relay failing) stops the relay
+  and its exchange socket within two seconds, and the process is a candidate again.
 - Redis unreachable, at start or later: the lease loop, the bus probe and the
   subscription each retry with backoff and say so in the log; the process never exits
   for it. A leader that cannot renew steps down at ``renew_deadline``.
 - SIGTERM / SIGINT: stop the relay, release the lease (compare-and-delete, announced to
-  the standbys, who take over at once), exit 0.
+  the standbys, who take over at once), exit 0. A stop that has not finished within
+  :data:`STOP_LIMIT` seconds exits anyway (status 1) with a log line saying so.
+- SIGUSR1: log every task's await chain (:mod:`pricectl.ingest.stacks`), for a process
+  that looks stuck.
 
 Leadership is visible in the log: ``elected leader: <identity> epoch N``, ``stepped
 down (epoch N): <why>``, and one ``ingest status:`` line every :data:`STATUS_EVERY`
@@ -26,7 +32,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -35,16 +43,22 @@ from pricectl.bus.leader import Leader
 from pricectl.bus.redis import RedisBus
 from pricectl.config import Settings, redact_url
 from pricectl.core.ticks import PriceUpdate
-from pricectl.errors import ConfigError, FencedError, UsageError
+from pricectl.errors import ConfigError, FeedError, FencedError, UsageError
+from pricectl.exchange.binance_rest import BinanceRest
 from pricectl.ingest.relay import Relay, lead
+from pricectl.ingest.stacks import log_tasks
 
-__all__ = ["STATUS_EVERY", "Ingest", "check_bus", "run_ingest"]
+__all__ = ["STATUS_EVERY", "STOP_LIMIT", "Ingest", "check_bus", "run_ingest"]
 
 log = logging.getLogger("pricectl.ingest")
 
 #: Seconds between two ``ingest status:`` log lines: often enough to read the state of a
 #: quiet standby from its log, rare enough not to drown anything else.
 STATUS_EVERY = 60.0
+
+#: Seconds a SIGTERM/SIGINT stop may take before the process exits regardless: ingest
+#: has no clients to drain, so this is the whole bound.
+STOP_LIMIT = 5.0
 
 
 def check_bus(settings: Settings) -> None:
@@ -72,6 +86,7 @@ class Ingest:
             settings.bus.url,
             settings.bus.prefix,
             policy=settings.leader,
+            on_stuck=self._stuck,
         )
         #: The relay of the current term (None as a standby).
         self.relay: Relay | None = None
@@ -86,6 +101,11 @@ class Ingest:
         self._standby.set()
         self._fatal: BaseException | None = None
         self._stop: asyncio.Event | None = None
+        #: True once a term has checked the pairs against exchangeInfo.
+        self._validated = False
+        #: One REST client for the life of the process: a takeover's snapshot request
+        #: goes out on a warm session instead of opening one.
+        self.rest = BinanceRest(settings.exchange, settings.pair_map)
 
     # --- running -----------------------------------------------------------------------
 
@@ -114,6 +134,7 @@ class Ingest:
                 others = [
                     tg.create_task(self._follow(), name="ingest-follow"),
                     tg.create_task(self._report(), name="ingest-status"),
+                    tg.create_task(self._check_pairs(), name="ingest-check-pairs"),
                 ]
                 await stop.wait()
                 log.info("ingest: stopping; releasing the lease if held")
@@ -125,40 +146,69 @@ class Ingest:
         finally:
             await self.leader.close()
             await self.bus.close()
+            await self.rest.close()
         if self._fatal is not None:
             raise self._fatal
         log.info("ingest: stopped")
 
     async def _term(self, fence: Fence) -> None:
-        """One term as leader (run by the Leader as a task, cancelled at step-down)."""
+        """One term as leader (run by the Leader, cancelled at step-down).
+
+        Raises what ended the term (FencedError, LeaseLost, a feed error): the Leader logs
+        it as the reason and competes again. A ConfigError (the pairs are wrong) also
+        stops the process: every candidate would fail the same way.
+        """
         self._standby.clear()
         s = self.settings
         relay = Relay(
-            self.bus, fence, exchange=s.exchange, pair_map=s.pair_map, resilience=s.resilience
+            self.bus,
+            fence,
+            exchange=s.exchange,
+            pair_map=s.pair_map,
+            resilience=s.resilience,
+            may_publish=self.leader.may_publish,
+            rest=self.rest,
         )
         relay.seed(self.latest.values())
         self.relay = relay
         try:
-            await lead(relay)
-        except (FencedError, ConfigError) as exc:
-            # A TaskGroup that ends with a child's error drops a cancel aimed at us (the
-            # Leader stepping down at the same moment): honour it, or step-down would wait
-            # for us forever.
-            me = asyncio.current_task()
-            if me is not None and me.cancelling():
-                raise asyncio.CancelledError from exc
-            if isinstance(exc, FencedError):
-                self.fenced += 1
-                self.leader.lost(f"fenced by redis: {exc}")
-            else:
-                log.error("ingest: %s; stopping", exc)
-                self._fatal = exc
-                if self._stop is not None:
-                    self._stop.set()
-            await asyncio.Event().wait()  # the Leader cancels us as it steps down
+            await lead(relay, validate=not self._validated)
+        except FencedError:
+            self.fenced += 1
+            raise
+        except ConfigError as exc:
+            log.error("ingest: %s; stopping", exc)
+            self._fatal = exc
+            if self._stop is not None:
+                self._stop.set()
+            raise
         finally:
+            self._validated = self._validated or relay.validated
             self.relay = None
             self._standby.set()
+
+    def _stuck(self) -> None:
+        """The term's work did not stop when cancelled: show where it waits, cut its socket."""
+        log_tasks(log)
+        relay = self.relay
+        if relay is not None:
+            relay.abort()
+
+    async def _check_pairs(self) -> None:
+        """Check the pairs against exchangeInfo once, as a standby; a failure leaves the
+        check to the first term (which retries it), wrong pairs stop the process."""
+        try:
+            await self.rest.validate_pairs()
+        except ConfigError as exc:
+            log.error("ingest: %s; stopping", exc)
+            self._fatal = exc
+            if self._stop is not None:
+                self._stop.set()
+            return
+        except FeedError as exc:
+            log.warning("ingest: cannot check the pairs yet (%s); the first term will", exc)
+            return
+        self._validated = True
 
     async def _follow(self) -> None:
         """As a standby, keep a subscription and the latest value of every pair warm."""
@@ -233,16 +283,41 @@ def _ms(seconds: float | None) -> str:
 async def run_ingest(settings: Settings) -> None:
     """``pricectl ingest``: run one candidate until SIGTERM/SIGINT, then release and return.
 
-    Raises UsageError at once for a ``memory://`` bus.
+    Raises UsageError at once for a ``memory://`` bus. Once a stop is asked for, the
+    process exits within :data:`STOP_LIMIT` seconds whatever happens (a watchdog thread,
+    which works even if the event loop itself is stuck).
     """
     check_bus(settings)
     ingest = Ingest(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    watchdog = threading.Timer(STOP_LIMIT, _stop_overdue)
+    watchdog.daemon = True
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            stop.set()
+            watchdog.start()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGUSR1, log_tasks, log)
     try:
         await ingest.run(stop)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        watchdog.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
+
+
+def _stop_overdue() -> None:
+    """The watchdog: the graceful stop took too long; say so and leave (exit status 1)."""
+    log.error(
+        "ingest: the graceful stop did not finish within %.0fs; exiting now without it "
+        "(the lease expires after its ttl if it was not released)",
+        STOP_LIMIT,
+    )
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(1)

@@ -6,12 +6,23 @@ One :class:`Relay` runs where the exchange connection lives: in ``pricectl serve
 Per pair, the source is decided by :class:`~pricectl.core.fallback.Cascade` (DESIGN 4):
 
 1. ``ws``: the live WebSocket (:class:`~pricectl.exchange.binance_ws.BinanceWS`) while
-   its breaker is closed and the pair had a WS update within ``heartbeat.stale_after``;
-2. ``rest``: when the breaker is open or the pair went stale, REST polling
-   (:class:`~pricectl.exchange.binance_rest.BinanceRest`) every
+   it is connected with its breaker closed and the pair had a WS update within
+   ``heartbeat.stale_after``;
+2. ``rest``: from the moment the WebSocket is down (or the pair went quiet on it), REST
+   polling (:class:`~pricectl.exchange.binance_rest.BinanceRest`) every
    ``fallback.rest_poll_interval``, within the weight budget;
 3. ``cache``: when REST fails too (``fallback.rest_failures_before_cache`` polls in a
-   row), the last value re-published with ``source: cache, stale: true``.
+   row), or the pair has had nothing fresh for ``stale_after`` whatever REST is doing,
+   the last value re-published with ``source: cache, stale: true``.
+
+Two checks keep old data from looking live. Before every publish the relay asks its
+``may_publish`` guard (the lease: a leader whose last renew is older than
+``renew_deadline`` must not publish, DESIGN 3.4); a refusal ends the term with
+:class:`~pricectl.errors.LeaseLost` and the batch is dropped. And a WS update whose
+exchange event time is older than ``stale_after`` on the *exchange's* clock (estimated
+from REST ``/api/v3/time`` every :data:`CLOCK_EVERY` seconds,
+:class:`~pricectl.core.clock.ClockOffset`) is published ``stale: true`` and does not
+count as fresh: frames that waited in a socket buffer are not live prices.
 
 The first WS update of a pair brings it straight back to ``ws``. Each transition is one
 log line.
@@ -37,18 +48,36 @@ from typing import Any
 from pricectl.bus.base import Bus, Fence
 from pricectl.config import ExchangeSettings, ResilienceSettings, Settings
 from pricectl.core.backoff import Backoff, BackoffPolicy
+from pricectl.core.clock import ClockOffset
 from pricectl.core.fallback import Cascade, Source
 from pricectl.core.pairs import PairMap
 from pricectl.core.stamping import Stamper
 from pricectl.core.ticks import PriceUpdate
-from pricectl.errors import BusError, FeedError, FencedError, PricectlError, RateLimitedError
+from pricectl.errors import (
+    BusError,
+    FeedError,
+    FencedError,
+    LeaseLost,
+    PricectlError,
+    RateLimitedError,
+)
 from pricectl.exchange.binance_rest import BinanceRest
 from pricectl.exchange.binance_ws import BinanceWS
 from pricectl.logs import RateLimitedLog
 
-__all__ = ["Relay", "lead", "run_embedded"]
+__all__ = ["CLOCK_EVERY", "HEARTBEAT_EVERY", "Guard", "Relay", "lead", "run_embedded"]
 
 log = logging.getLogger("pricectl.relay")
+
+#: Seconds between two samples of the exchange's clock (REST ``/api/v3/time``, weight 1).
+CLOCK_EVERY = 60.0
+
+#: Seconds between two leader heartbeats on the bus (consumers tell a quiet market from
+#: a dead or frozen leader by them: DESIGN 3.6).
+HEARTBEAT_EVERY = 1.0
+
+#: Asked before each publish: None to go ahead, or why this process must not publish.
+Guard = Callable[[], str | None]
 
 
 class Relay:
@@ -72,9 +101,19 @@ class Relay:
         resilience: ResilienceSettings,
         rest: BinanceRest | None = None,
         clock: Callable[[], float] = time.monotonic,
+        may_publish: Guard | None = None,
     ) -> None:
         self.bus = bus
         self.fence = fence
+        self._may_publish = may_publish
+        #: The exchange's clock minus ours (REST ``/api/v3/time``).
+        self.exchange_clock = ClockOffset()
+        #: WS updates published stale because their event time was already old.
+        self.late_updates = 0
+        #: Updates held back because the guard refused the publish.
+        self.held_back = 0
+        #: True once the pairs were checked against exchangeInfo (by this term or before).
+        self.validated = False
         self.pairs = pair_map.pairs
         self.resilience = resilience
         self.cascade = Cascade(
@@ -117,6 +156,8 @@ class Relay:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.ws.run(), name="relay-ws")
                 tg.create_task(self._cascade_loop(), name="relay-cascade")
+                tg.create_task(self._clock_loop(), name="relay-exchange-clock")
+                tg.create_task(self._heartbeat_loop(), name="relay-heartbeat")
         except BaseExceptionGroup as group:
             raise _unwrap(group) from None
         finally:
@@ -126,6 +167,49 @@ class Relay:
         """Release what the relay owns (the REST session)."""
         if self._own_rest:
             await self.rest.close()
+
+    def abort(self) -> None:
+        """Cut the exchange connection now, from outside the relay's tasks (a term whose
+        work did not stop when cancelled must not keep the upstream socket open)."""
+        self.ws.abort()
+
+    async def sample_exchange_clock(self) -> bool:
+        """One ``/api/v3/time`` sample into :attr:`exchange_clock`; False if REST failed."""
+        try:
+            sent, server, received = await self.rest.server_time()
+        except FeedError as exc:
+            self._rlog.warning("clock", "relay: cannot read the exchange's clock: %s", exc)
+            return False
+        first = not self.exchange_clock.known
+        self.exchange_clock.add(sent, server, received)
+        if first:
+            log.info(
+                "relay: exchange clock is %+.0f ms from ours (+- %.0f ms)",
+                self.exchange_clock.offset_ms,
+                self.exchange_clock.error_ms or 0.0,
+            )
+        return True
+
+    async def _heartbeat_loop(self) -> None:
+        """Every :data:`HEARTBEAT_EVERY`: the fenced heartbeat, under the same guard as a
+        publish (a leader that may not publish is not alive as a leader either)."""
+        while True:
+            why = self._may_publish() if self._may_publish is not None else None
+            if why is not None:
+                raise LeaseLost(f"renew deadline passed: {why}")
+            try:
+                await self.bus.heartbeat(self.fence)
+            except FencedError as exc:
+                log.error("relay: heartbeat refused, the lease is gone: %s", exc)
+                raise
+            except BusError as exc:
+                self._rlog.warning("heartbeat", "relay: heartbeat failed: %s", exc)
+            await asyncio.sleep(HEARTBEAT_EVERY)
+
+    async def _clock_loop(self) -> None:
+        while True:
+            await self.sample_exchange_clock()
+            await asyncio.sleep(CLOCK_EVERY)
 
     async def publish_rest_snapshot(self) -> int:
         """Fetch every pair from REST and publish it (a takeover, or start-up); the count.
@@ -158,7 +242,7 @@ class Relay:
         while True:
             self._wake.clear()
             now = self._clock()
-            cascade.ws_state(self.ws.healthy, now)
+            cascade.ws_state(self._ws_usable(), now)
             self._note_sources(now)
             due = cascade.rest_due(now)
             if due:
@@ -180,13 +264,32 @@ class Relay:
 
     # -- the three sources ---------------------------------------------------------------
 
+    def _ws_usable(self) -> bool:
+        return self.ws.connected and self.ws.healthy
+
     async def _on_ws_batch(self, updates: list[PriceUpdate]) -> None:
         now = self._clock()
-        self.cascade.ws_state(self.ws.healthy, now)
+        self.cascade.ws_state(self._ws_usable(), now)
         known = self.cascade.pairs
-        batch = [u for u in updates if u.pair in known]
-        for u in batch:
+        limit_ms = self.cascade.stale_after * 1000.0
+        wall_ms = time.time_ns() / 1e6
+        offset = self.exchange_clock
+        batch: list[PriceUpdate] = []
+        for u in updates:
+            if u.pair not in known:
+                continue
+            if u.event_ms and offset.age_ms(u.event_ms, wall_ms) >= limit_ms:
+                self.late_updates += 1
+                self._rlog.warning(
+                    "late",
+                    "relay: %s: WS update %.1fs old on the exchange's clock; published stale",
+                    u.pair,
+                    offset.age_ms(u.event_ms, wall_ms) / 1000.0,
+                )
+                batch.append(replace(u, stale=True))
+                continue
             self.cascade.ws_update(u.pair, now)
+            batch.append(u)
         self._note_sources(now)
         await self._publish(batch)
 
@@ -230,6 +333,16 @@ class Relay:
         if not updates:
             return
         async with self._publish_lock:
+            why = self._may_publish() if self._may_publish is not None else None
+            if why is not None:
+                self.held_back += len(updates)
+                log.error(
+                    "relay: not publishing %d updates (epoch %d): %s",
+                    len(updates),
+                    self.fence.epoch,
+                    why,
+                )
+                raise LeaseLost(f"renew deadline passed: {why}")
             epoch = self.fence.epoch
             stamped = self._stamper.stamp(updates, epoch)
             for s in stamped:
@@ -261,13 +374,19 @@ class Relay:
             elif src is Source.WS:
                 log.info("relay: %s: %s -> ws (live)", pair, old.value if old else "start")
             elif old is not None:
-                why = (
-                    "WebSocket breaker open"
-                    if not self.ws.healthy
-                    else f"no WS update for {self.cascade.stale_after:g}s"
-                )
+                if not self.ws.healthy:
+                    why = "WebSocket breaker open"
+                elif not self.ws.connected:
+                    why = "WebSocket down"
+                else:
+                    why = f"no WS update for {self.cascade.stale_after:g}s"
                 if src is Source.CACHE:
-                    why = f"{self.cascade.rest_failures} REST polls failed"
+                    failing = self.cascade.rest_failures
+                    why = (
+                        f"{failing} REST polls failed"
+                        if failing >= self.cascade.policy.rest_failures_before_cache
+                        else f"nothing fresh for {self.cascade.stale_after:g}s: stale"
+                    )
                 log.warning("relay: %s: %s -> %s (%s)", pair, old.value, src.value, why)
 
     # -- observability -------------------------------------------------------------------
@@ -294,6 +413,10 @@ class Relay:
             "published": self.published,
             "published_by_source": dict(self.by_source),
             "publish_errors": self.publish_errors,
+            "late_updates": self.late_updates,
+            "exchange_clock_offset_ms": (
+                round(self.exchange_clock.offset_ms, 1) if self.exchange_clock.known else None
+            ),
         }
 
 
@@ -309,6 +432,11 @@ def _unwrap(group: BaseExceptionGroup[Any]) -> BaseException:
                 continue
             return first
     return group
+
+
+async def _validate_later(relay: Relay, first_error: str) -> None:
+    await _validate_until_ok(relay.rest, relay.resilience.backoff, first_error)
+    relay.validated = True
 
 
 async def _validate_until_ok(rest: BinanceRest, policy: BackoffPolicy, first_error: str) -> None:
@@ -362,7 +490,7 @@ async def run_embedded(
     await lead(relay)
 
 
-async def lead(relay: Relay) -> None:
+async def lead(relay: Relay, *, validate: bool = True) -> None:
     """One term of leadership for ``relay``: check pairs, REST snapshot, then live; until
     cancelled. Closes the relay when it ends.
 
@@ -370,11 +498,15 @@ async def lead(relay: Relay) -> None:
     non-trading pair raises :class:`~pricectl.errors.UnknownPairError`; an exchange that
     cannot be reached is logged and checked again in the background while the relay runs
     (serving cache/stale). :class:`~pricectl.errors.FencedError` propagates at once.
+    ``validate=False`` skips the pairs check (a candidate whose earlier term checked the
+    same pairs): a takeover then costs one REST round trip, not two.
     """
     try:
         pending_error: str | None = None
         try:
-            await relay.rest.validate_pairs()
+            if validate:
+                await relay.rest.validate_pairs()
+            relay.validated = True
         except RateLimitedError as exc:
             pending_error = str(exc)
         except FeedError as exc:
@@ -384,9 +516,7 @@ async def lead(relay: Relay) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
                 if pending_error is not None:
-                    tg.create_task(
-                        _validate_until_ok(relay.rest, relay.resilience.backoff, pending_error)
-                    )
+                    tg.create_task(_validate_later(relay, pending_error), name="relay-validate")
                 tg.create_task(relay.run(), name="relay")
         except BaseExceptionGroup as group:
             raise _unwrap(group) from None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import socket
 import time
 from typing import TYPE_CHECKING, Any, Protocol
@@ -44,9 +45,15 @@ from pricectl.loadtest.wire import (
 if TYPE_CHECKING:
     from pricectl.loadtest.worker import Window, WorkerStats
 
-__all__ = ["Client", "ClientHost"]
+__all__ = ["CLOCK_APART_NS", "Client", "ClientHost"]
 
 _time_ns = time.time_ns
+
+
+#: Beyond this the loader's clock and the server's are different clocks (another host,
+#: no NTP): latencies are then measured on the server's clock. Within it they are taken
+#: to be one clock, and a pushed clock sample's own delivery delay is not subtracted.
+CLOCK_APART_NS = 100_000_000
 
 
 class ClientHost(Protocol):
@@ -134,6 +141,7 @@ class Client:
     __slots__ = (
         "_head_timer",
         "caught_up",
+        "clock_offset_ns",
         "connect_started",
         "events_window",
         "fast",
@@ -148,6 +156,7 @@ class Client:
         "slow",
         "snap_pending",
         "sock",
+        "stale_marks",
         "stats",
         "storm_started",
         "tracker",
@@ -180,6 +189,11 @@ class Client:
         self.caught_up: set[str] = set()
         self.slow = False
         self._head_timer: asyncio.TimerHandle | None = None
+        #: The server's clock minus ours (ns), from ``event: clock``: the largest sample
+        #: (the least delayed one). Applied to latencies only past CLOCK_APART_NS.
+        self.clock_offset_ns: int | None = None
+        #: ``event: stale`` markers received (serve saw a pair go quiet).
+        self.stale_marks = 0
 
     # -- connection lifecycle --
 
@@ -304,6 +318,12 @@ class Client:
                 self.retry_ms = retry
             if payload is None:
                 continue
+            if event == b"clock":
+                self._clock(payload, now)
+                continue
+            if event == b"stale":
+                self.stale_marks += 1  # no id: the stream position is unchanged
+                continue
             if ident is not None:
                 self.last_id = ident.decode()
             try:
@@ -316,11 +336,25 @@ class Client:
         if reader.state is StreamState.DONE:  # the server ended the body (zero-size chunk)
             self.lost(None)
 
+    def _clock(self, payload: bytes, now: int) -> None:
+        """One ``event: clock``: keep the largest server-minus-ours offset seen."""
+        try:
+            server_ms = int(json.loads(payload)["server_ms"])
+        except (ValueError, KeyError, TypeError):
+            self.stats.error("bad-clock")
+            return
+        offset = server_ms * 1_000_000 - now
+        if self.clock_offset_ns is None or offset > self.clock_offset_ns:
+            self.clock_offset_ns = offset
+
     def _event(
         self, snapshot: bool, pair: str, ingest_ns: int, epoch: int, seq: int, now: int
     ) -> None:
         """Account one price or snapshot event received at wall time ``now`` (ns)."""
         stats = self.stats
+        offset = self.clock_offset_ns
+        if offset is not None and abs(offset) > CLOCK_APART_NS:
+            now += offset  # the server's clock is not ours: measure on its clock
         if snapshot:
             self.tracker.check(pair, epoch, seq, snapshot=True)
             stats.snapshots += 1

@@ -45,7 +45,7 @@ from pricectl.config import Settings, redact_url
 from pricectl.core.api import STREAM_PATH
 from pricectl.errors import PricectlError, UsageError
 from pricectl.logs import escape
-from pricectl.server import descriptors
+from pricectl.server import descriptors, watchdog
 from pricectl.server.connections import (
     SERVER_HEADER,
     ConnectionRules,
@@ -432,8 +432,10 @@ async def _run_until_signalled(
         relay_task = asyncio.create_task(
             _embedded_relay(settings, bus, holder, simulate), name="pricectl-relay"
         )
+    stop_bound: Any = None
     try:
         await stop.wait()
+        stop_bound = watchdog.arm(settings.server.drain_window + watchdog.GRACE)
         log.info(
             "shutting down: draining %d clients over %.1fs",
             hub.fanout.clients,
@@ -449,6 +451,8 @@ async def _run_until_signalled(
                 await relay_task
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if stop_bound is not None:
+            stop_bound.cancel()
 
 
 async def _listen(

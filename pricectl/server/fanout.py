@@ -195,11 +195,14 @@ class Fanout:
         write_timeout: float,
         ping_interval: float,
         clock: Callable[[], float] = time.monotonic,
+        ping: Callable[[], bytes] | None = None,
     ) -> None:
         self.high_water = high_water
         self.write_timeout = write_timeout
         self.ping_interval = ping_interval
         self._clock = clock
+        #: The bytes of each heartbeat (default ``: ping``; serve adds its clock).
+        self._ping_bytes = ping if ping is not None else (lambda: _PING)
         self._groups: dict[tuple[frozenset[str], bool], _Group] = {}
         self._by_pair: dict[str, list[_Group]] = {}
         self._slow: dict[Client, None] = {}
@@ -427,9 +430,10 @@ class Fanout:
     def _ping(self) -> None:
         """``: ping`` to every client that is not lagging (a lagging one has bytes queued)."""
         self._schedule_ping()
-        framed = frame(_PING)
+        ping = self._ping_bytes()
+        framed = frame(ping)
         for group in list(self._groups.values()):
-            data = framed if group.chunked else _PING
+            data = framed if group.chunked else ping
             for client in group.clients:
                 if client.pending is None:
                     client.transport.write(data)

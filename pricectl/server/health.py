@@ -1,11 +1,15 @@
 """``GET /api/market-data/health`` (DESIGN 3.6): is the data people see fresh, and why not.
 
-``status`` is decided from what serve itself holds, not from what ingest claims:
+``status`` is decided from what serve itself holds, not from what ingest claims
+(the rule is :func:`pricectl.core.health.judge`):
 
-* ``down``: the bus is unreachable, or no pair has fresh data (every pair is
-  missing, marked stale by ingest, or older than ``stale_after``);
-* ``degraded``: some pair is stale or missing, or served from REST or the cache;
-* ``ok``: every pair is fresh and live from the WebSocket.
+* ``down``: the bus is unreachable or did not answer a PING within 1 s, or no pair
+  has fresh data (every pair is missing, marked stale by ingest, older than
+  ``stale_after``, or quiet at serve for ``stale_after``);
+* ``degraded``: some pair is stale or missing, or served from REST or the cache, or no
+  ingest leader holds the lease, or neither a bus message nor the leader's heartbeat
+  came for a few seconds;
+* ``ok``: every pair is fresh and live from the WebSocket, and a leader is alive.
 
 The HTTP status is 200 for ``ok`` and ``degraded`` and 503 for ``down``, so a load
 balancer's plain health check takes a server without data out of rotation.
@@ -39,7 +43,13 @@ def pair_states(hub: Hub, now: float | None = None) -> dict[str, dict[str, Any]]
     now = time.time() if now is None else now
     stale_after = hub.settings.resilience.heartbeat.stale_after
     return {
-        pair: pair_state(hub.latest.get(pair), stale_after, now, hub.received_at.get(pair, now))
+        pair: pair_state(
+            hub.latest.get(pair),
+            stale_after,
+            now,
+            hub.received_at.get(pair, now),
+            quiet=pair in hub.quiet,
+        )
         for pair in hub.pairs
     }
 
@@ -61,7 +71,17 @@ def health_report(
     pairs = pair_states(hub, now)
     bus = hub.bus
     fanout = hub.fanout
-    status, reasons = judge(pairs, bus_connected=bus.connected)
+    lead = bus.leadership()
+    mono = time.monotonic()
+    message_age = None if hub.last_message_at is None else mono - hub.last_message_at
+    status, reasons = judge(
+        pairs,
+        bus_connected=bus.connected,
+        bus_responsive=bus.responsive,
+        leader=lead is None or lead.holder is not None,
+        message_age=message_age if lead is not None else None,
+        heartbeat_age=lead.heartbeat_age if lead is not None else None,
+    )
     up: dict[str, Any] | None = None
     if upstream is not None:
         try:
@@ -73,6 +93,11 @@ def health_report(
     leader = up.pop("leader", None) if up is not None else None
     if leader is None:
         leader = {"identity": None, "epoch": hub.epoch or None, "since": None}
+    if lead is not None:
+        leader["holder"] = lead.holder
+        leader["heartbeat_age_s"] = (
+            None if lead.heartbeat_age is None else round(lead.heartbeat_age, 3)
+        )
     return {
         "status": status,
         "reasons": reasons,
@@ -82,6 +107,13 @@ def health_report(
         "bus": {
             "url": redact_url(bus.url),
             "connected": bool(bus.connected),
+            "responsive": bool(bus.responsive),
+            "ping_ms": (
+                None
+                if getattr(bus, "ping_latency", None) is None
+                else round(1000 * bus.ping_latency, 1)  # type: ignore[attr-defined]
+            ),
+            "last_message_age_s": None if message_age is None else round(message_age, 3),
             "resubscribes": getattr(bus, "reconnects", 0),
             "resyncs": hub.resyncs,
             "epoch_drops": bus.epoch_drops,
@@ -94,5 +126,6 @@ def health_report(
             "conflating": fanout.conflating,
         },
         "stale_after_s": hub.settings.resilience.heartbeat.stale_after,
+        "stale_marked": hub.stale_marked,
         "version": __version__,
     }

@@ -13,16 +13,27 @@ re-read snapshot (:meth:`~pricectl.bus.base.Subscription.resync`) and sends ever
 client an ``event: snapshot`` for each of its pairs, so a broker blip never leaves a
 silent gap.
 
-A new stream's opening comes from here (a replay from the ring when it covers the
-client's ``Last-Event-ID``, else a snapshot per pair), and so do the decisions
-around streams: admission (draining, ``max_connections``, per-address limit), the
-jittered ``retry:``, and the graceful drain at shutdown.
+A new stream's opening comes from here (the server's clock, then a replay from the
+ring when it covers the client's ``Last-Event-ID``, else a snapshot per pair, then a
+stale marker for each pair serve holds as stale), and so do the decisions around
+streams: admission (draining, ``max_connections``, per-address limit), the jittered
+``retry:``, and the graceful drain at shutdown.
+
+Staleness is judged here too, by the hop that knows (DESIGN 3.5): the hub keeps, per
+pair, when its last fresh update arrived (monotonic clock), and a pair with nothing
+fresh for ``stale_after`` is sent to its clients as ``event: stale`` (no ``id``: it is
+not a position in the stream, so de-duplication by ``(epoch, seq)`` and resuming by id
+are untouched; docs/protocol.md). That works with ingest dead, the leader frozen or
+Redis frozen: nothing upstream has to say it. Every heartbeat (and the opening)
+carries ``event: clock`` with the server's wall clock, so clients compute ages
+without their own clock's skew.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -31,13 +42,40 @@ from collections.abc import Callable, Iterable
 from pricectl.bus.base import Bus, Gap, Update
 from pricectl.config import Settings
 from pricectl.core.history import HistoryRing, parse_event_id
-from pricectl.core.sse import encode_event
+from pricectl.core.sse import encode_comment, encode_event
 from pricectl.core.ticks import PriceUpdate
 from pricectl.server.fanout import Fanout
 
-__all__ = ["Hub"]
+__all__ = ["STALE_CHECK", "Hub", "clock_event", "stale_event"]
 
 log = logging.getLogger("pricectl.server.hub")
+
+#: Seconds between two looks for pairs gone quiet: a Stale marker is at most this late.
+STALE_CHECK = 0.1
+
+
+def clock_event(now_ms: int) -> bytes:
+    """``event: clock`` with the server's wall clock in ms (no id: not a stream position)."""
+    return b'event: clock\ndata: {"server_ms":%d}\n\n' % now_ms
+
+
+def stale_event(update: PriceUpdate, quiet_s: float, now_ms: int) -> bytes:
+    """``event: stale`` for ``update``'s pair: the last update, marked stale by serve.
+
+    No ``id``: a client keeps its ``Last-Event-ID`` and its ``(epoch, seq)`` per pair. The
+    update it refers to is ``last_epoch``/``last_seq``: not ``epoch``/``seq``, so nothing
+    that reads those from every event can take the marker for an update.
+    """
+    data = {
+        "pair": update.pair,
+        "stale": True,
+        "reason": f"no update for {quiet_s:.0f}s",
+        "last_epoch": update.epoch,
+        "last_seq": update.seq,
+        "price": update.price,
+        "server_ms": now_ms,
+    }
+    return encode_event(json.dumps(data, separators=(",", ":")), event="stale")
 
 
 class Hub:
@@ -56,13 +94,24 @@ class Hub:
         self.bus = bus
         self.pairs: tuple[str, ...] = settings.pair_map.pairs
         self._rand = rand
+        self._clock = clock
         s = settings.server
         self.fanout = Fanout(
             high_water=s.high_water,
             write_timeout=s.write_timeout,
             ping_interval=s.ping_interval,
             clock=clock,
+            ping=self._ping_bytes,
         )
+        self.stale_after = settings.resilience.heartbeat.stale_after
+        #: Per pair, when (``clock``) its last fresh update arrived.
+        self.fresh_at: dict[str, float] = {}
+        #: Pairs whose last update is older than ``stale_after``: serve sent them stale.
+        self.quiet: set[str] = set()
+        #: Stale markers sent (one per pair each time it goes quiet).
+        self.stale_marked = 0
+        #: When (``clock``) the last bus message of any kind arrived.
+        self.last_message_at: float | None = None
         self.ring = HistoryRing(
             s.history_size,
             max_events=s.resume_max_events,
@@ -87,8 +136,20 @@ class Hub:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Consume the bus until cancelled: updates fan out, gaps resync every client."""
+        """Consume the bus until cancelled: updates fan out, gaps resync every client,
+        and pairs gone quiet are marked stale."""
         self.fanout.start()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                watcher = tg.create_task(self._watch_quiet(), name="hub-stale-watch")
+                try:
+                    await self._consume()
+                finally:
+                    watcher.cancel()  # the bus closed: the hub's work is over
+        finally:
+            self.fanout.stop()
+
+    async def _consume(self) -> None:
         sub = self.bus.subscribe(self.pairs)
         try:
             async for event in sub:
@@ -99,7 +160,53 @@ class Hub:
         finally:
             with contextlib.suppress(Exception):
                 await sub.aclose()
-            self.fanout.stop()
+
+    async def _watch_quiet(self) -> None:
+        while True:
+            await asyncio.sleep(STALE_CHECK)
+            self.mark_quiet()
+
+    def mark_quiet(self, now: float | None = None) -> list[str]:
+        """Send ``event: stale`` for each pair whose last fresh update is ``stale_after``
+        old (once per quiet spell); the pairs marked."""
+        now = self._clock() if now is None else now
+        marked: list[str] = []
+        for pair, at in self.fresh_at.items():
+            if pair in self.quiet or now - at < self.stale_after:
+                continue
+            update = self.latest.get(pair)
+            if update is None:
+                continue
+            self.quiet.add(pair)
+            marked.append(pair)
+            self.stale_marked += 1
+            self.fanout.publish(pair, stale_event(update, now - at, time.time_ns() // 1_000_000))
+        if marked:
+            names = ", ".join(marked)
+            log.warning("no update for %gs: sent %s to clients as stale", self.stale_after, names)
+        return marked
+
+    def is_stale(self, pair: str) -> bool:
+        """What clients are shown: the last update says stale, or serve marked it quiet."""
+        update = self.latest.get(pair)
+        return update is None or update.stale or pair in self.quiet
+
+    def _ping_bytes(self) -> bytes:
+        return encode_comment("ping") + clock_event(time.time_ns() // 1_000_000)
+
+    def _heard(self, update: PriceUpdate, age: float = 0.0) -> None:
+        """Note a fresh (or stale) update of ``update.pair`` that is ``age`` seconds old."""
+        now = self._clock()
+        self.last_message_at = now
+        pair = update.pair
+        if update.stale:
+            # Ingest says so itself (the update carries it); no marker of our own needed.
+            self.quiet.add(pair)
+            self.fresh_at.setdefault(pair, now - self.stale_after)
+            return
+        self.fresh_at[pair] = now - age
+        if age < self.stale_after:
+            self.quiet.discard(pair)
 
     # --- the per-event path --------------------------------------------------------------
 
@@ -112,6 +219,7 @@ class Hub:
         self.latest[pair] = update
         self.latest_raw[pair] = raw
         self.received_at[pair] = time.time()
+        self._heard(update)
         gseq = update.gseq
         if epoch > self.epoch or (epoch == self.epoch and gseq > self.gseq):
             self.epoch, self.gseq = epoch, gseq
@@ -156,12 +264,23 @@ class Hub:
         else one ``event: snapshot`` per pair. Raises ``ValueError`` for a malformed id."""
         # Updates already in latest/ring must not be sent again after the opening.
         self.fanout.flush()
+        now_ms = time.time_ns() // 1_000_000
+        head = clock_event(now_ms)
+        body: bytes | None = None
         if last_event_id:
             epoch, gseq = parse_event_id(last_event_id)
             replay = self.ring.since(epoch, gseq, pairs)
             if replay is not None:
-                return b"".join(replay)
-        return self.snapshot_events(pairs)
+                body = b"".join(replay)
+        if body is None:
+            body = self.snapshot_events(pairs)
+        now = self._clock()
+        markers = b"".join(
+            stale_event(self.latest[p], now - self.fresh_at.get(p, now), now_ms)
+            for p in self.pairs
+            if p in pairs and p in self.quiet and p in self.latest and not self.latest[p].stale
+        )
+        return head + body + markers
 
     def snapshot_events(self, pairs: Iterable[str]) -> bytes:
         """``event: snapshot`` for each pair with data, in configured order, id = position."""
@@ -191,6 +310,9 @@ class Hub:
             self.latest[pair] = update
             self.latest_raw[pair] = update.to_json()
             self.received_at[pair] = time.time()
+            # A snapshot entry is as old as its ingest stamp says, not as old as the read.
+            age = max(0.0, time.time() - update.ingest_ns / 1e9) if update.ingest_ns else 0.0
+            self._heard(update, age)
             if (update.epoch, update.gseq) > (self.epoch, self.gseq):
                 self.epoch, self.gseq = update.epoch, update.gseq
         fanout.complete()
@@ -204,6 +326,14 @@ class Hub:
         self.ready = True
         # A lagging client gets the snapshot as its pending slots.
         fanout.resend(self._snapshot_by_pair)
+        # A pair still quiet after the re-read is told stale again: the snapshot just
+        # sent does not say so itself.
+        now, now_ms = self._clock(), time.time_ns() // 1_000_000
+        for pair in self.pairs:
+            held = self.latest.get(pair)
+            if pair in self.quiet and held is not None and not held.stale:
+                quiet_s = now - self.fresh_at.get(pair, now)
+                fanout.publish(pair, stale_event(held, quiet_s, now_ms))
 
     async def drain(self, window: float) -> None:
         """Graceful shutdown: refuse new streams, tell every client when to come back

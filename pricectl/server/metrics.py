@@ -122,6 +122,25 @@ def render_metrics(hub: Hub, upstream: UpstreamStatus | None = None) -> str:
         [({}, 1 if hub.bus.connected else 0)],
     )
     o.metric(
+        "pricectl_bus_responsive",
+        "gauge",
+        "1 while the bus answers a PING within 1 s.",
+        [({}, 1 if hub.bus.responsive else 0)],
+    )
+    lead = hub.bus.leadership()
+    o.metric(
+        "pricectl_leader_present",
+        "gauge",
+        "1 while an ingest leader holds the lease (as the bus last saw it).",
+        [({}, 1 if lead is None or lead.holder is not None else 0)],
+    )
+    o.metric(
+        "pricectl_stale_marked_total",
+        "counter",
+        "Times serve sent a pair to its clients as stale (nothing for stale_after).",
+        [({}, hub.stale_marked)],
+    )
+    o.metric(
         "pricectl_bus_reconnects_total",
         "counter",
         "Bus resubscriptions.",

@@ -147,7 +147,9 @@ class Feed:
                 wake = min(wake, next_fast)
             await asyncio.sleep(max(0.0, wake - loop.time()))
             now = loop.time()
-            now_ms = time.time_ns() // 1_000_000
+            # The exchange's clock (skewed by the fault), less the feed's delay fault.
+            faults = self.faults
+            now_ms = time.time_ns() // 1_000_000 + faults.clock_skew_ms - faults.feed_delay_ms
             if now >= next_trade:
                 due = int((now - start) * cfg.trade_rate) - trades_done
                 trades_done += due

@@ -112,6 +112,8 @@ class RestEndpoint:
                     500,
                     used,
                 )
+            if self.faults.rest418:
+                return self._limit_response(418, used, math.ceil(cfg.ban_s))
             if self.faults.rest429:
                 return self._limit_response(429, used, cfg.fault_retry_after_s)
             try:
@@ -217,7 +219,7 @@ class RestEndpoint:
         return 1, {}
 
     def _time(self, request: web.Request) -> tuple[int, Any]:
-        return 1, {"serverTime": time.time_ns() // 1_000_000}
+        return 1, {"serverTime": time.time_ns() // 1_000_000 + self.faults.clock_skew_ms}
 
     def _exchange_info(self, request: web.Request) -> tuple[int, Any]:
         try:

@@ -65,7 +65,20 @@ from pricectl.simulator.ws import WebSocketEndpoint
 
 __all__ = ["Faults", "Simulator", "SimulatorConfig", "Stats", "symbols_for_pairs"]
 
-_FAULT_NAMES = frozenset({"drop", "stall", "garbage", "refuse", "rest429", "rest500", "clear"})
+_FAULT_NAMES = frozenset(
+    {
+        "drop",
+        "stall",
+        "garbage",
+        "refuse",
+        "rest429",
+        "rest500",
+        "rest418",
+        "clock_skew_ms",
+        "feed_delay_ms",
+        "clear",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,14 @@ class Faults:
     refuse: bool = False
     rest429: bool = False
     rest500: bool = False
+    #: Answer every REST request 418 (IP banned) with Retry-After ``ban_s``.
+    rest418: bool = False
+    #: The exchange's clock reads this many ms from the real one (event times and
+    #: REST ``serverTime``): a skewed exchange clock.
+    clock_skew_ms: int = 0
+    #: The feed's event times lag the exchange's clock by this many ms (frames that
+    #: waited somewhere before reaching the client).
+    feed_delay_ms: int = 0
 
     def clear(self) -> None:
         for f in fields(self):
@@ -279,6 +300,9 @@ class Simulator:
         refuse: bool | None = None,
         rest429: bool | None = None,
         rest500: bool | None = None,
+        rest418: bool | None = None,
+        clock_skew_ms: int | None = None,
+        feed_delay_ms: int | None = None,
         clear: bool = False,
     ) -> None:
         """Change faults; ``None`` leaves one as it is, ``clear`` resets all first."""
@@ -294,6 +318,12 @@ class Simulator:
             self.faults.rest429 = rest429
         if rest500 is not None:
             self.faults.rest500 = rest500
+        if rest418 is not None:
+            self.faults.rest418 = rest418
+        if clock_skew_ms is not None:
+            self.faults.clock_skew_ms = int(clock_skew_ms)
+        if feed_delay_ms is not None:
+            self.faults.feed_delay_ms = int(feed_delay_ms)
         if drop:
             self._ws.drop()
 

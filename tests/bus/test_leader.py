@@ -9,14 +9,16 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from pricectl.bus import Fence
 from pricectl.bus import keys as bus_keys
-from pricectl.bus.leader import Leader, read_leader
+from pricectl.bus.leader import TERM_STOP, TERM_STOP_GRACE, Leader, read_leader
 from pricectl.bus.redis import connect_redis
 from pricectl.core.lease import LeasePolicy
+from pricectl.errors import FencedError
 from tests.redis_server import RedisServer
 from tests.waiting import UNIT, until
 
@@ -192,3 +194,122 @@ async def test_candidate_waits_for_a_missing_redis_and_logs_it(
         assert not c.leader.is_leader and c.task is not None and not c.task.done()
         redis_server.start()
         await until(lambda: c.leader.is_leader, 5, "a leader once Redis is up")
+
+
+class FailingTerm:
+    """A Leader whose every term runs a TaskGroup whose child raises ``error`` (as the
+    relay's does when Redis refuses a publish)."""
+
+    def __init__(self, url: str, error: Exception) -> None:
+        self.leader = Leader(url, policy=FAST)
+        self.error = error
+        self.terms = 0
+
+    async def on_elected(self, fence: Fence) -> None:
+        self.terms += 1
+
+        async def child() -> None:
+            await asyncio.sleep(0.01)
+            raise self.error
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(child())
+        except* Exception as group:
+            raise group.exceptions[0] from None
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (FencedError("publish refused by redis: epoch 1 is not current"), "fenced by redis"),
+        (RuntimeError("the relay broke"), "relay failed: RuntimeError"),
+    ],
+)
+async def test_a_failing_term_returns_the_loop_to_candidacy(
+    redis_server: RedisServer, error: Exception, reason: str
+) -> None:
+    """A term that ends in an error raised through a TaskGroup (which, on Python 3.11,
+    leaves the task's cancel count raised) steps down with that reason, and the candidate
+    loop competes again instead of ending as "cancelled"."""
+    c = FailingTerm(redis_server.url, error)
+    task = asyncio.ensure_future(c.leader.run(c.on_elected))
+    try:
+        await until(lambda: c.terms >= 2, 10, "a second term")
+        assert not task.done()
+        assert c.leader.last_step_down is not None
+        assert c.leader.last_step_down.startswith(reason), c.leader.last_step_down
+        assert c.leader.acquisitions >= 2
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await c.leader.close()
+
+
+async def test_a_term_that_ignores_its_cancel_is_cut_off_within_two_seconds(
+    redis_server: RedisServer,
+) -> None:
+    """A term's work that swallows its cancellation does not hold the loop: after the
+    grace period on_stuck is called (to cut the exchange socket) and the loop competes
+    again within TERM_STOP seconds of the decision."""
+    stuck: list[float] = []
+    release = asyncio.Event()
+
+    async def stubborn(fence: Fence) -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    leader = Leader(redis_server.url, policy=FAST, on_stuck=lambda: stuck.append(time.monotonic()))
+    task = asyncio.ensure_future(leader.run(stubborn))
+    try:
+        await until(lambda: leader.is_leader, 5, "a leader")
+        decided = time.monotonic()
+        leader.lost("fenced (test)")
+        await until(
+            lambda: leader.last_step_down == "fenced (test)", TERM_STOP + 0.5, "the term to end"
+        )
+        assert time.monotonic() - decided < TERM_STOP + 0.3 * UNIT
+        assert stuck and stuck[0] - decided >= TERM_STOP_GRACE - 0.05
+        await until(lambda: leader.acquisitions >= 2, 5, "candidacy again")
+    finally:
+        release.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await leader.close()
+
+
+async def test_a_crashed_holder_is_replaced_without_waiting_for_the_ttl(
+    redis_server: RedisServer,
+) -> None:
+    """A lease whose holder has no presence subscription (its process died) is taken over
+    by a standby at its next watch, long before the ttl; one whose holder is subscribed
+    is not."""
+    client = connect_redis(redis_server.url)
+    try:
+        await client.set(bus_keys.leader(""), "ghost-1-dead", px=60_000)
+        await client.set(bus_keys.epoch(""), 5)
+        alive = client.pubsub()
+        await alive.subscribe(bus_keys.presence_channel("", "ghost-1-dead"))
+        await until(
+            lambda: _numsub(client, bus_keys.presence_channel("", "ghost-1-dead")), 5, "presence"
+        )
+        async with candidates(
+            redis_server.url, 1, LeasePolicy(ttl=60, renew_deadline=30, retry=1)
+        ) as (c,):
+            await until(lambda: c.leader.holder == "ghost-1-dead", 5, "the standby to see it")
+            assert not c.leader.is_leader
+            started = time.monotonic()
+            await alive.aclose()  # the holder's connection goes, as when its process dies
+            await until(lambda: c.terms, 2, "the takeover")
+            assert time.monotonic() - started < 1.0 * UNIT
+            assert c.leader.takeovers == 1
+    finally:
+        await client.aclose()
+
+
+async def _numsub(client: Any, channel: str) -> bool:
+    counts = await client.pubsub_numsub(channel)
+    return bool(counts and counts[0][1] >= 1)

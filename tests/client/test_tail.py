@@ -393,3 +393,42 @@ async def test_real_serve_and_simulator_end_to_end(tmp_path: Path) -> None:
         seqs = [o["seq"] for o in objs if o["pair"] == pair]
         assert seqs == sorted(set(seqs)), f"{pair}: out of order or repeated {seqs}"
     assert all(decode_update(o).symbol in ("BTCUSDT", "ETHUSDT") for o in objs)
+
+
+async def test_tail_says_when_serve_marks_a_pair_stale(tmp_path: Path) -> None:
+    """Updates stop: serve's event: stale reaches `tail` as one status line naming the pair
+    (and the clock events it gets with every ping print nothing)."""
+    cfg = write_config(tmp_path)
+    async with running(make_settings(stale_after=1.0, ping_interval=0.2)) as r:
+        await r.publish_pairs("BTC/USD", price="100.00")
+        code, _out, err = await run_cli(
+            "--config", str(cfg), "tail", "BTC/USD", "--duration", "2.5", "--url", r.url(""),
+        )  # fmt: skip
+    assert code == 0, err
+    assert "BTC/USD: stale (no update for 1s; the last price is not live)" in err
+    assert "server clock" not in err and "clock:" not in err
+
+
+def test_board_ages_on_the_servers_clock() -> None:
+    """With the server's clock known (60 s ahead of ours), an update stamped 5 s ago on
+    the server is 5 s old on the board, not 65 s; a stale marker for it makes it stale."""
+    from pricectl.client.events import Clock, Price, Stale
+    from pricectl.client.views import Board
+    from pricectl.core.sequence import Check, Verdict
+    from pricectl.core.ticks import PriceUpdate
+
+    board = Board(["BTC/USD"], source="test", stale_after=30.0)
+    ours_ns = 1_000_000_000_000_000_000
+    server_ms = ours_ns // 1_000_000 + 60_000
+    board.apply(Clock(server_ms=server_ms, received_ns=ours_ns), now=100.0)
+    update = PriceUpdate(
+        pair="BTC/USD", symbol="BTCUSDT", price="1", event_ms=0,
+        ingest_ns=(server_ms - 5_000) * 1_000_000, epoch=7, seq=3, gseq=3,
+    )  # fmt: skip
+    price = Price(update, Check(Verdict.FIRST), received=100.0, received_ns=ours_ns)
+    board.apply(price, now=100.0)
+    row = board.rows["BTC/USD"]
+    assert row.age(101.0) == 6.0
+    assert not row.is_stale(101.0, 30.0)
+    board.apply(Stale("BTC/USD", "no update for 30s", epoch=7, seq=3), now=101.0)
+    assert row.is_stale(101.0, 30.0)

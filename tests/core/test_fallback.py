@@ -49,13 +49,17 @@ def test_ws_drop_moves_every_pair_to_rest_immediately() -> None:
 
 
 def test_a_pair_silent_on_a_healthy_ws_falls_to_rest_alone() -> None:
-    """A pair with no WS update for stale_after goes to REST while the others stay on WS."""
+    """A pair with no WS update for stale_after leaves WS alone: published stale at once,
+    polled on REST, and back to fresh on REST's first answer; the others stay on WS."""
     c = _live()
     c.ws_update(ETH, 20.0)
     assert c.source(BTC, 29.9) is Source.WS
-    assert c.source(BTC, 30.0) is Source.REST
+    assert c.source(BTC, 30.0) is Source.CACHE and c.is_stale(BTC, 30.0)
     assert c.source(ETH, 30.0) is Source.WS
     assert c.rest_due(30.0) == [BTC]
+    assert c.cache_due(30.0) == [BTC]
+    c.rest_success(BTC, 30.2)
+    assert c.source(BTC, 30.2) is Source.REST and not c.is_stale(BTC, 30.2)
 
 
 def test_rest_success_keeps_the_pair_fresh() -> None:
@@ -151,7 +155,7 @@ def test_stale_after_comes_beside_the_policy() -> None:
     c.ws_state(True, 0.0)
     c.ws_update(BTC, 0.0)
     assert c.source(BTC, 11.9) is Source.WS and not c.is_stale(BTC, 11.9)
-    assert c.source(BTC, 12.0) is Source.REST and c.is_stale(BTC, 12.0)
+    assert c.source(BTC, 12.0) is Source.CACHE and c.is_stale(BTC, 12.0)
     assert c.next_due(0.0) == 12.0
 
 
@@ -211,3 +215,36 @@ def test_polls_and_republishes_are_spaced_by_the_interval(
                 assert p not in last_cache or now - last_cache[p] >= POLICY.rest_poll_interval
                 last_cache[p] = now
         assert c.next_due(now) >= now
+
+
+def test_a_pair_is_published_stale_at_stale_after_whatever_rest_does() -> None:
+    """WS down and REST paused by a long Retry-After (a 418 ban): the pair turns CACHE, due
+    for a stale re-publish, exactly at stale_after after its last fresh update."""
+    c = _live()  # BTC and ETH fresh from WS at t=0
+    c.ws_state(False, 1.0)
+    assert c.rest_due(1.0) == [BTC, ETH]
+    c.rest_failure(1.2, retry_after=60.0)
+    assert c.rest_due(3.0) == []  # paused
+    assert c.source(BTC, 29.9) is Source.REST and c.cache_due(29.9) == []
+    assert c.next_due(3.0) == 30.0
+    assert c.source(BTC, 30.0) is Source.CACHE and c.is_stale(BTC, 30.0)
+    assert c.cache_due(30.0) == [BTC, ETH]
+    assert c.next_due(30.0) == 32.0  # re-published every rest_poll_interval while stale
+    assert c.cache_due(32.0) == [BTC, ETH]
+
+
+def test_rest_covers_a_pair_while_its_websocket_is_down() -> None:
+    """Three drops in a row: REST is due the moment the WebSocket goes down each time and
+    every rest_poll_interval while it stays down, so no pair waits for the breaker."""
+    c = _live()
+    for down in (5.0, 10.0, 15.0):
+        c.ws_state(False, down)
+        assert c.rest_due(down) == [BTC, ETH]
+        c.rest_success(BTC, down)
+        c.rest_success(ETH, down)
+        assert c.next_due(down) == down + 2.0
+        assert c.rest_due(down + 2.0) == [BTC, ETH]
+        c.ws_state(True, down + 2.5)
+        c.ws_update(BTC, down + 2.5)
+        c.ws_update(ETH, down + 2.5)
+        assert c.sources(down + 2.5) == {BTC: Source.WS, ETH: Source.WS}

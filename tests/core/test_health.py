@@ -41,3 +41,34 @@ def test_judge_ok_degraded_down() -> None:
     assert judge({"A": stale}, bus_connected=True) == ("down", ["no fresh data"])
     assert judge({"A": live}, bus_connected=False) == ("down", ["bus unreachable"])
     assert judge({"A": live}, bus_connected=True, leader=False)[0] == "degraded"
+
+
+def test_a_bus_slow_to_ping_is_down() -> None:
+    """A bus connected but not answering a PING within 1 s makes health down."""
+    live = pair_state(_u(), 30.0, now=101.0)
+    assert judge({"A": live}, bus_connected=True, bus_responsive=False) == (
+        "down",
+        ["bus did not answer a PING within 1s"],
+    )
+
+
+def test_no_message_and_no_heartbeat_is_degraded() -> None:
+    """A lease holder that sends neither updates nor heartbeats for 3 s: degraded; either
+    one recent enough keeps it ok; no holder at all is degraded whatever the ages."""
+    live = pair_state(_u(), 30.0, now=101.0)
+    pairs = {"A": live}
+    assert judge(pairs, bus_connected=True, message_age=0.5, heartbeat_age=9.0)[0] == "ok"
+    assert judge(pairs, bus_connected=True, message_age=9.0, heartbeat_age=0.5)[0] == "ok"
+    assert judge(pairs, bus_connected=True, message_age=3.5, heartbeat_age=None) == (
+        "degraded",
+        ["no bus message and no leader heartbeat for 3s"],
+    )
+    assert judge(pairs, bus_connected=True, leader=False, message_age=0.1, heartbeat_age=0.1) == (
+        "degraded",
+        ["no ingest leader holds the lease"],
+    )
+
+
+def test_serve_marks_a_quiet_pair_stale() -> None:
+    """quiet (serve has had nothing for stale_after) makes a pair stale whatever its stamp."""
+    assert pair_state(_u(), 30.0, now=101.0, quiet=True)["stale"] is True

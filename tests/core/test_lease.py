@@ -124,3 +124,24 @@ def test_standby_delay_bounds(r: float) -> None:
     """Property: standby_delay stays within [retry, 1.5 * retry]."""
     c = LeaseClock()
     assert 2.0 <= c.standby_delay(lambda: r) <= 3.0
+
+
+def test_may_publish_only_while_the_last_renew_is_recent() -> None:
+    """A leader may publish until renew_deadline after its last success, never as standby."""
+    c = LeaseClock(LeasePolicy())
+    assert not c.may_publish(0.0)
+    c.acquired(0.0)
+    assert c.may_publish(9.99) and not c.may_publish(10.0)
+    c.renewed(8.0)
+    assert c.may_publish(17.99) and not c.may_publish(18.0)
+    c.released()
+    assert not c.may_publish(1.0)
+
+
+def test_standbys_watch_often_and_jittered() -> None:
+    """watch is 0.3 s by default (retry / 2 if shorter); the delay adds up to 50%."""
+    assert LeasePolicy().watch == 0.3
+    assert LeasePolicy(ttl=3, renew_deadline=2, retry=0.4).watch == 0.2
+    c = LeaseClock(LeasePolicy())
+    assert c.watch_delay(lambda: 0.0) == 0.3
+    assert c.watch_delay(lambda: 1.0) == 0.3 * 1.5

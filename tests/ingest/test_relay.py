@@ -219,7 +219,8 @@ async def test_server_shutdown_through_the_relay_has_no_gap(start_sim: StartSim)
 
 
 async def test_refused_connections_fall_back_to_rest_then_back_to_ws(start_sim: StartSim):
-    """Refused WS: REST takes over once the breaker opens; live WS returns when allowed."""
+    """Refused WS: REST takes over the moment the socket drops (not only once the breaker
+    opens); the breaker opens; live WS returns when allowed."""
     sim = await start_sim()
     async with Harness(sim_settings(sim)) as h:
         await until(lambda: h.relay.ws.connected and h.rec.count("ws") >= 2, 10, "live")
@@ -228,11 +229,16 @@ async def test_refused_connections_fall_back_to_rest_then_back_to_ws(start_sim: 
         n = len(h.rec.all)
         await until(lambda: any(u.source == "rest" for u in h.rec.all[n:]), 5, "REST updates")
         took = time.monotonic() - cut
-        assert h.relay.status()["ws"]["breaker"] in ("open", "half_open")
         rest = [u for u in h.rec.all[n:] if u.source == "rest"]
         assert {u.pair for u in rest} <= set(h.relay.pairs) and not any(u.stale for u in rest)
-        # Three failed attempts, backoff capped at 0.2 s each, plus one REST round trip.
-        assert took < 3 * BACKOFF.max + 1.0 * UNIT
+        # One REST round trip after the drop, without waiting for the breaker.
+        assert took < 1.0 * UNIT
+        # Three failed attempts, backoff capped at 0.2 s each: the breaker opens.
+        await until(
+            lambda: h.relay.status()["ws"]["breaker"] in ("open", "half_open"),
+            3 * BACKOFF.max + 1.0,
+            "the breaker to open",
+        )
         sim.set_fault(refuse=False)
         n = len(h.rec.all)
         await until(
@@ -423,3 +429,33 @@ async def test_replay_of_a_real_recording_goes_end_to_end(start_sim: StartSim):
         live = [u for u in h.rec.by_pair[pair] if u.source == "ws"]
         assert (live[-1].bid, live[-1].ask, live[-1].order_key) == (data["b"], data["a"], data["u"])
     assert_seq_contiguous(h.rec, h.fence.epoch)
+
+
+async def test_ws_updates_are_judged_on_the_exchanges_clock(start_sim: StartSim):
+    """An exchange whose clock is 60 s behind ours: its events are live, judged on its own
+    clock (sampled from /api/v3/time), not on ours."""
+    sim = await start_sim()
+    sim.set_fault(clock_skew_ms=-60_000)
+    async with Harness(sim_settings(sim)) as h:
+        await until(lambda: h.relay.exchange_clock.known, 5, "a sample of the exchange's clock")
+        assert abs(h.relay.exchange_clock.offset_ms + 60_000) < 1_000
+        await until(lambda: h.rec.count("ws") >= 6, 5, "live ws updates")
+        ws = [u for u in h.rec.all if u.source == "ws"]
+        assert not any(u.stale for u in ws) and h.relay.late_updates == 0
+
+
+async def test_ws_updates_older_than_stale_after_are_not_live(start_sim: StartSim):
+    """Event times behind the exchange's own clock by more than stale_after (frames that
+    waited in a buffer): published stale, and they do not keep the pair on live ws (REST
+    vouches for it instead)."""
+    sim = await start_sim()
+    sim.set_fault(clock_skew_ms=-60_000, feed_delay_ms=1_500)  # stale_after is 1 s here
+    async with Harness(sim_settings(sim)) as h:
+        await until(lambda: h.relay.late_updates >= 4, 5, "late updates")
+        late = [u for u in h.rec.all if u.source == "ws"]
+        assert late and all(u.stale for u in late)
+        await until(
+            lambda: all(p["source"] != "ws" for p in h.relay.status()["pairs"].values()),
+            3,
+            "the pairs off live ws",
+        )

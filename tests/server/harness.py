@@ -145,6 +145,8 @@ class SSEConn:
         self.body = b""
         self.decoder = SSEDecoder()
         self.events: list[SSEEvent] = []
+        #: ``event: clock`` events (the server's time), kept apart from ``events``.
+        self.clocks: list[SSEEvent] = []
         self.chunked = False
         self._raw = b""
         self.eof = False
@@ -209,7 +211,8 @@ class SSEConn:
 
     def _feed(self, data: bytes) -> None:
         self.body += data
-        self.events.extend(self.decoder.feed(data))
+        for event in self.decoder.feed(data):
+            (self.clocks if event.event == "clock" else self.events).append(event)
 
     async def wait_events(self, n: int, timeout: float = 5.0) -> list[SSEEvent]:
         """Read until at least ``n`` events in total have arrived."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 from aiohttp import web
@@ -188,3 +190,62 @@ async def test_stream_failure_falls_back_to_rest_then_live(browser):
         await row(page, "BTC/USD", "price").filter(has_text="102.00").wait_for()
         await badge.filter(has_text="Live").wait_for()
         assert r.fanout.peak_clients == 1
+
+
+#: Runs before any page script: the page's clock reads 60 s behind the real one.
+CLOCK_60S_BEHIND = """
+(() => {
+  const skew = 60000;
+  const RealDate = Date;
+  class SkewedDate extends RealDate {
+    constructor(...args) {
+      if (args.length) { super(...args); } else { super(RealDate.now() - skew); }
+    }
+    static now() { return RealDate.now() - skew; }
+  }
+  window.Date = SkewedDate;
+})();
+"""
+
+
+async def test_age_and_stale_on_the_servers_clock_when_the_page_clock_is_behind(browser):
+    """With the page's clock 60 s behind, the age shown is the real one (from the stream's
+    clock events) and Stale appears when the real age passes stale_after, long before the
+    server's own quiet marker would."""
+    async with running(make_settings(stale_after=8.0, update_debounce_ms=50)) as r:
+        page = await browser.new_page()
+        page.set_default_timeout(10_000 * UNIT)
+        await page.add_init_script(CLOCK_60S_BEHIND)
+        await page.goto(r.url("/?shared=0"))
+        await until(lambda: r.fanout.clients == 1, 10, "the page's stream")
+        await page.wait_for_function("Math.abs(window.pricectl.clockOffset - 60000) < 1000")
+        # An update that is already 5 s old on the server's clock.
+        old = replace(r.ticker("BTC/USD", "123.45"), ingest_ns=time.time_ns() - 5_000_000_000)
+        sent = time.monotonic()
+        await r.publish(old)
+        await row(page, "BTC/USD", "price").filter(has_text="123.45").wait_for()
+        age = float((await row(page, "BTC/USD", "age").text_content() or "").rstrip("s"))
+        assert 4.5 <= age <= 7.0, f"age shown {age}s, real age about 5 s"
+        await row(page, "BTC/USD", "stale").wait_for(state="visible", timeout=6_000 * UNIT)
+        took = time.monotonic() - sent
+        # Real age reaches 8 s about 3 s after the publish; serve's marker would need 8 s.
+        assert took < 3.0 + 1.5 * UNIT, f"Stale after {took:.1f}s"
+        assert r.hub.stale_marked == 0, "the page relied on serve's quiet marker"
+
+
+async def test_serve_marks_a_pair_stale_when_updates_stop(browser):
+    """The stream's own stale marker (event: stale) turns a pair Stale in the page when
+    nothing arrives for stale_after, even when the page's own age check cannot tell (the
+    update's stamp is ahead of every clock) and the stream stays open."""
+    async with running(make_settings(stale_after=2.0, update_debounce_ms=50)) as r:
+        page = await open_dashboard(browser, r, "?shared=0")
+        await until(lambda: r.fanout.clients == 1, 10, "the page's stream")
+        ahead = replace(r.ticker("ETH/USD", "2000.00"), ingest_ns=time.time_ns() + 60_000_000_000)
+        await r.publish(ahead)
+        sent = time.monotonic()
+        await row(page, "ETH/USD", "price").filter(has_text="2000.00").wait_for()
+        await row(page, "ETH/USD", "stale").wait_for(state="visible")
+        assert time.monotonic() - sent < 2.0 + 1.0 * UNIT
+        assert r.hub.stale_marked == 1
+        await r.publish_pairs("ETH/USD", price="2001.00")
+        await row(page, "ETH/USD", "stale").wait_for(state="hidden")

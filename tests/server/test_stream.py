@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import aiohttp
@@ -10,6 +11,12 @@ from tests.server.harness import SSEConn, make_settings, running
 from tests.waiting import until
 
 STREAM = "/api/market-data/stream"
+
+
+def _fields(body: bytes, marker: bytes) -> list[list[bytes]]:
+    """The field lines of every event block of ``body`` that has the line ``marker``."""
+    blocks = [b.split(b"\n") for b in body.split(b"\n\n")]
+    return [[line for line in b if line] for b in blocks if marker in b]
 
 
 async def test_snapshot_then_live():
@@ -107,3 +114,65 @@ async def test_per_ip_limit():
             assert resp.status == 503
         assert r.hub.rejected == {"max_connections_per_ip": 1}
         a.close()
+
+
+async def test_clock_in_the_opening_and_with_every_ping():
+    """The opening starts with event: clock (the server's wall clock, no id), and every
+    ping brings another; neither moves the client's last event id."""
+    import time
+
+    async with running(make_settings(ping_interval=0.2)) as r:
+        ups = await r.publish_pairs("BTC/USD")
+        c = await SSEConn.open(r.port, f"{STREAM}?pairs=BTC/USD")
+        try:
+            await c.wait_events(1)
+
+            async def three_clocks() -> bool:
+                with contextlib.suppress(TimeoutError):
+                    await c._read_more(0.1)
+                return len(c.clocks) >= 3
+
+            await until(three_clocks, 5, "clock events with the pings")
+            first = c.clocks[0]
+            assert _fields(c.body, b"event: clock")[0] == [
+                b"event: clock",
+                b"data: " + first.data.encode(),
+            ]
+            server_ms = json.loads(first.data)["server_ms"]
+            assert abs(server_ms - time.time() * 1000) < 5000
+            assert c.body.index(b"event: clock") < c.body.index(b"event: snapshot")
+            assert c.events[0].id == f"{ups[0].epoch}-{ups[0].gseq}"
+        finally:
+            c.close()
+
+
+async def test_a_quiet_pair_is_sent_stale_without_an_id():
+    """No update of a pair for stale_after: its clients get event: stale (no id, the last
+    update's epoch and seq); a stream opened then gets the marker after its snapshot; a
+    new update ends it."""
+    async with running(make_settings(stale_after=0.5)) as r:
+        (up,) = await r.publish_pairs("ETH/USD", price="10.00")
+        c = await SSEConn.open(r.port, f"{STREAM}?pairs=ETH/USD")
+        try:
+            evs = await c.wait_events(2, timeout=3)
+            snap, stale = evs[0], evs[1]
+            assert snap.event == "snapshot" and stale.event == "stale"
+            # No id field: the client's last event id stays the snapshot's.
+            assert not any(f.startswith(b"id:") for f in _fields(c.body, b"event: stale")[0])
+            assert stale.id == snap.id
+            marker = json.loads(stale.data)
+            assert marker["pair"] == "ETH/USD" and marker["stale"] is True
+            assert (marker["last_epoch"], marker["last_seq"]) == (up.epoch, up.seq)
+            assert "seq" not in marker and "epoch" not in marker
+            assert r.hub.stale_marked == 1
+            late = await SSEConn.open(r.port, f"{STREAM}?pairs=ETH/USD")
+            try:
+                opening = await late.wait_events(2)
+                assert [e.event for e in opening] == ["snapshot", "stale"]
+            finally:
+                late.close()
+            await r.publish_pairs("ETH/USD", price="11.00")
+            evs = await c.wait_events(3)
+            assert evs[2].event == "price" and "ETH/USD" not in r.hub.quiet
+        finally:
+            c.close()

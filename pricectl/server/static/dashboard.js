@@ -5,8 +5,11 @@
  * it itself (feed.js). It is replaced only when the set of pairs changes and is
  * closed on pagehide. Rendering is debounced by the server's
  * PRICE_STREAM_UPDATE_DEBOUNCE_MS (`update_debounce_ms` from /api/market-data/config).
- * A value is Stale when ingest says so or when it is older than stale_after; values
- * that came from REST polling (the stream being down) are shown as Cached.
+ * A value is Stale when ingest says so, when serve sends `event: stale` for its pair,
+ * or when it is older than stale_after; values that came from REST polling (the stream
+ * being down) are shown as Cached. Ages are computed on the server's clock: the stream
+ * sends it (`event: clock`) and the page keeps the offset, so a machine whose clock is a
+ * minute behind still shows the right age and turns Stale on time.
  */
 (function () {
   "use strict";
@@ -19,7 +22,10 @@
   var dirty = {};
   var pending = {};
   var statsSeq = 0;
-  window.pricectl = { renders: 0, mode: null, stats: null, pairs: [] };
+  var clockOffset = 0; // server clock - Date.now(), from the stream's clock events
+  window.pricectl = { renders: 0, mode: null, stats: null, pairs: [], clockOffset: 0 };
+
+  function now() { return Date.now() + clockOffset; }
 
   function el(tag, cls, text) {
     var e = document.createElement(tag);
@@ -49,7 +55,7 @@
         tr.appendChild(cells[k]);
       });
       body.appendChild(tr);
-      rows[pair] = { tr: tr, cells: cells, data: null, via: null };
+      rows[pair] = { tr: tr, cells: cells, data: null, via: null, marked: false };
     });
   }
 
@@ -61,7 +67,7 @@
   function isStale(row) {
     var d = row.data;
     if (!d) return true;
-    return !!d.stale || Date.now() - stampMs(d) > cfg.stale_after_ms;
+    return !!d.stale || row.marked || now() - stampMs(d) > cfg.stale_after_ms;
   }
 
   function fmtAge(ms) {
@@ -89,7 +95,7 @@
 
   function renderAge(row) {
     if (!row.data) return;
-    row.cells.age.textContent = fmtAge(Date.now() - stampMs(row.data));
+    row.cells.age.textContent = fmtAge(now() - stampMs(row.data));
     var stale = isStale(row);
     row.cells.stale.hidden = !stale;
     row.tr.classList.toggle("is-stale", stale);
@@ -102,6 +108,7 @@
       if (row) {
         row.data = pending[pair].data;
         row.via = pending[pair].via;
+        row.marked = false;
         renderRow(row);
       }
     });
@@ -125,6 +132,20 @@
   function onMessage(msg) {
     if (msg.type === "update") {
       schedule(msg.data.pair, msg.data, "stream");
+    } else if (msg.type === "stale") {
+      var row = rows[msg.data.pair];
+      // only if no newer update is on its way or shown
+      var cur = (pending[msg.data.pair] || row || {}).data;
+      var m = msg.data;
+      if (row && (!cur || cur.epoch < m.last_epoch ||
+                  (cur.epoch === m.last_epoch && cur.seq <= m.last_seq))) {
+        row.marked = true;
+        renderAge(row);
+      }
+    } else if (msg.type === "clock") {
+      clockOffset = msg.offsetMs;
+      window.pricectl.clockOffset = clockOffset;
+      Object.keys(rows).forEach(function (p) { renderAge(rows[p]); });
     } else if (msg.type === "rest") {
       msg.prices.forEach(function (d) { schedule(d.pair, d, "rest"); });
     } else if (msg.type === "status") {

@@ -10,6 +10,11 @@
  *
  * Messages emitted: {type:"status", state:"connecting"|"live"|"reconnecting"|"offline"}
  *                   {type:"update", kind:"snapshot"|"price", data:{...DESIGN 3.2...}}
+ *                   {type:"stale", data:{pair, epoch, seq, reason, ...}}: serve says the
+ *                     pair has had nothing for stale_after (no id: lastEventId is kept)
+ *                   {type:"clock", offsetMs}: server clock minus this machine's, from the
+ *                     stream's `event: clock` (the opening and every ping), so ages are
+ *                     computed on the server's clock, not on a skewed local one
  *                   {type:"rest", prices:[...]}
  */
 (function (root) {
@@ -69,11 +74,33 @@
         try { data = JSON.parse(e.data); } catch (err) { return; }
         var msg = { type: "update", kind: kind, data: data };
         self.latest[data.pair] = msg;
+        delete self.latest["stale " + data.pair];
         self.emit(msg);
       };
     };
     es.addEventListener("snapshot", onEvent("snapshot"));
     es.addEventListener("price", onEvent("price"));
+    es.addEventListener("stale", function (e) {
+      if (self.es !== es) return;
+      var data;
+      try { data = JSON.parse(e.data); } catch (err) { return; }
+      var msg = { type: "stale", data: data };
+      self.latest["stale " + data.pair] = msg;
+      self.emit(msg);
+    });
+    es.addEventListener("clock", function (e) {
+      if (self.es !== es) return;
+      var data;
+      try { data = JSON.parse(e.data); } catch (err) { return; }
+      if (typeof data.server_ms !== "number") return;
+      // A clock event can only arrive late: the largest of the recent offsets is the
+      // least delayed one.
+      self.clockSamples = (self.clockSamples || []).concat([data.server_ms - Date.now()]);
+      if (self.clockSamples.length > 8) self.clockSamples.shift();
+      var msg = { type: "clock", offsetMs: Math.max.apply(null, self.clockSamples) };
+      self.latest["clock"] = msg;
+      self.emit(msg);
+    });
     es.onerror = function () {
       if (self.es !== es) return;
       if (es.readyState === 2) { // CLOSED: the browser gave up; make a new one later
