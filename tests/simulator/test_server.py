@@ -65,6 +65,9 @@ async def test_set_fault_from_code_shows_in_state(sim: Simulator) -> None:
             "refuse": False,
             "rest429": False,
             "rest500": True,
+            "rest418": False,
+            "clock_skew_ms": 0,
+            "feed_delay_ms": 0,
         }
         assert (await get(session, sim.rest_url + "/api/v3/ping"))[0] == 500
         sim.set_fault(clear=True)
