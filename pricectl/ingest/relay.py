@@ -371,7 +371,7 @@ class Relay:
         while True:
             self._wake.clear()
             now = self._clock()
-            cascade.ws_state(self._ws_usable(), now)
+            cascade.ws_state(self.ws.healthy, now, self.ws.down_pairs())
             self._note_sources(now)
             due = cascade.rest_due(now)
             if due:
@@ -393,12 +393,9 @@ class Relay:
 
     # -- the three sources ---------------------------------------------------------------
 
-    def _ws_usable(self) -> bool:
-        return self.ws.connected and self.ws.healthy
-
     async def _on_ws_batch(self, updates: list[PriceUpdate]) -> None:
         now = self._clock()
-        self.cascade.ws_state(self._ws_usable(), now)
+        self.cascade.ws_state(self.ws.healthy, now, self.ws.down_pairs())
         known = self.cascade.known
         limit_ms = self.cascade.stale_after * 1000.0
         wall_ms = time.time_ns() / 1e6
