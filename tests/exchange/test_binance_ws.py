@@ -441,3 +441,29 @@ async def test_a_refused_stream_is_retried_and_does_not_hold_back_the_others(
         status = ws.status()
     assert status["control_errors"] == ws.control_errors
     assert status["streams_subscribed"] == 4 and status["streams_wanted"] == 5
+
+
+async def test_each_connection_is_replaced_make_before_break_on_its_own(
+    start_sim: Callable[..., Awaitable[Simulator]],
+):
+    """One stream per connection: both connections cross their age limit and a
+    serverShutdown make-before-break, each carrying its own stream; no trade lost or twice."""
+    sim = await start_sim(trade_rate=40.0)
+    settings = fast_settings(sim, stream="aggTrade", max_connection_age=0.8)
+    settings = replace(settings, exchange=replace(settings.exchange, streams_per_connection=1))
+    got = Collector()
+    ws = ws_for(settings, got)
+    async with Running(ws):
+        await until(lambda: ws.reconnects >= 4, 10, "two replacements of each connection")
+        sim.server_shutdown(0.5)
+        count = got.count()
+        await until(lambda: got.count() >= count + 20, 5, "trades after the switches")
+        await until(lambda: sim.connections == 2, 5, "old connections closed")
+        assert per_connection(sim) == {
+            frozenset({"btcusdt@aggTrade"}),
+            frozenset({"ethusdt@aggTrade"}),
+        }
+        assert {c["shard"] for c in ws.connections()} == {0, 1}
+    assert ws.duplicates > 0
+    for pair in ("BTC/USD", "ETH/USD"):
+        assert_consecutive(got.by_pair[pair])

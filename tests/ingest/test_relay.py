@@ -487,7 +487,13 @@ async def test_set_pairs_adds_a_pair_with_a_rest_snapshot_first(start_sim: Start
         assert h.relay.active_pairs == ("BTC/USD", "SOL/USD")
         assert sim_streams(sim) == {"btcusdt@ticker", "solusdt@ticker"}
         assert sim.stats.total_connects == 1
-        assert h.relay.status()["pairs"]["SOL/USD"]["source"] == "ws"
+        status = h.relay.status()
+        assert status["pairs"]["SOL/USD"]["source"] == "ws"
+        assert status["pairs_active"] == 2 and status["pairs_added"] == 1
+        assert status["time_to_first_update_ms"]["count"] == 1
+        assert status["time_to_live_ms"]["count"] == 1
+        first_ms = status["time_to_first_update_ms"]["p50"]
+        assert 0 <= first_ms <= status["time_to_live_ms"]["p50"]
         controls = sim.stats.control_messages
         h.relay.set_pairs(pair_map(settings, "BTC/USD", "SOL/USD"))
         n = h.rec.count("ws")
