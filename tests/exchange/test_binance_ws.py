@@ -138,8 +138,8 @@ async def test_pairs_stream_on_one_connection(sim: Simulator):
         assert sim.connections == 1
         assert ws.connected and ws.healthy
         status = ws.status()
-    assert status["breaker"] == "closed" and status["reconnects"] == 0
-    assert status["last_frame_age"] is not None and status["last_frame_age"] < 1.0
+    assert status.breaker == "closed" and status.reconnects == 0
+    assert status.last_frame_age is not None and status.last_frame_age < 1.0
     u = got.by_pair["BTC/USD"][-1]
     assert u.symbol == "BTCUSDT" and u.source == "ws" and isinstance(u.price, str)
     assert u.bid is not None and u.change_pct is not None
@@ -196,7 +196,7 @@ async def test_garbage_frames_are_skipped_and_counted(sim: Simulator):
     skips = ws.skips
     assert {"invalid_json", "unknown_event", "missing_field"} <= set(skips)
     assert ws.reconnects == 0
-    assert ws.status()["skips"] == skips
+    assert ws.status().skips == skips
 
 
 async def test_pongs_keep_the_connection_alive(start_sim: Callable[..., Awaitable[Simulator]]):
@@ -387,8 +387,7 @@ async def test_shards_unsubscribe_retire_and_come_back_with_their_own_streams(
         await until(lambda: sim.connections == 2, 10, "the empty shard's connection closed")
         await until(
             lambda: (
-                len(ws.subscribed_pairs()) == 120
-                and not any(c["pending"] for c in ws.connections())
+                len(ws.subscribed_pairs()) == 120 and not any(c.pending for c in ws.connections())
             ),
             10,
             "UNSUBSCRIBE confirmed",
@@ -439,8 +438,8 @@ async def test_a_refused_stream_is_retried_and_does_not_hold_back_the_others(
         assert "NOPE/USD" not in ws.subscribed_pairs()
         assert ws.control_errors >= 2 and sim.stats.control_errors == ws.control_errors
         status = ws.status()
-    assert status["control_errors"] == ws.control_errors
-    assert status["streams_subscribed"] == 4 and status["streams_wanted"] == 5
+    assert status.control_errors == ws.control_errors
+    assert status.streams_subscribed == 4 and status.streams_wanted == 5
 
 
 async def test_each_connection_is_replaced_make_before_break_on_its_own(
@@ -463,7 +462,7 @@ async def test_each_connection_is_replaced_make_before_break_on_its_own(
             frozenset({"btcusdt@aggTrade"}),
             frozenset({"ethusdt@aggTrade"}),
         }
-        assert {c["shard"] for c in ws.connections()} == {0, 1}
+        assert {c.shard for c in ws.connections()} == {0, 1}
     assert ws.duplicates > 0
     for pair in ("BTC/USD", "ETH/USD"):
         assert_consecutive(got.by_pair[pair])
