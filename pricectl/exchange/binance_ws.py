@@ -269,7 +269,8 @@ class BinanceWS:
     ``on_state`` is called (synchronously) whenever a connection comes or goes, the
     breaker moves, or the exchange confirms a change of streams, so a relay can re-decide
     its sources at once. ``clock`` (monotonic seconds) and ``rand`` (backoff jitter) are
-    injectable.
+    injectable, and so are ``reply_timeout`` and ``retry_initial`` (seconds a control
+    request waits for its reply; the first wait before one is sent again).
     """
 
     def __init__(
@@ -284,6 +285,8 @@ class BinanceWS:
         on_state: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        reply_timeout: float = REPLY_TIMEOUT_S,
+        retry_initial: float = RETRY_INITIAL_S,
     ) -> None:
         self.kind: str = exchange.stream
         self.base_url = exchange.ws_url
@@ -300,9 +303,9 @@ class BinanceWS:
             streams_per_message=STREAMS_PER_MESSAGE,
             message_bytes=MESSAGE_BYTES,
             url_chars=URL_STREAM_CHARS,
-            reply_timeout=REPLY_TIMEOUT_S,
-            retry_initial=RETRY_INITIAL_S,
-            retry_max=RETRY_MAX_S,
+            reply_timeout=reply_timeout,
+            retry_initial=retry_initial,
+            retry_max=max(RETRY_MAX_S, retry_initial),
         )
         self._idle_timeout = idle_timeout
         self._connect_timeout = exchange.connect_timeout
@@ -605,7 +608,7 @@ class BinanceWS:
         messages = math.ceil(plan.missing(conn.id) / plan.streams_per_message)
         return (
             self._idle_timeout
-            + REPLY_TIMEOUT_S
+            + plan.reply_timeout
             + messages * (1.0 + SEND_SLACK_S) / max(1, plan.control_limit)
         )
 

@@ -466,3 +466,41 @@ async def test_each_connection_is_replaced_make_before_break_on_its_own(
     assert ws.duplicates > 0
     for pair in ("BTC/USD", "ETH/USD"):
         assert_consecutive(got.by_pair[pair])
+
+
+async def test_an_unanswered_request_times_out_and_is_sent_again_smaller(
+    start_sim: Callable[..., Awaitable[Simulator]],
+):
+    """An exchange that drops control frames over 600 bytes unanswered (as Spot was seen
+    to past 4,096): the missing reply is a failure after reply_timeout, never assumed to
+    have worked; the streams go again in smaller messages until every one is confirmed."""
+    sim = await start_sim(ticker_interval=0.5, all_trading=True, max_control_bytes=600)
+    settings = fast_settings(sim)
+    settings = replace(
+        settings,
+        resilience=replace(
+            settings.resilience, heartbeat=HeartbeatPolicy(idle_timeout=3.0, stale_after=3.0)
+        ),
+    )
+    aliases = settings.quote_aliases
+    pairs = listed(200, aliases)
+    res = settings.resilience
+    got = Collector()
+    ws = BinanceWS(
+        settings.exchange,
+        settings.pair_map,
+        got,
+        backoff=res.backoff,
+        breaker=res.breaker,
+        idle_timeout=res.heartbeat.idle_timeout,
+        reply_timeout=0.3,
+        retry_initial=0.2,
+    )
+    async with Running(ws):
+        ws.set_pairs(PairMap.build(pairs, aliases))
+        await until(lambda: ws.control_errors >= 1, 10, "the first request to time out")
+        assert len(ws.subscribed_pairs()) < 200
+        await until(lambda: len(ws.subscribed_pairs()) == 200, 20, "every stream confirmed")
+        assert sim.stats.control_ignored >= 1 and ws.control_errors == sim.stats.control_ignored
+        assert sim.stats.cut_rate_limit == 0 and sim.connections == 1
+        assert len(sim.state()["subscriptions"][0]) == 200
