@@ -397,8 +397,9 @@ async def test_shards_unsubscribe_retire_and_come_back_with_their_own_streams(
             for p in pairs[:100] + pairs[200:220]
         }
         assert {s for sub in sim.state()["subscriptions"] for s in sub} == kept
-        fed = {sym.lower() + "@ticker" for sym in sim._ws.fed_symbols()}
-        assert fed <= kept
+        # The walk advances only the kept symbols (and the two it always walks).
+        symbols = {s.partition("@")[0].upper() for s in kept} | {"BTCUSDT", "ETHUSDT"}
+        assert sim.state()["walking"] == len(symbols)
         n = got.count(pairs[120])
 
         # A drop: each connection comes back carrying its own shard's streams.
