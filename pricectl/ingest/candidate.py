@@ -263,30 +263,28 @@ class Ingest:
     async def _report(self) -> None:
         while True:
             await asyncio.sleep(STATUS_EVERY)
-            st = self.status()
-            if st.role == "leader":
-                relay = st.relay
-                log.info(
-                    "ingest status: leader epoch %s since %s, published %s %s, "
-                    "renew latency %s, renew failures %s",
-                    st.leader.epoch,
-                    time.strftime("%H:%M:%S", time.localtime(st.leader.since or 0)),
-                    relay.published if relay is not None else None,
-                    dict(relay.published_by_source) if relay is not None else None,
-                    _ms(st.leader.last_renew_latency),
-                    st.leader.renew_failures,
-                )
-            else:
-                log.info(
-                    "ingest status: standby, leader epoch %s, %d updates followed, "
-                    "%d resyncs, redis %s",
-                    st.followed_epoch,
-                    self.followed,
-                    self.resyncs,
-                    "connected" if self.bus.connected else "unreachable",
-                )
+            log.info("%s", self.status_line())
 
     # --- observability -----------------------------------------------------------------
+
+    def status_line(self) -> str:
+        """The ``ingest status:`` line logged every :data:`STATUS_EVERY` seconds."""
+        st = self.status()
+        if st.role == "leader":
+            relay = st.relay
+            return (
+                f"ingest status: leader epoch {st.leader.epoch} since "
+                f"{time.strftime('%H:%M:%S', time.localtime(st.leader.since or 0))}, "
+                f"published {relay.published if relay is not None else None} "
+                f"{dict(relay.published_by_source) if relay is not None else None}, "
+                f"renew latency {_ms(st.leader.last_renew_latency)}, "
+                f"renew failures {st.leader.renew_failures}"
+            )
+        return (
+            f"ingest status: standby, leader epoch {st.followed_epoch}, "
+            f"{st.followed} updates followed, {st.resyncs} resyncs, "
+            f"redis {'connected' if st.bus_connected else 'unreachable'}"
+        )
 
     def status(self) -> IngestStatus:
         """Leadership, bus and relay state."""
