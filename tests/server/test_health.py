@@ -65,6 +65,13 @@ UPSTREAM_KEYS = [
     "publish_errors",
     "late_updates",
     "exchange_clock_offset_ms",
+    "pairs_served",
+    "pairs_active",
+    "pairs_added",
+    "pairs_removed",
+    "snapshots_missed",
+    "time_to_first_update_ms",
+    "time_to_live_ms",
     "exchange",
     "state",
     "breaker",
@@ -84,6 +91,12 @@ WS_KEYS = [
     "last_disconnect",
     "parsed",
     "skips",
+    "streams_wanted",
+    "streams_subscribed",
+    "connections",
+    "control_messages",
+    "control_messages_per_s",
+    "control_errors",
 ]
 REST_KEYS = [
     "weight_used",
@@ -124,6 +137,10 @@ async def test_health_upstream_of_the_embedded_relay_keeps_its_wire_shape(tmp_pa
     assert up["breaker"] == up["ws"]["breaker"] == "closed"
     assert up["last_frame_age_s"] == up["ws"]["last_frame_age"]
     assert up["parser_skips"] == up["ws"]["skips"]
+    assert up["ws"]["streams_subscribed"] == up["ws"]["streams_wanted"] == up["pairs_active"]
+    (conn,) = up["ws"]["connections"]
+    assert conn["role"] == "active" and conn["streams"] == up["pairs_active"]
+    assert up["time_to_live_ms"] == {"count": 0, "p50": None, "p99": None, "max": None}
     for feed in up["pairs"].values():
         assert list(feed)[:4] == ["source", "stale", "age", "seq"] and feed["source"] == "ws"
     assert set(up["published_by_source"]) == {"ws", "rest", "cache"}
