@@ -45,6 +45,7 @@ from pricectl.config import Settings, redact_url
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import ConfigError, FeedError, FencedError, UsageError
 from pricectl.exchange.binance_rest import BinanceRest
+from pricectl.exchange.offline import say_if_offline
 from pricectl.ingest.relay import Relay, lead
 from pricectl.ingest.stacks import log_tasks
 
@@ -55,6 +56,12 @@ log = logging.getLogger("pricectl.ingest")
 #: Seconds between two ``ingest status:`` log lines: often enough to read the state of a
 #: quiet standby from its log, rare enough not to drown anything else.
 STATUS_EVERY = 60.0
+
+#: What an ingest with no network is told, once, when the exchange does not resolve.
+OFFLINE_HINT = (
+    "no network? `pricectl simulate` runs a local exchange; point BINANCE_WS_URL and "
+    "BINANCE_REST_URL (exchange.ws_url, exchange.rest_url) at the URLs it prints"
+)
 
 #: Seconds a SIGTERM/SIGINT stop may take before the process exits regardless: ingest
 #: has no clients to drain, so this is the whole bound.
@@ -135,6 +142,10 @@ class Ingest:
                     tg.create_task(self._follow(), name="ingest-follow"),
                     tg.create_task(self._report(), name="ingest-status"),
                     tg.create_task(self._check_pairs(), name="ingest-check-pairs"),
+                    tg.create_task(
+                        say_if_offline(self.settings.exchange, OFFLINE_HINT, log),
+                        name="ingest-offline-check",
+                    ),
                 ]
                 await stop.wait()
                 log.info("ingest: stopping; releasing the lease if held")

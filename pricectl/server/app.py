@@ -44,6 +44,7 @@ from pricectl.bus.base import Bus
 from pricectl.config import Settings, redact_url
 from pricectl.core.api import STREAM_PATH
 from pricectl.errors import PricectlError, UsageError
+from pricectl.exchange.offline import say_if_offline
 from pricectl.logs import escape
 from pricectl.server import descriptors, watchdog
 from pricectl.server.connections import (
@@ -514,30 +515,6 @@ async def _start_simulator(settings: Settings, stack: contextlib.AsyncExitStack)
 OFFLINE_HINT = "no network? `pricectl serve --simulate` runs a local exchange"
 
 
-async def _say_if_offline(settings: Settings) -> None:
-    """Resolve the exchange's hosts once; when one does not resolve, say so in one plain
-    line with the way out (the relay keeps retrying, paced by its backoff)."""
-    from urllib.parse import urlsplit
-
-    loop = asyncio.get_running_loop()
-    hosts: list[str] = []
-    for url in (settings.exchange.ws_url, settings.exchange.rest_url):
-        try:
-            host = urlsplit(url).hostname
-        except ValueError:
-            continue
-        if host and host not in hosts:
-            hosts.append(host)
-    for host in hosts:
-        try:
-            await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        except socket.gaierror:
-            log.warning("cannot resolve %s: %s", host, OFFLINE_HINT)
-            return
-        except OSError:
-            return
-
-
 async def _embedded_relay(
     settings: Settings, bus: Bus, holder: _RelayStatus, simulate: bool
 ) -> None:
@@ -551,7 +528,10 @@ async def _embedded_relay(
 
     async with asyncio.TaskGroup() as tg:
         if not simulate:
-            tg.create_task(_say_if_offline(settings), name="pricectl-offline-check")
+            tg.create_task(
+                say_if_offline(settings.exchange, OFFLINE_HINT, log),
+                name="pricectl-offline-check",
+            )
         tg.create_task(_guard_relay(run_embedded(settings, bus, on_relay=holder.set)))
 
 

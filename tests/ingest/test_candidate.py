@@ -612,3 +612,33 @@ async def test_sigterm_with_redis_frozen_exits_within_five_seconds(
         log = s.cluster.log(p)
         assert code == 0 or (code == 1 and "graceful stop did not finish within 5s" in log), log
         print(f"exit {code} after {took:.2f}s")
+
+
+async def test_an_unresolvable_exchange_is_said_once_with_the_way_out(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """ingest against an exchange host that does not resolve writes one plain line saying
+    so and naming `pricectl simulate`, and stays a candidate (it still wins the lease)."""
+    env = child_env(
+        {
+            "REDIS_URL": redis_server.url,
+            "BINANCE_WS_URL": "wss://stream.binance.invalid:9443",
+            "BINANCE_REST_URL": "https://api.binance.invalid",
+            "PRICECTL_PAIRS": ",".join(PAIRS),
+            "PRICECTL_EXCHANGE__CHECK_SYMBOLS": "false",
+            "LOG_LEVEL": "info",
+        }
+    )
+    cluster = Cluster(tmp_path, env)
+    try:
+        (p,) = cluster.start(1)
+        hint = (
+            "cannot resolve stream.binance.invalid: no network? `pricectl simulate` runs "
+            "a local exchange"
+        )
+        await until(lambda: hint in cluster.log(p), 20, "the offline hint")
+        await until(lambda: "elected leader" in cluster.log(p), 20, "the lease won anyway")
+        assert p.poll() is None
+        assert cluster.log(p).count("no network?") == 1
+    finally:
+        cluster.kill_all()
