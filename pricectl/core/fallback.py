@@ -106,7 +106,8 @@ class FallbackPolicy:
 
 
 class Cascade:
-    """The per-pair source decision for a fixed set of pairs; see the module docstring."""
+    """The per-pair source decision for a set of pairs (changed with :meth:`set_pairs`);
+    see the module docstring."""
 
     def __init__(
         self,
@@ -136,6 +137,11 @@ class Cascade:
         return self._ws_healthy
 
     @property
+    def known(self) -> frozenset[str]:
+        """The tracked pairs, as a set (for membership tests on a hot path)."""
+        return self._known
+
+    @property
     def rest_failures(self) -> int:
         """Consecutive failed REST polls (reset by any success)."""
         return self._rest_failures
@@ -148,6 +154,31 @@ class Cascade:
     def sources(self, now: float) -> dict[str, Source]:
         """Every pair's source at ``now`` (for ``/health``)."""
         return {p: self.source(p, now) for p in self.pairs}
+
+    # -- the tracked pairs -----------------------------------------------------------------
+
+    def set_pairs(self, pairs: Iterable[str], now: float) -> tuple[list[str], list[str]]:
+        """Track exactly ``pairs`` from ``now`` on; ``(added, removed)``, each in order.
+
+        Pairs kept keep their state. A removed pair's state is forgotten (added again
+        later, it starts afresh). An added pair counts as polled at ``now``: the caller
+        fetches its snapshot itself, so its first REST poll is due one
+        ``rest_poll_interval`` later, not at once.
+        """
+        wanted = tuple(dict.fromkeys(pairs))
+        keep = frozenset(wanted)
+        added = [p for p in wanted if p not in self._known]
+        removed = [p for p in self.pairs if p not in keep]
+        for p in removed:
+            self._ws_last.pop(p, None)
+            self._polled_at.pop(p, None)
+            self._cached_at.pop(p, None)
+            self._fresh.forget(p)
+        for p in added:
+            self._polled_at[p] = now
+        self.pairs = wanted
+        self._known = keep
+        return added, removed
 
     # -- events --------------------------------------------------------------------------
 

@@ -22,8 +22,8 @@ What this adapter does, and which core piece decides (``pricectl.core``):
   each pair only passes updates whose ``order_key`` (event time, trade id or book update
   id) is strictly newer than the last one delivered: the switch loses nothing and
   duplicates nothing.
-- :meth:`BinanceWS.add_pairs` / :meth:`BinanceWS.remove_pairs` send SUBSCRIBE /
-  UNSUBSCRIBE on the live connection.
+- :meth:`BinanceWS.set_pairs` changes the pairs at run time: UNSUBSCRIBE / SUBSCRIBE
+  on the live connection, in batches.
 
 Updates are delivered in batches through ``on_batch``: whatever arrived while the
 previous batch was being handled goes out together, so the bus can pipeline a batch.
@@ -36,7 +36,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -75,6 +75,10 @@ CONNECT_WINDOW_S = 300.0
 #: delayed in the network must not land in the same second as the next one.
 SEND_SLACK_S = 0.25
 
+#: Streams in one SUBSCRIBE/UNSUBSCRIBE: Binance documents no bound, but large
+#: requests are reported to go unanswered.
+STREAMS_PER_MESSAGE = 100
+
 #: Parser counter keys that are not skips (see pricectl.core.binance).
 _NOT_SKIPS = ("parsed:", "control", "shutdown")
 
@@ -84,10 +88,23 @@ _ids = itertools.count(1)
 class _Conn:
     """One open WebSocket and what we know about it."""
 
-    __slots__ = ("closed_reason", "got_data", "id", "idle", "opened_at", "shutdown", "ws")
+    __slots__ = (
+        "closed_reason",
+        "got_data",
+        "id",
+        "idle",
+        "opened_at",
+        "shutdown",
+        "subscribed",
+        "ws",
+    )
 
-    def __init__(self, ws: ClientConnection, opened_at: float, idle_timeout: float) -> None:
+    def __init__(
+        self, ws: ClientConnection, opened_at: float, idle_timeout: float, streams: list[str]
+    ) -> None:
         self.id = next(_ids)
+        #: The streams this connection carries (its URL's, then those subscribed).
+        self.subscribed: set[str] = set(streams)
         self.ws = ws
         self.opened_at = opened_at
         self.idle = IdleDetector(idle_timeout)
@@ -126,8 +143,13 @@ class BinanceWS:
     ) -> None:
         self.kind: str = exchange.stream
         self.base_url = exchange.ws_url
+        #: The pairs asked for (:meth:`set_pairs`), and those parsed: the same, plus any a
+        #: live connection still carries until its UNSUBSCRIBE went out.
+        self._want = pair_map
         self._pair_map = pair_map
+        self._stream_pairs = {pair_map.stream_for(p, self.kind): p for p in pair_map.pairs}
         self.parser = FrameParser(self._pair_map, self.kind)
+        self._control_wake = asyncio.Event()
         self._on_batch = on_batch
         self._on_state = on_state
         self._clock = clock
@@ -165,8 +187,8 @@ class BinanceWS:
 
     @property
     def pairs(self) -> tuple[str, ...]:
-        """The pairs this connection carries now."""
-        return self._pair_map.pairs
+        """The pairs asked for (:meth:`set_pairs`)."""
+        return self._want.pairs
 
     @property
     def connected(self) -> bool:
@@ -224,6 +246,7 @@ class BinanceWS:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 tg.create_task(self._deliver(), name="ws-deliver")
+                tg.create_task(self._control_loop(), name="ws-control")
                 await self._supervise()
         finally:
             self._tg = None
@@ -348,7 +371,8 @@ class BinanceWS:
                 continue
             self._connects.try_acquire(now)
             self.connect_attempts += 1
-            url = combined_url(self.base_url, self._streams())
+            streams = self._streams()
+            url = combined_url(self.base_url, streams)
             try:
                 ws = await connect(
                     url,
@@ -376,7 +400,7 @@ class BinanceWS:
             now = self._clock()
             self.breaker.record_success(now)
             self.backoff.connected(now)
-            conn = _Conn(ws, now, self._idle_timeout)
+            conn = _Conn(ws, now, self._idle_timeout, streams)
             if self._ever_connected:
                 self.reconnects += 1
             self._ever_connected = True
@@ -386,13 +410,15 @@ class BinanceWS:
                 "ws: connected #%d to %s (%d %s streams)",
                 conn.id,
                 self.base_url,
-                len(self._pair_map.pairs),
+                len(streams),
                 self.kind,
             )
+            # Pairs may have changed while the handshake was out.
+            self._control_wake.set()
             return conn
 
     def _streams(self) -> list[str]:
-        return [self._pair_map.stream_for(p, self.kind) for p in self._pair_map.pairs]
+        return [self._want.stream_for(p, self.kind) for p in self._want.pairs]
 
     def _close_soon(self, conn: _Conn, reason: str) -> None:
         """Close ``conn`` in the background (a stalled server may never answer the close)."""
@@ -417,7 +443,7 @@ class BinanceWS:
                 now = self._clock()
                 conn.idle.seen(now)
                 self.last_frame_at = now
-                # self.parser, not a local: add_pairs/remove_pairs swap it at run time.
+                # self.parser, not a local: set_pairs swaps it at run time.
                 self._handle(conn, self.parser.parse(text, time.time_ns()), now)
             reason = f"closed by the server ({_close_info(conn.ws)})"
         except ConnectionClosed as exc:
@@ -466,40 +492,77 @@ class BinanceWS:
 
     # -- run-time pair changes -----------------------------------------------------------
 
-    async def add_pairs(self, pairs: Iterable[str]) -> list[str]:
-        """Start streaming ``pairs`` too (SUBSCRIBE on the live connection); the new ones."""
-        new = [p for p in PairMap.build(pairs, self._pair_map.aliases).pairs if p not in self.pairs]
-        if not new:
-            return []
-        self._set_pairs(self.pairs + tuple(new))
-        await self._control("SUBSCRIBE", [self._pair_map.stream_for(p, self.kind) for p in new])
-        return new
+    def set_pairs(self, pair_map: PairMap) -> None:
+        """Stream exactly the pairs of ``pair_map`` from now on (synchronous, idempotent).
 
-    async def remove_pairs(self, pairs: Iterable[str]) -> list[str]:
-        """Stop streaming ``pairs`` (UNSUBSCRIBE on the live connection); those removed."""
-        gone = [p for p in PairMap.build(pairs, self._pair_map.aliases).pairs if p in self.pairs]
-        if not gone:
-            return []
-        streams = [self._pair_map.stream_for(p, self.kind) for p in gone]
-        self._set_pairs(tuple(p for p in self.pairs if p not in gone))
-        for p in gone:
-            self._last_key.pop(p, None)
-        await self._control("UNSUBSCRIBE", streams)
-        return gone
+        The live connections are brought there in the background: UNSUBSCRIBE for the
+        pairs that left, SUBSCRIBE for those that came, in batches of at most
+        :data:`STREAMS_PER_MESSAGE` streams; a connection opened later carries the new
+        set. :meth:`subscribed_pairs` says what the exchange carries now.
+        """
+        self._want = pair_map
+        self._refresh_parser()
+        self._control_wake.set()
 
-    def _set_pairs(self, pairs: tuple[str, ...]) -> None:
-        counts = self.parser.counts
-        self._pair_map = PairMap.build(pairs, self._pair_map.aliases)
-        self.parser = FrameParser(self._pair_map, self.kind)
-        self.parser.counts = counts
+    def subscribed_pairs(self) -> tuple[str, ...]:
+        """The wanted pairs the current connection carries now (in the wanted order)."""
+        conn = self._active
+        if conn is None or conn.closed_reason is not None:
+            return ()
+        subscribed = conn.subscribed
+        kind = self.kind
+        return tuple(p for p in self._want.pairs if self._want.stream_for(p, kind) in subscribed)
 
-    async def _control(self, method: str, streams: list[str]) -> None:
-        """Send one control request on every open connection (a new one uses the new URL)."""
+    def _refresh_parser(self) -> None:
+        """Parse the wanted pairs and any a live connection still carries."""
+        pairs = list(self._want.pairs)
+        seen = set(pairs)
         for conn in (self._active, self._candidate):
-            if conn is None or conn.closed_reason is not None:
+            if conn is None:
                 continue
-            await self.send(conn.ws, subscribe_message(method, streams, next(self._request_ids)))
-            log.info("ws: %s %s on #%d", method, ",".join(streams), conn.id)
+            for stream in conn.subscribed:
+                pair = self._stream_pairs.get(stream)
+                if pair is not None and pair not in seen:
+                    seen.add(pair)
+                    pairs.append(pair)
+        kind = self.kind
+        self._stream_pairs = {self._want.stream_for(p, kind): p for p in pairs}
+        if pairs != list(self._pair_map.pairs):
+            counts = self.parser.counts
+            self._pair_map = PairMap.build(pairs, self._want.aliases)
+            self.parser = FrameParser(self._pair_map, kind)
+            self.parser.counts = counts
+        for pair in list(self._last_key):
+            if pair not in seen:
+                del self._last_key[pair]
+
+    async def _control_loop(self) -> None:
+        """Keep every open connection's streams equal to the wanted ones."""
+        while True:
+            await self._control_wake.wait()
+            self._control_wake.clear()
+            want = set(self._streams())
+            for conn in (self._active, self._candidate):
+                if conn is None or conn.closed_reason is not None:
+                    continue
+                gone = [s for s in conn.subscribed if s not in want]
+                new = [s for s in self._streams() if s not in conn.subscribed]
+                for method, streams in (("UNSUBSCRIBE", gone), ("SUBSCRIBE", new)):
+                    for i in range(0, len(streams), STREAMS_PER_MESSAGE):
+                        batch = streams[i : i + STREAMS_PER_MESSAGE]
+                        await self._control(conn, method, batch)
+            self._refresh_parser()
+
+    async def _control(self, conn: _Conn, method: str, streams: list[str]) -> None:
+        """Send one control request on ``conn``."""
+        if conn.closed_reason is not None:
+            return
+        await self.send(conn.ws, subscribe_message(method, streams, next(self._request_ids)))
+        if method == "SUBSCRIBE":
+            conn.subscribed.update(streams)
+        else:
+            conn.subscribed.difference_update(streams)
+        log.info("ws: %s %d streams on #%d", method, len(streams), conn.id)
 
     async def send(self, ws: ClientConnection, text: str) -> None:
         """Send one message, never more than ``exchange.max_messages_per_second``."""

@@ -76,6 +76,13 @@ CLOCK_EVERY = 60.0
 #: a dead or frozen leader by them: DESIGN 3.6).
 HEARTBEAT_EVERY = 1.0
 
+#: Symbols per REST price request: Binance weighs ``ticker/24hr`` 2 for up to 20
+#: symbols and 40 for up to 100, so small requests cost the least weight per pair.
+REST_CHUNK = 20
+
+#: REST price requests in flight at once (a snapshot of many new pairs).
+REST_PARALLEL = 4
+
 #: Asked before each publish: None to go ahead, or why this process must not publish.
 Guard = Callable[[], str | None]
 
@@ -114,13 +121,19 @@ class Relay:
         self.held_back = 0
         #: True once the pairs were checked against exchangeInfo (by this term or before).
         self.validated = False
-        self.pairs = pair_map.pairs
         self.resilience = resilience
         self.cascade = Cascade(
-            self.pairs, resilience.fallback, stale_after=resilience.heartbeat.stale_after
+            pair_map.pairs, resilience.fallback, stale_after=resilience.heartbeat.stale_after
         )
         self._clock = clock
         self._wake = asyncio.Event()
+        #: The pairs asked for by :meth:`set_pairs` (the cascade follows in the background).
+        self._target = pair_map
+        self._reconcile_wake = asyncio.Event()
+        #: Pairs added / removed at run time, and those whose snapshot REST could not give.
+        self.pairs_added = 0
+        self.pairs_removed = 0
+        self.snapshots_missed = 0
         self.ws = BinanceWS(
             exchange,
             pair_map,
@@ -142,6 +155,117 @@ class Relay:
         self.publish_errors = 0
         self.by_source: dict[str, int] = {"ws": 0, "rest": 0, "cache": 0}
 
+    # -- the pairs -----------------------------------------------------------------------
+
+    @property
+    def pairs(self) -> tuple[str, ...]:
+        """The pairs the relay serves now (the cascade's; :meth:`set_pairs` changes them)."""
+        return self.cascade.pairs
+
+    @property
+    def active_pairs(self) -> tuple[str, ...]:
+        """The pairs subscribed on the exchange WebSocket now."""
+        return self.ws.subscribed_pairs()
+
+    def set_pairs(self, pair_map: PairMap) -> None:
+        """Serve exactly the pairs of ``pair_map`` from now on (synchronous, idempotent).
+
+        The relay reconciles in the background while :meth:`run` runs. Pairs added get a
+        REST snapshot first (fetched together, in requests of :data:`REST_CHUNK` symbols
+        within the weight budget) and published, then go live on the WebSocket
+        (SUBSCRIBE); from then on the cascade serves them like any other. Pairs removed
+        leave the cascade, are UNSUBSCRIBEd, and their last value is published once more
+        marked ``stale`` (``source: cache``), so every consumer's snapshot keeps the price
+        and knows it is no longer live. Calling it again with the same pairs does nothing.
+        """
+        self._target = pair_map
+        self._reconcile_wake.set()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self._reconcile_wake.wait()
+            self._reconcile_wake.clear()
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
+        """Bring the cascade and the WebSocket to the last :meth:`set_pairs`."""
+        target = self._target
+        now = self._clock()
+        added, removed = self.cascade.set_pairs(target.pairs, now)
+        if not added and not removed:
+            self.ws.set_pairs(target)
+            return
+        for p in removed:
+            self._shown.pop(p, None)
+        self.pairs_added += len(added)
+        self.pairs_removed += len(removed)
+        log.info(
+            "relay: pairs changed: %d added, %d removed (%d now)",
+            len(added),
+            len(removed),
+            len(target.pairs),
+        )
+        if removed:
+            ingest_ns = time.time_ns()
+            await self._publish(
+                [
+                    replace(self._last[p], source="cache", stale=True, ingest_ns=ingest_ns)
+                    for p in removed
+                    if p in self._last
+                ]
+            )
+        if added:
+            updates, error = await self._fetch_rest(added)
+            now = self._clock()
+            got = set()
+            for u in updates:
+                if u.pair in self.cascade.known:
+                    got.add(u.pair)
+                    self.cascade.rest_success(u.pair, now)
+            await self._publish([u for u in updates if u.pair in got])
+            missed = len(added) - len(got)
+            if missed:
+                self.snapshots_missed += missed
+                log.warning(
+                    "relay: no REST snapshot for %d of %d new pairs (%s); they go live anyway",
+                    missed,
+                    len(added),
+                    error or "not in the response",
+                )
+        self.ws.set_pairs(target)
+        self._wake.set()
+
+    async def _fetch_rest(self, pairs: Sequence[str]) -> tuple[list[PriceUpdate], str | None]:
+        """REST prices of ``pairs`` in requests of :data:`REST_CHUNK` symbols, at most
+        :data:`REST_PARALLEL` at a time; ``(updates, first error)``. A rate limit stops
+        the requests not yet sent (the budget or the exchange said wait)."""
+        chunks = [list(pairs[i : i + REST_CHUNK]) for i in range(0, len(pairs), REST_CHUNK)]
+        out: list[PriceUpdate] = []
+        errors: list[str] = []
+        limited = False
+        gate = asyncio.Semaphore(REST_PARALLEL)
+
+        async def one(chunk: list[str]) -> None:
+            nonlocal limited
+            async with gate:
+                if limited:
+                    return
+                try:
+                    out.extend(await self.rest.fetch_prices(chunk))
+                except RateLimitedError as exc:
+                    limited = True
+                    errors.append(str(exc))
+                except FeedError as exc:
+                    errors.append(str(exc))
+
+        if len(chunks) == 1:
+            await one(chunks[0])
+        else:
+            async with asyncio.TaskGroup() as tg:
+                for chunk in chunks:
+                    tg.create_task(one(chunk))
+        return out, (errors[0] if errors else None)
+
     # -- running -------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -158,6 +282,7 @@ class Relay:
                 tg.create_task(self._cascade_loop(), name="relay-cascade")
                 tg.create_task(self._clock_loop(), name="relay-exchange-clock")
                 tg.create_task(self._heartbeat_loop(), name="relay-heartbeat")
+                tg.create_task(self._reconcile_loop(), name="relay-pairs")
         except BaseExceptionGroup as group:
             raise _unwrap(group) from None
         finally:
@@ -215,14 +340,18 @@ class Relay:
         """Fetch every pair from REST and publish it (a takeover, or start-up); the count.
 
         A failing REST is logged and skipped (the live feed follows anyway); a
-        FencedError propagates.
+        FencedError propagates. Pairs set by :meth:`set_pairs` before are included: a
+        new leader takes the whole set at once.
         """
-        try:
-            updates = await self.rest.fetch_prices()
-        except FeedError as exc:
-            log.warning("relay: REST snapshot failed (%s); going live without it", exc)
-            return 0
+        self.cascade.set_pairs(self._target.pairs, self._clock())
+        self.ws.set_pairs(self._target)
+        updates, error = await self._fetch_rest(self.pairs)
+        if error is not None:
+            log.warning("relay: REST snapshot failed (%s); going live without it", error)
         now = self._clock()
+        updates = [u for u in updates if u.pair in self.cascade.known]
+        if not updates:
+            return 0
         for u in updates:
             self.cascade.rest_success(u.pair, now)
         await self._publish(updates)
@@ -234,7 +363,7 @@ class Relay:
         stage has a price to re-publish, marked stale, if both WS and REST fail right after
         a takeover. Values the relay already has win."""
         for u in updates:
-            if u.pair in self.cascade.pairs:
+            if u.pair in self.cascade.known:
                 self._last.setdefault(u.pair, u)
 
     async def _cascade_loop(self) -> None:
@@ -270,7 +399,7 @@ class Relay:
     async def _on_ws_batch(self, updates: list[PriceUpdate]) -> None:
         now = self._clock()
         self.cascade.ws_state(self._ws_usable(), now)
-        known = self.cascade.pairs
+        known = self.cascade.known
         limit_ms = self.cascade.stale_after * 1000.0
         wall_ms = time.time_ns() / 1e6
         offset = self.exchange_clock
@@ -295,34 +424,50 @@ class Relay:
 
     async def _poll_rest(self, pairs: list[str]) -> None:
         started = self._clock()
-        try:
-            updates = await self.rest.fetch_prices(pairs)
-        except RateLimitedError as exc:
-            self.cascade.rest_failure(started, retry_after=exc.retry_after)
-            self._rlog.warning("rest-limit", "relay: REST polling paused: %s", exc)
-            return
-        except FeedError as exc:
-            self.cascade.rest_failure(started)
-            self._rlog.warning(
-                "rest-fail", "relay: REST poll of %d pairs failed: %s", len(pairs), exc
-            )
-            return
+        if len(pairs) <= REST_CHUNK:
+            try:
+                updates = await self.rest.fetch_prices(pairs)
+            except RateLimitedError as exc:
+                self.cascade.rest_failure(started, retry_after=exc.retry_after)
+                self._rlog.warning("rest-limit", "relay: REST polling paused: %s", exc)
+                return
+            except FeedError as exc:
+                self.cascade.rest_failure(started)
+                self._rlog.warning(
+                    "rest-fail", "relay: REST poll of %d pairs failed: %s", len(pairs), exc
+                )
+                return
+        else:
+            updates, error = await self._fetch_rest(pairs)
+            if error is not None and not updates:
+                self.cascade.rest_failure(started)
+                self._rlog.warning(
+                    "rest-fail", "relay: REST poll of %d pairs failed: %s", len(pairs), error
+                )
+                return
         now = self._clock()
         if not updates:
             self.cascade.rest_failure(started)
             return
-        # A pair that went back to WS while the request was out keeps its live price.
-        fresh = [u for u in updates if self.cascade.source(u.pair, now) is not Source.WS]
+        # A pair that went back to WS while the request was out keeps its live price, and
+        # a pair removed meanwhile is not published.
+        known = self.cascade.known
+        fresh = [
+            u
+            for u in updates
+            if u.pair in known and self.cascade.source(u.pair, now) is not Source.WS
+        ]
         for u in fresh:
             self.cascade.rest_success(u.pair, now)
         await self._publish(fresh)
 
     async def _publish_cache(self, pairs: list[str]) -> None:
         ingest_ns = time.time_ns()
+        known = self.cascade.known
         batch = [
             replace(self._last[p], source="cache", stale=True, ingest_ns=ingest_ns)
             for p in pairs
-            if p in self._last
+            if p in self._last and p in known
         ]
         await self._publish(batch)
 

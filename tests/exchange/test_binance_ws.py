@@ -17,6 +17,7 @@ from pricectl.core.backoff import BackoffPolicy
 from pricectl.core.breaker import BreakerPolicy
 from pricectl.core.fallback import FallbackPolicy
 from pricectl.core.heartbeat import HeartbeatPolicy
+from pricectl.core.pairs import PairMap
 from pricectl.core.ticks import PriceUpdate
 from pricectl.exchange.binance_ws import BatchCallback, BinanceWS
 from pricectl.simulator import Simulator
@@ -263,38 +264,45 @@ async def test_simulator_age_cut_is_crossed_without_gap(
         assert_consecutive(got.by_pair[pair])
 
 
-async def test_add_and_remove_pairs_on_the_live_connection(sim: Simulator):
+async def test_set_pairs_changes_the_streams_on_the_live_connection(sim: Simulator):
     """SUBSCRIBE/UNSUBSCRIBE change the streams without reconnecting."""
     got = Collector()
     settings = replace(fast_settings(sim), pairs=("BTC/USD",))
     ws = ws_for(settings, got)
     async with Running(ws):
         await until(lambda: got.count("BTC/USD") >= 2, 10, "BTC ticks")
-        assert await ws.add_pairs(["SOL/USD"]) == ["SOL/USD"]
+        assert ws.subscribed_pairs() == ("BTC/USD",)
+        ws.set_pairs(PairMap.build(["BTC/USD", "SOL/USD"], settings.quote_aliases))
         await until(lambda: got.count("SOL/USD") >= 2, 5, "SOL ticks after SUBSCRIBE")
-        assert await ws.remove_pairs(["BTC/USD"]) == ["BTC/USD"]
+        ws.set_pairs(PairMap.build(["SOL/USD"], settings.quote_aliases))
         await until(
             lambda: sim.state()["subscriptions"] == [["solusdt@ticker"]], 5, "UNSUBSCRIBE applied"
         )
-        assert ws.pairs == ("SOL/USD",)
+        assert ws.pairs == ("SOL/USD",) and ws.subscribed_pairs() == ("SOL/USD",)
         assert ws.reconnects == 0 and sim.stats.total_connects == 1
 
 
 async def test_outgoing_messages_stay_under_the_rate_limit(sim: Simulator):
-    """Ten SUBSCRIBEs in a row are paced under 5/s: the exchange never cuts us."""
+    """Ten pair changes in a row are paced under 5/s: the exchange never cuts us."""
     got = Collector()
     settings = replace(fast_settings(sim, max_messages_per_second=4.0), pairs=("BTC/USD",))
+    aliases = settings.quote_aliases
     ws = ws_for(settings, got)
     extra = ["ETH/USD", "SOL/USD", "BNB/USD", "XRP/USD", "ADA/USD"]
     async with Running(ws):
         await until(lambda: ws.connected, 10, "connected")
         started = time.monotonic()
         for pair in extra:
-            await ws.add_pairs([pair])
-            await ws.remove_pairs([pair])
+            ws.set_pairs(PairMap.build(["BTC/USD", pair], aliases))
+            await until(lambda: sim.stats.control_messages == ws.messages_sent, 5, "sent")
+            await until(lambda p=pair: ws.subscribed_pairs() == ("BTC/USD", p), 5, "added")
+            ws.set_pairs(PairMap.build(["BTC/USD"], aliases))
+            await until(lambda: ws.subscribed_pairs() == ("BTC/USD",), 5, "removed")
+        await until(lambda: sim.stats.control_messages == 10, 5, "every message received")
         took = time.monotonic() - started
         await until(lambda: got.count("BTC/USD") >= 2, 5, "still streaming")
         assert sim.stats.cut_rate_limit == 0 and ws.reconnects == 0
+        assert sim.stats.peak_messages_per_s <= 4
     assert ws.messages_sent == 10
     # 10 messages at 4 per second cannot take less than 2 full windows.
     assert took >= 2.0

@@ -21,6 +21,7 @@ from pricectl.core.backoff import BackoffPolicy
 from pricectl.core.breaker import BreakerPolicy
 from pricectl.core.fallback import FallbackPolicy
 from pricectl.core.heartbeat import HeartbeatPolicy
+from pricectl.core.pairs import PairMap
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import FencedError, UnknownPairError
 from pricectl.ingest.relay import Relay, run_embedded
@@ -130,15 +131,16 @@ class Recorder:
 class Harness:
     """A memory bus, a recorder on it and a relay running in a task."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, watch: tuple[str, ...] = ()) -> None:
         self.settings = settings
+        self.watch = tuple(dict.fromkeys(settings.pair_map.pairs + watch))
         self.bus = MemoryBus()
         self.fence = self.bus.local_fence()
         self.relay = relay_for(settings, self.bus, self.fence)
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Harness:
-        self.rec = Recorder(self.bus, self.settings.pair_map.pairs)
+        self.rec = Recorder(self.bus, self.watch)
         self.task = asyncio.get_running_loop().create_task(self.relay.run())
         return self
 
@@ -459,3 +461,81 @@ async def test_ws_updates_older_than_stale_after_are_not_live(start_sim: StartSi
             3,
             "the pairs off live ws",
         )
+
+
+def pair_map(settings: Settings, *pairs: str) -> PairMap:
+    return PairMap.build(pairs, settings.quote_aliases)
+
+
+def sim_streams(sim: Simulator) -> set[str]:
+    return {s for conn in sim.state()["subscriptions"] for s in conn}
+
+
+async def test_set_pairs_adds_a_pair_with_a_rest_snapshot_first(start_sim: StartSim):
+    """A pair added at run time: its REST snapshot is published first, then it goes live
+    on the WebSocket by SUBSCRIBE (no new connection); the same call again changes nothing."""
+    sim = await start_sim()
+    settings = sim_settings(sim, pairs=("BTC/USD",))
+    async with Harness(settings, watch=("SOL/USD",)) as h:
+        await until(lambda: h.rec.count("ws") >= 2, 10, "BTC live")
+        assert h.relay.active_pairs == ("BTC/USD",)
+        h.relay.set_pairs(pair_map(settings, "BTC/USD", "SOL/USD"))
+        await until(lambda: any(u.source == "ws" for u in h.rec.by_pair["SOL/USD"]), 5, "SOL live")
+        first = h.rec.by_pair["SOL/USD"][0]
+        assert (first.source, first.seq, first.stale) == ("rest", 1, False)
+        assert h.relay.pairs == ("BTC/USD", "SOL/USD")
+        assert h.relay.active_pairs == ("BTC/USD", "SOL/USD")
+        assert sim_streams(sim) == {"btcusdt@ticker", "solusdt@ticker"}
+        assert sim.stats.total_connects == 1
+        assert h.relay.status()["pairs"]["SOL/USD"]["source"] == "ws"
+        controls = sim.stats.control_messages
+        h.relay.set_pairs(pair_map(settings, "BTC/USD", "SOL/USD"))
+        n = h.rec.count("ws")
+        await until(lambda: h.rec.count("ws") >= n + 4, 5, "more ticks")
+        assert sim.stats.control_messages == controls
+    assert_seq_contiguous(h.rec, h.fence.epoch)
+
+
+async def test_set_pairs_removes_a_pair_keeping_its_last_value_stale(start_sim: StartSim):
+    """A pair removed: UNSUBSCRIBEd, out of the cascade, its last value published once more
+    marked stale (source cache) and nothing after; the other pair is undisturbed."""
+    sim = await start_sim()
+    settings = sim_settings(sim)
+    async with Harness(settings) as h:
+        await until(
+            lambda: all((u := h.rec.last(p)) and u.source == "ws" for p in h.relay.pairs),
+            10,
+            "both live",
+        )
+        h.relay.set_pairs(pair_map(settings, "BTC/USD"))
+        await until(lambda: sim_streams(sim) == {"btcusdt@ticker"}, 5, "UNSUBSCRIBE applied")
+        await until(lambda: h.relay.active_pairs == ("BTC/USD",), 5, "ETH inactive")
+        eth = h.rec.by_pair["ETH/USD"]
+        assert eth[-1].source == "cache" and eth[-1].stale
+        assert eth[-1].price == eth[-2].price and eth[-2].source == "ws"
+        count, btc = len(eth), h.rec.count()
+        await until(lambda: h.rec.count() >= btc + 6, 5, "BTC goes on")
+        # REST polls, the cache and the WS all leave a removed pair alone.
+        assert len(h.rec.by_pair["ETH/USD"]) == count
+        assert h.relay.pairs == ("BTC/USD",) and "ETH/USD" not in h.relay.status()["pairs"]
+        assert all(not u.stale for u in h.rec.by_pair["BTC/USD"])
+        snap = await h.bus.snapshot(["ETH/USD"])
+        assert snap["ETH/USD"].stale
+    assert_seq_contiguous(h.rec, h.fence.epoch)
+
+
+async def test_set_pairs_before_a_takeover_snapshots_the_whole_set(start_sim: StartSim):
+    """Pairs set before the term starts are in the takeover's REST snapshot and go live."""
+    sim = await start_sim()
+    settings = sim_settings(sim, pairs=("BTC/USD",))
+    wanted = ("BTC/USD", "ETH/USD", "SOL/USD", "BNB/USD")
+    async with Harness(settings, watch=wanted) as h:
+        h.relay.set_pairs(pair_map(settings, *wanted))
+        assert await h.relay.publish_rest_snapshot() == 4
+        await until(
+            lambda: all(any(u.source == "ws" for u in h.rec.by_pair[p]) for p in wanted),
+            10,
+            "every pair live",
+        )
+        assert [h.rec.by_pair[p][0].source for p in wanted] == ["rest"] * 4
+        assert h.relay.active_pairs == wanted
