@@ -46,7 +46,9 @@ from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import ConfigError, FeedError, FencedError, UsageError
 from pricectl.exchange.binance_rest import BinanceRest
 from pricectl.exchange.offline import say_if_offline
-from pricectl.ingest.relay import Relay, lead
+from pricectl.exchange.universe import UniverseSource
+from pricectl.ingest.demand import lead_on_demand
+from pricectl.ingest.relay import Relay
 from pricectl.ingest.stacks import log_tasks
 
 __all__ = ["STATUS_EVERY", "STOP_LIMIT", "Ingest", "check_bus", "run_ingest"]
@@ -113,6 +115,10 @@ class Ingest:
         #: One REST client for the life of the process: a takeover's snapshot request
         #: goes out on a warm session instead of opening one.
         self.rest = BinanceRest(settings.exchange, settings.pair_map)
+        #: The servable pairs (exchangeInfo, refreshed): a delisted pair is not subscribed.
+        self.universe = UniverseSource(
+            self.rest, settings.quote_aliases, settings.exchange.universe_refresh
+        )
 
     # --- running -----------------------------------------------------------------------
 
@@ -142,6 +148,7 @@ class Ingest:
                     tg.create_task(self._follow(), name="ingest-follow"),
                     tg.create_task(self._report(), name="ingest-status"),
                     tg.create_task(self._check_pairs(), name="ingest-check-pairs"),
+                    tg.create_task(self.universe.run(), name="ingest-universe"),
                     tg.create_task(
                         say_if_offline(self.settings.exchange, OFFLINE_HINT, log),
                         name="ingest-offline-check",
@@ -183,7 +190,13 @@ class Ingest:
         relay.seed(self.latest.values())
         self.relay = relay
         try:
-            await lead(relay, validate=not self._validated)
+            await lead_on_demand(
+                relay,
+                self.bus,
+                s,
+                lambda: self.universe.universe,
+                validate=not self._validated,
+            )
         except FencedError:
             self.fenced += 1
             raise
