@@ -375,6 +375,10 @@ class Hub:
         new = [p for p in wanted if p not in self.pairs]
         if not new:
             return []
+        # The cap is the cluster's: judge it on the wanted set as the bus has it now, not
+        # as of the last refresh (another serve may have filled the slots since).
+        with contextlib.suppress(BusError):
+            self.demand.replace(await self.bus.wanted(wall, self.demand.policy.idle_grace))
         for p in new:
             why = self.demand.admit(p, wall)
             if why is not None:
