@@ -307,8 +307,10 @@ class Leader:
             if failed:
                 delay = self.policy.retry + self._term_backoff.next_delay(time.monotonic())
             if delay > 0:
+                # A plain sleep, not a standby wait: this process's own release wakes
+                # every waiter, and it must not be the first to jump back in.
                 log.info("competing for the lease again in %.2fs", delay)
-                await self._standby_wait(delay)
+                await asyncio.sleep(delay)
 
     async def _try_acquire(self) -> tuple[int, str] | None:
         """One acquire attempt: ``(epoch, holder we last saw)``, ``(0, holder)`` if a live
