@@ -123,6 +123,7 @@ class Cascade:
         #: Seconds without a fresh update after which a pair is stale (and off WS).
         self.stale_after = self._fresh.stale_after
         self._ws_healthy = False
+        self._ws_down: frozenset[str] = frozenset()
         self._ws_last: dict[str, float] = {}
         self._rest_failures = 0
         self._rest_paused_until = -math.inf
@@ -182,9 +183,12 @@ class Cascade:
 
     # -- events --------------------------------------------------------------------------
 
-    def ws_state(self, healthy: bool, now: float) -> None:
-        """Report the WebSocket as usable (connected, breaker closed) or not, from ``now``."""
+    def ws_state(self, healthy: bool, now: float, down: frozenset[str] = frozenset()) -> None:
+        """Report the WebSocket as usable (breaker closed) or not, from ``now``; ``down``
+        are the pairs whose own connection is down (several connections share the pairs:
+        one dropping takes only its pairs off WS at once)."""
         self._ws_healthy = healthy
+        self._ws_down = down
 
     def ws_update(self, pair: str, now: float) -> None:
         """A WS update of ``pair`` arrived at ``now`` (and is being published as ``ws``)."""
@@ -283,7 +287,12 @@ class Cascade:
 
     def _on_ws(self, pair: str, now: float) -> bool:
         last = self._ws_last.get(pair)
-        return self._ws_healthy and last is not None and now < last + self.stale_after
+        return (
+            self._ws_healthy
+            and last is not None
+            and now < last + self.stale_after
+            and pair not in self._ws_down
+        )
 
     def _elapsed(self, last: float | None, now: float) -> bool:
         return last is None or now >= last + self.policy.rest_poll_interval

@@ -50,6 +50,7 @@ from pricectl.config import ExchangeSettings, ResilienceSettings, Settings
 from pricectl.core.backoff import Backoff, BackoffPolicy
 from pricectl.core.clock import ClockOffset
 from pricectl.core.fallback import Cascade, Source
+from pricectl.core.histogram import Histogram
 from pricectl.core.pairs import PairMap
 from pricectl.core.stamping import Stamper
 from pricectl.core.ticks import PriceUpdate
@@ -134,6 +135,12 @@ class Relay:
         self.pairs_added = 0
         self.pairs_removed = 0
         self.snapshots_missed = 0
+        #: Pairs asked for by set_pairs and not yet published / not yet live on WS: when
+        #: they were asked for; and how long that took (milliseconds), for metrics.
+        self._asked_at: dict[str, float] = {}
+        self._awaiting_live: dict[str, float] = {}
+        self.time_to_first_update = Histogram()
+        self.time_to_live = Histogram()
         self.ws = BinanceWS(
             exchange,
             pair_map,
@@ -178,6 +185,12 @@ class Relay:
         marked ``stale`` (``source: cache``), so every consumer's snapshot keeps the price
         and knows it is no longer live. Calling it again with the same pairs does nothing.
         """
+        now = self._clock()
+        known = self.cascade.known
+        for p in pair_map.pairs:
+            if p not in known and p not in self._asked_at:
+                self._asked_at[p] = now
+                self._awaiting_live[p] = now
         self._target = pair_map
         self._reconcile_wake.set()
 
@@ -197,6 +210,9 @@ class Relay:
             return
         for p in removed:
             self._shown.pop(p, None)
+            self._asked_at.pop(p, None)
+            self._awaiting_live.pop(p, None)
+        self.rest.pair_map = target
         self.pairs_added += len(added)
         self.pairs_removed += len(removed)
         log.info(
@@ -344,6 +360,7 @@ class Relay:
         new leader takes the whole set at once.
         """
         self.cascade.set_pairs(self._target.pairs, self._clock())
+        self.rest.pair_map = self._target
         self.ws.set_pairs(self._target)
         updates, error = await self._fetch_rest(self.pairs)
         if error is not None:
@@ -371,7 +388,7 @@ class Relay:
         while True:
             self._wake.clear()
             now = self._clock()
-            cascade.ws_state(self._ws_usable(), now)
+            cascade.ws_state(self.ws.healthy, now, self.ws.down_pairs())
             self._note_sources(now)
             due = cascade.rest_due(now)
             if due:
@@ -393,12 +410,9 @@ class Relay:
 
     # -- the three sources ---------------------------------------------------------------
 
-    def _ws_usable(self) -> bool:
-        return self.ws.connected and self.ws.healthy
-
     async def _on_ws_batch(self, updates: list[PriceUpdate]) -> None:
         now = self._clock()
-        self.cascade.ws_state(self._ws_usable(), now)
+        self.cascade.ws_state(self.ws.healthy, now, self.ws.down_pairs())
         known = self.cascade.known
         limit_ms = self.cascade.stale_after * 1000.0
         wall_ms = time.time_ns() / 1e6
@@ -419,6 +433,10 @@ class Relay:
                 continue
             self.cascade.ws_update(u.pair, now)
             batch.append(u)
+            if self._awaiting_live:
+                asked = self._awaiting_live.pop(u.pair, None)
+                if asked is not None:
+                    self.time_to_live.record(round((now - asked) * 1000))
         self._note_sources(now)
         await self._publish(batch)
 
@@ -490,9 +508,15 @@ class Relay:
                 raise LeaseLost(f"renew deadline passed: {why}")
             epoch = self.fence.epoch
             stamped = self._stamper.stamp(updates, epoch)
+            asked_at = self._asked_at
             for s in stamped:
                 self._last[s.pair] = s
                 self.by_source[s.source] = self.by_source.get(s.source, 0) + 1
+                if asked_at:
+                    asked = asked_at.pop(s.pair, None)
+                    if asked is not None:
+                        ms = (self._clock() - asked) * 1000
+                        self.time_to_first_update.record(round(ms))
             try:
                 await self.bus.publish(stamped, self.fence)
             except FencedError as exc:
@@ -562,7 +586,21 @@ class Relay:
             "exchange_clock_offset_ms": (
                 round(self.exchange_clock.offset_ms, 1) if self.exchange_clock.known else None
             ),
+            "pairs_served": len(self.pairs),
+            "pairs_active": len(self.active_pairs),
+            "pairs_added": self.pairs_added,
+            "pairs_removed": self.pairs_removed,
+            "snapshots_missed": self.snapshots_missed,
+            "time_to_first_update_ms": _quantiles(self.time_to_first_update),
+            "time_to_live_ms": _quantiles(self.time_to_live),
         }
+
+
+def _quantiles(h: Histogram) -> dict[str, int | None]:
+    """``count``, ``p50``, ``p99`` and ``max`` of a histogram (``None`` while empty)."""
+    if not h.count:
+        return {"count": 0, "p50": None, "p99": None, "max": None}
+    return {"count": h.count, "p50": h.quantile(0.5), "p99": h.quantile(0.99), "max": h.max}
 
 
 def _unwrap(group: BaseExceptionGroup[Any]) -> BaseException:

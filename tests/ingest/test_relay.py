@@ -21,7 +21,7 @@ from pricectl.core.backoff import BackoffPolicy
 from pricectl.core.breaker import BreakerPolicy
 from pricectl.core.fallback import FallbackPolicy
 from pricectl.core.heartbeat import HeartbeatPolicy
-from pricectl.core.pairs import PairMap
+from pricectl.core.pairs import PAIR_RE, PairMap, bundled_symbols
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import FencedError, UnknownPairError
 from pricectl.ingest.relay import Relay, run_embedded
@@ -487,7 +487,13 @@ async def test_set_pairs_adds_a_pair_with_a_rest_snapshot_first(start_sim: Start
         assert h.relay.active_pairs == ("BTC/USD", "SOL/USD")
         assert sim_streams(sim) == {"btcusdt@ticker", "solusdt@ticker"}
         assert sim.stats.total_connects == 1
-        assert h.relay.status()["pairs"]["SOL/USD"]["source"] == "ws"
+        status = h.relay.status()
+        assert status["pairs"]["SOL/USD"]["source"] == "ws"
+        assert status["pairs_active"] == 2 and status["pairs_added"] == 1
+        assert status["time_to_first_update_ms"]["count"] == 1
+        assert status["time_to_live_ms"]["count"] == 1
+        first_ms = status["time_to_first_update_ms"]["p50"]
+        assert 0 <= first_ms <= status["time_to_live_ms"]["p50"]
         controls = sim.stats.control_messages
         h.relay.set_pairs(pair_map(settings, "BTC/USD", "SOL/USD"))
         n = h.rec.count("ws")
@@ -539,3 +545,56 @@ async def test_set_pairs_before_a_takeover_snapshots_the_whole_set(start_sim: St
         )
         assert [h.rec.by_pair[p][0].source for p in wanted] == ["rest"] * 4
         assert h.relay.active_pairs == wanted
+
+
+def listed_pairs(settings: Settings, n: int) -> tuple[str, ...]:
+    """``n`` display pairs of the bundled symbol list whose symbol the aliases map back to."""
+    out: list[str] = []
+    for rec in bundled_symbols():
+        pair = f"{rec['baseAsset']}/{rec['quoteAsset']}"
+        if not PAIR_RE.match(pair):
+            continue
+        if PairMap.build([pair], settings.quote_aliases).symbol_for(pair) == rec["symbol"]:
+            out.append(pair)
+    assert len(out) >= n
+    return tuple(out[:n])
+
+
+async def test_1500_pairs_spread_over_connections_within_the_limits(start_sim: StartSim):
+    """1,500 pairs set at run time: REST snapshots first, then connections of at most
+    streams_per_connection streams each, every pair live, and the exchange saw no control
+    message over the rate, no refused URL or request, and no 1008 close."""
+    sim = await start_sim(ticker_interval=1.0, all_trading=True)
+    settings = sim_settings(sim, pairs=("BTC/USD",), streams_per_connection=300)
+    settings = replace(
+        settings,
+        resilience=replace(
+            settings.resilience, heartbeat=HeartbeatPolicy(idle_timeout=5.0, stale_after=5.0)
+        ),
+    )
+    wanted = listed_pairs(settings, 1500)
+    async with Harness(settings, watch=wanted) as h:
+        await until(lambda: h.rec.count("ws") >= 1, 10, "BTC live")
+        started = time.monotonic()
+        h.relay.set_pairs(pair_map(settings, *wanted))
+        await until(lambda: len(h.relay.active_pairs) == 1500, 30, "every pair subscribed")
+        subscribed_after = time.monotonic() - started
+        await until(
+            lambda: all(any(u.source == "ws" for u in h.rec.by_pair[p]) for p in wanted),
+            30,
+            "every pair live",
+        )
+        state = sim.state()
+        ws = h.relay.ws.status()
+    conns = state["per_connection"]
+    assert len(conns) == 5 and all(c["streams"] <= 300 for c in conns)
+    streams = [s for sub in state["subscriptions"] for s in sub]
+    assert len(streams) == len(set(streams)) == 1500
+    assert state["cut_rate_limit"] == 0 and state["peak_messages_per_s"] <= 4
+    assert state["control_errors"] == 0 and state["refused_urls"] == 0
+    assert all(c["path"] == "/stream" for c in conns)
+    # Every pair's first update is its REST snapshot.
+    assert all(h.rec.by_pair[p][0].source == "rest" for p in wanted if p != "BTC/USD")
+    assert ws["streams_subscribed"] == 1500 and len(ws["connections"]) == 5
+    assert ws["control_errors"] == 0 and h.relay.ws.pongs_over_limit == 0
+    assert subscribed_after < 20 * UNIT
