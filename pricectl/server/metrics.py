@@ -53,6 +53,40 @@ def render_metrics(hub: Hub, upstream: UpstreamStatus | None = None) -> str:
     )
     o.metric("pricectl_clients", "gauge", "Open SSE streams.", [({}, fanout.clients)])
     o.metric(
+        "pricectl_pairs",
+        "gauge",
+        "Pairs by kind: pinned (always on), active (heard by this serve), wanted (by the "
+        "cluster, as last read from the bus).",
+        [
+            ({"kind": "pinned"}, len(hub.pinned)),
+            ({"kind": "active"}, len(hub.pairs)),
+            ({"kind": "wanted"}, len(hub.demand.wanted)),
+        ],
+    )
+    o.metric(
+        "pricectl_pair_activations_total",
+        "counter",
+        "Pairs this serve started hearing on demand, and stopped hearing again.",
+        [({"kind": "on"}, hub.activated), ({"kind": "off"}, hub.deactivated)],
+    )
+    first = hub.first_price_ms
+    o.metric(
+        "pricectl_first_price_ms",
+        "gauge",
+        "Milliseconds from a pair's activation here to its first fresh price, by quantile.",
+        [
+            ({"quantile": q}, float(first.quantile(float(q))) if first.count else 0.0)
+            for q in ("0.5", "0.99")
+        ]
+        + [({"quantile": "1"}, float(first.max))],
+    )
+    o.metric(
+        "pricectl_first_price_count",
+        "counter",
+        "Pairs whose first price after activation arrived.",
+        [({}, first.count)],
+    )
+    o.metric(
         "pricectl_clients_peak", "gauge", "Most streams open at once.", [({}, fanout.peak_clients)]
     )
     o.metric(
