@@ -43,6 +43,9 @@ def command(
 ) -> int:
     """Live prices in the terminal from serve, Redis or Binance.
 
+    PAIR is any spot pair the exchange lists, in any usual spelling (BTC/USD,
+    btcusdt, ETH-BTC); a pair no config pins is turned on for as long as tail runs.
+
     A live table on a terminal, one line per update when piped (or --plain), JSON lines
     with --json. Exit 0 when done, 1 on a runtime failure (server unreachable), 2 on a
     usage error (unknown pair, wrong URL), 130 on Ctrl-C, 143 on SIGTERM.

@@ -5,6 +5,8 @@ simulator's own subscription lists say what the leader subscribed to."""
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,3 +230,40 @@ async def test_over_max_pairs_a_new_pair_is_refused_and_watched_ones_stay(
             )
         finally:
             await held.stop()
+
+
+async def test_tail_any_pair_from_serve_and_from_redis(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """`pricectl tail` of pairs no config names, through serve and straight from Redis."""
+    async with stack(tmp_path, redis_server, **FAST_GRACE) as s:
+        env = s.ingest.env
+        runs = [
+            ["tail", "ethbtc", "--url", f"http://127.0.0.1:{s.ports[0]}", "--count", "3", "--json"],
+            [
+                "tail",
+                "LTC-BTC",
+                "--from",
+                "redis",
+                "--redis",
+                redis_server.url,
+                "--count",
+                "3",
+                "--json",
+            ],
+        ]
+        for args, pair in zip(runs, ("ETH/BTC", "LTC/BTC"), strict=True):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "pricectl.cli",
+                *args,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            async with asyncio.timeout(20 * UNIT):
+                out, err = await proc.communicate()
+            assert proc.returncode == 0, err.decode()
+            lines = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+            assert len(lines) >= 3 and {d["pair"] for d in lines} == {pair}, lines
