@@ -57,7 +57,7 @@ from pricectl.server.connections import (
 )
 from pricectl.server.errors import bad_request, error_json
 from pricectl.server.health import UpstreamStatus, health_report
-from pricectl.server.hub import Hub
+from pricectl.server.hub import Hub, Refusal
 from pricectl.server.keys import BUS, HUB, SETTINGS, UPSTREAM
 from pricectl.server.metrics import CONTENT_TYPE, render_metrics
 from pricectl.server.stream import activate, parse_pairs, stream_handler
@@ -252,7 +252,8 @@ async def _pairs(request: web.Request) -> web.Response:
     """``GET /api/market-data/pairs``: what can be asked for, and what is on now.
 
     ``?q=`` searches (the dashboard's picker): at most ``limit`` (default 20) names,
-    those starting with the text first. Without ``q`` every servable pair is listed.
+    those starting with the text first; ``?pairs=A,B`` describes exactly those (unknown
+    ones left out). Without either, every servable pair is listed.
     Each entry: ``pair``, ``symbol``, ``tick_size``, ``decimals`` and whether it is
     ``pinned``, ``wanted`` (by some serve of the cluster) or ``active`` (heard here).
     """
@@ -264,7 +265,18 @@ async def _pairs(request: web.Request) -> web.Response:
     except ValueError:
         return bad_request("malformed_limit", "limit must be a whole number")
     limit = max(1, min(limit, 100_000))
-    if universe is None:
+    asked = request.query.get("pairs")
+    if asked is not None:
+        # Exactly these (the dashboard's saved set): the known ones, canonical, in order.
+        names = []
+        for text in asked.split(",")[: hub.settings.server.max_pairs_per_connection]:
+            if not text.strip():
+                continue
+            try:
+                names += [p for p in hub.resolve([text]) if p not in names]
+            except Refusal:
+                continue
+    elif universe is None:
         names = list(hub.pinned)
     elif q is not None:
         names = universe.search(q, limit)
