@@ -51,6 +51,10 @@ Example::
     c.source("BTC/USD", 9.0)        # Source.CACHE
     c.cache_due(9.0)                # ["BTC/USD"]
 
+The tracked pairs change with :meth:`Cascade.set_pairs` (kept pairs keep their state);
+``ws_state(healthy, now, down)`` can name pairs whose own WebSocket connection is down
+while others are up (several connections share the pairs).
+
 Pure: time is ``now``, monotonic seconds.
 """
 

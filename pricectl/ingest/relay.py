@@ -25,7 +25,17 @@ from REST ``/api/v3/time`` every :data:`CLOCK_EVERY` seconds,
 count as fresh: frames that waited in a socket buffer are not live prices.
 
 The first WS update of a pair brings it straight back to ``ws``. Each transition is one
-log line.
+log line. The WebSocket side is several connections (``exchange.streams_per_connection``
+streams each): one that drops takes only its own pairs off ``ws`` at once.
+
+The pairs can change at run time (:meth:`Relay.set_pairs`, synchronous; the relay
+reconciles in the background): a pair added gets a REST snapshot first (requests of
+:data:`REST_CHUNK` symbols, the cheapest weight per pair, within the weight budget),
+published at once, then goes live by SUBSCRIBE; a pair removed leaves the cascade, is
+UNSUBSCRIBEd, and its last value is published once more marked stale (``source:
+cache``) so every snapshot keeps it as no longer live. :attr:`Relay.active_pairs` is
+what the exchange confirmed it carries; ``status()`` gives the time from
+``set_pairs`` to a pair's first update and to its first live one.
 
 Every update leaving the relay is stamped ``(epoch, seq, gseq)``: ``epoch`` from the
 fence, ``seq`` +1 per pair, ``gseq`` +1 across pairs (DESIGN 3.2, 3.5). Publishes are
@@ -437,7 +447,8 @@ class Relay:
                 asked = self._awaiting_live.pop(u.pair, None)
                 if asked is not None:
                     self.time_to_live.record(round((now - asked) * 1000))
-        self._note_sources(now)
+        # Only these pairs can have moved (to ws); the cascade loop looks at the rest.
+        self._note_sources(now, dict.fromkeys(u.pair for u in batch))
         await self._publish(batch)
 
     async def _poll_rest(self, pairs: list[str]) -> None:
@@ -530,9 +541,10 @@ class Relay:
                 return
             self.published += len(stamped)
 
-    def _note_sources(self, now: float) -> None:
-        """One log line per pair whose source changed since the last look."""
-        for pair in self.pairs:
+    def _note_sources(self, now: float, pairs: Iterable[str] | None = None) -> None:
+        """One log line per pair (of ``pairs``, default all) whose source changed since
+        the last look."""
+        for pair in self.pairs if pairs is None else pairs:
             src = self.cascade.source(pair, now)
             old = self._shown.get(pair)
             if src is old:

@@ -264,3 +264,14 @@ def test_set_pairs_keeps_kept_pairs_and_forgets_removed_ones() -> None:
     assert c.set_pairs([BTC, sol], 3.5) == ([], [])
     c.set_pairs([BTC, sol, ETH], 4.0)
     assert c.age(ETH, 4.0) is None and c.source(ETH, 4.0) is Source.REST
+
+
+def test_a_pair_whose_own_connection_is_down_leaves_ws_at_once() -> None:
+    """Several connections share the pairs: one down takes only its pairs off WS."""
+    c = _live()
+    c.ws_state(True, 1.0, down=frozenset({ETH}))
+    assert c.source(BTC, 1.0) is Source.WS and c.source(ETH, 1.0) is Source.REST
+    assert c.rest_due(1.0) == [ETH]
+    c.ws_state(True, 2.0)
+    c.ws_update(ETH, 2.0)
+    assert c.source(ETH, 2.0) is Source.WS
