@@ -7,7 +7,9 @@ Every instance runs the candidate loop of :class:`~pricectl.bus.leader.Leader`:
   takeover starts warm: those values seed the relay's cache stage. At start it checks
   the pairs against ``exchangeInfo`` once (one REST request), so a takeover goes
   straight to its REST snapshot: the check is the slowest request of a term's start.
-- **leader**: runs :func:`pricectl.ingest.relay.lead` under its fence: check the pairs, publish
+- **leader**: runs :func:`pricectl.ingest.demand.lead_on_demand` under its fence: take the
+  cluster's whole wanted set (pinned + wanted pairs), then :func:`pricectl.ingest.relay.lead`
+  beside the demand loop: check the pairs, publish
   a REST snapshot, then go live on the WebSocket. Every publish is the fenced script, so
   nothing is ever published unfenced, and each one first asks the lease whether the last
   renew is recent enough (:meth:`~pricectl.bus.leader.Leader.may_publish`). Whatever
