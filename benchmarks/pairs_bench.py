@@ -41,6 +41,7 @@ from pricectl.bus.leader import ACQUIRE_SCRIPT
 from pricectl.bus.redis import RedisBus, connect_redis
 from pricectl.config import Settings
 from pricectl.core.pairs import PAIR_RE, PairMap, bundled_symbols
+from pricectl.core.status import to_json
 from pricectl.ingest.relay import Relay
 from tests.redis_server import private_redis
 
@@ -190,8 +191,8 @@ async def _latency(
         "first_update_p99_ms": 1000 * _pct(to_first, 0.99),
         "live_p50_ms": 1000 * statistics.median(to_live),
         "live_p99_ms": 1000 * _pct(to_live, 0.99),
-        "relay_time_to_first_update_ms": status["time_to_first_update_ms"],
-        "relay_time_to_live_ms": status["time_to_live_ms"],
+        "relay_time_to_first_update_ms": to_json(status.time_to_first_update_ms),
+        "relay_time_to_live_ms": to_json(status.time_to_live_ms),
     }
 
 
@@ -212,13 +213,13 @@ async def _cpu(
     updates = pub1 - pub0
     return {
         "pairs": len(pairs),
-        "connections": len(ws["connections"]),
+        "connections": len(ws.connections),
         "subscribed_s": subscribed_s,
         "updates_per_s": updates / (t1 - t0),
         "cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0),
         "us_per_update": 1e6 * (cpu1 - cpu0) / updates if updates else float("nan"),
-        "control_messages": ws["control_messages"],
-        "control_errors": ws["control_errors"],
+        "control_messages": ws.control_messages,
+        "control_errors": ws.control_errors,
     }
 
 

@@ -50,6 +50,7 @@ from pricectl.client.sse import (
 )
 from pricectl.core.health import judge, pair_state
 from pricectl.core.sse import SSEDecoder
+from pricectl.core.status import to_json
 from pricectl.core.ticks import PriceUpdate, decode_update
 from pricectl.errors import BusError, PricectlError
 
@@ -242,7 +243,11 @@ async def redis_health(
         status=status,
         reasons=reasons,
         pairs=states,
-        leader=leader or {"identity": None, "epoch": int(epoch) if epoch else None},
+        leader=(
+            to_json(leader)
+            if leader is not None
+            else {"identity": None, "epoch": int(epoch) if epoch else None}
+        ),
         bus={"url": where, "connected": True, "epoch": int(epoch) if epoch else None},
         stale_after_s=stale_after,
     )

@@ -50,7 +50,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -83,6 +84,8 @@ __all__ = [
     "URL_STREAM_CHARS",
     "BatchCallback",
     "BinanceWS",
+    "ConnectionStatus",
+    "WSStatus",
 ]
 
 log = logging.getLogger("pricectl.exchange.ws")
@@ -118,6 +121,66 @@ RATE_WINDOW_S = 10.0
 _NOT_SKIPS = ("parsed:", "control", "shutdown")
 
 _ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class ConnectionStatus:
+    """One open exchange connection (:meth:`BinanceWS.connections`); ages in seconds."""
+
+    id: int
+    #: The shard it carries (:class:`~pricectl.core.subscriptions.SubscriptionPlan`).
+    shard: int
+    #: ``active``, or ``replacement`` while make-before-break opens its successor.
+    role: str
+    #: Streams the exchange confirmed it carries, and those its shard wants.
+    streams: int
+    wanted: int
+    #: Control requests sent and not answered yet.
+    pending: int
+    #: Control messages and pongs it sent, and what it sent in the last second.
+    messages: int
+    pongs: int
+    messages_last_s: int
+    #: Control requests that failed (an error reply, or none in time).
+    errors: int
+    #: Connections its shard opened after the first one.
+    reconnects: int
+    age: float
+
+
+@dataclass(frozen=True)
+class WSStatus:
+    """The WebSocket side at one moment (:meth:`BinanceWS.status`); ages in seconds."""
+
+    #: Every shard has an open connection.
+    connected: bool
+    url: str
+    stream: str
+    #: The reconnect breaker: ``closed``, ``open`` or ``half_open``.
+    breaker: str
+    #: Since the last frame on any connection (None before the first).
+    last_frame_age: float | None
+    #: Of the oldest connection in use (None while not every shard is connected).
+    connection_age: float | None
+    reconnects: int
+    connect_attempts: int
+    #: Connection attempts held back by Binance's per-IP connection limit.
+    connect_limited: int
+    duplicates_dropped: int
+    last_disconnect: str | None
+    #: Frames that produced a price.
+    parsed: int
+    #: Frames that produced no price, by reason (``invalid_json``: 3).
+    skips: Mapping[str, int]
+    #: Streams asked for, and those the exchange confirmed on the connections in use.
+    streams_wanted: int
+    streams_subscribed: int
+    connections: tuple[ConnectionStatus, ...]
+    #: Control messages sent (SUBSCRIBE/UNSUBSCRIBE) in all, per second over the last
+    #: 10 s, and those that failed.
+    control_messages: int
+    control_messages_per_s: float
+    control_errors: int
 
 
 class _Connection(ClientConnection):
@@ -206,7 +269,8 @@ class BinanceWS:
     ``on_state`` is called (synchronously) whenever a connection comes or goes, the
     breaker moves, or the exchange confirms a change of streams, so a relay can re-decide
     its sources at once. ``clock`` (monotonic seconds) and ``rand`` (backoff jitter) are
-    injectable.
+    injectable, and so are ``reply_timeout`` and ``retry_initial`` (seconds a control
+    request waits for its reply; the first wait before one is sent again).
     """
 
     def __init__(
@@ -221,6 +285,8 @@ class BinanceWS:
         on_state: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        reply_timeout: float = REPLY_TIMEOUT_S,
+        retry_initial: float = RETRY_INITIAL_S,
     ) -> None:
         self.kind: str = exchange.stream
         self.base_url = exchange.ws_url
@@ -237,9 +303,9 @@ class BinanceWS:
             streams_per_message=STREAMS_PER_MESSAGE,
             message_bytes=MESSAGE_BYTES,
             url_chars=URL_STREAM_CHARS,
-            reply_timeout=REPLY_TIMEOUT_S,
-            retry_initial=RETRY_INITIAL_S,
-            retry_max=RETRY_MAX_S,
+            reply_timeout=reply_timeout,
+            retry_initial=retry_initial,
+            retry_max=max(RETRY_MAX_S, retry_initial),
         )
         self._idle_timeout = idle_timeout
         self._connect_timeout = exchange.connect_timeout
@@ -384,61 +450,60 @@ class BinanceWS:
             sent.popleft()
         return len(sent) / RATE_WINDOW_S
 
-    def connections(self) -> list[dict[str, Any]]:
-        """One entry per open connection: its shard, streams carried and wanted, the
-        messages and pongs it sent (and in the last second), failed requests, age."""
+    def connections(self) -> tuple[ConnectionStatus, ...]:
+        """One entry per open connection (see :class:`ConnectionStatus`)."""
         now = self._clock()
-        out: list[dict[str, Any]] = []
+        out: list[ConnectionStatus] = []
         for shard in self._shards.values():
             for conn in shard.conns():
                 if conn.closed_reason is not None:
                     continue
                 stats = self.plan.stats(conn.id, now)
                 out.append(
-                    {
-                        "id": conn.id,
-                        "shard": shard.id,
-                        "role": "active" if conn is shard.active else "replacement",
-                        "streams": stats.get("streams", 0),
-                        "wanted": len(self.plan.shard_streams(shard.id)),
-                        "pending": stats.get("pending", 0),
-                        "messages": stats.get("messages", 0),
-                        "pongs": stats.get("pongs", 0),
-                        "messages_last_s": stats.get("messages_last_s", 0),
-                        "errors": stats.get("errors", 0),
-                        "reconnects": shard.reconnects,
-                        "age": round(now - conn.opened_at, 3),
-                    }
+                    ConnectionStatus(
+                        id=conn.id,
+                        shard=shard.id,
+                        role="active" if conn is shard.active else "replacement",
+                        streams=stats.get("streams", 0),
+                        wanted=len(self.plan.shard_streams(shard.id)),
+                        pending=stats.get("pending", 0),
+                        messages=stats.get("messages", 0),
+                        pongs=stats.get("pongs", 0),
+                        messages_last_s=stats.get("messages_last_s", 0),
+                        errors=stats.get("errors", 0),
+                        reconnects=shard.reconnects,
+                        age=round(now - conn.opened_at, 3),
+                    )
                 )
-        return out
+        return tuple(out)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> WSStatus:
         """Upstream state for ``/health`` and metrics."""
         now = self._clock()
         age = self.last_frame_age()
         ages = [now - s.active.opened_at for s in self._shards.values() if s.up() and s.active]
         conns = self.connections()
-        return {
-            "connected": self.connected,
-            "url": self.base_url,
-            "stream": self.kind,
-            "breaker": self.breaker.state_at(now).value,
-            "last_frame_age": None if age is None else round(age, 3),
-            "connection_age": round(max(ages), 3) if ages and self.connected else None,
-            "reconnects": self.reconnects,
-            "connect_attempts": self.connect_attempts,
-            "connect_limited": self.connect_limited,
-            "duplicates_dropped": self.duplicates,
-            "last_disconnect": self.last_disconnect,
-            "parsed": sum(v for k, v in self.parser.counts.items() if k.startswith("parsed:")),
-            "skips": self.skips,
-            "streams_wanted": len(self._want.pairs),
-            "streams_subscribed": sum(c["streams"] for c in conns if c["role"] == "active"),
-            "connections": conns,
-            "control_messages": self.messages_sent,
-            "control_messages_per_s": round(self.control_rate(), 3),
-            "control_errors": self.control_errors,
-        }
+        return WSStatus(
+            connected=self.connected,
+            url=self.base_url,
+            stream=self.kind,
+            breaker=self.breaker.state_at(now).value,
+            last_frame_age=None if age is None else round(age, 3),
+            connection_age=round(max(ages), 3) if ages and self.connected else None,
+            reconnects=self.reconnects,
+            connect_attempts=self.connect_attempts,
+            connect_limited=self.connect_limited,
+            duplicates_dropped=self.duplicates,
+            last_disconnect=self.last_disconnect,
+            parsed=sum(v for k, v in self.parser.counts.items() if k.startswith("parsed:")),
+            skips=self.skips,
+            streams_wanted=len(self._want.pairs),
+            streams_subscribed=sum(c.streams for c in conns if c.role == "active"),
+            connections=conns,
+            control_messages=self.messages_sent,
+            control_messages_per_s=round(self.control_rate(), 3),
+            control_errors=self.control_errors,
+        )
 
     # -- running -------------------------------------------------------------------------
 
@@ -543,7 +608,7 @@ class BinanceWS:
         messages = math.ceil(plan.missing(conn.id) / plan.streams_per_message)
         return (
             self._idle_timeout
-            + REPLY_TIMEOUT_S
+            + plan.reply_timeout
             + messages * (1.0 + SEND_SLACK_S) / max(1, plan.control_limit)
         )
 

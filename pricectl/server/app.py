@@ -34,7 +34,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -56,11 +56,14 @@ from pricectl.server.connections import (
     ServeRunner,
 )
 from pricectl.server.errors import bad_request, error_json
-from pricectl.server.health import UpstreamStatus, health_report
+from pricectl.server.health import Upstream, UpstreamStatus, health_report
 from pricectl.server.hub import Hub, Refusal
 from pricectl.server.keys import BUS, HUB, SETTINGS, UPSTREAM
 from pricectl.server.metrics import CONTENT_TYPE, render_metrics
 from pricectl.server.stream import activate, parse_pairs, stream_handler
+
+if TYPE_CHECKING:  # loaded only when serve runs the relay itself (memory://)
+    from pricectl.ingest.relay import Relay
 
 __all__ = [
     "AccessLogger",
@@ -646,25 +649,19 @@ class _RelayStatus:
     """Upstream status for /health while the embedded relay runs (before it starts: starting)."""
 
     def __init__(self, simulated: bool = False) -> None:
-        self.relay: Any = None
+        self.relay: Relay | None = None
         self.simulated = simulated
         #: The servable pairs, for the embedded relay (set by serve_forever).
         self.universe: Callable[[], Any] = lambda: None
 
-    def set(self, relay: Any) -> None:
+    def set(self, relay: Relay) -> None:
         self.relay = relay
 
-    def status(self) -> dict[str, Any]:
-        if self.relay is None:
-            st: dict[str, Any] = {"state": "starting"}
-        else:
-            st = dict(self.relay.status())
-            st.setdefault(
-                "leader", {"identity": "embedded", "epoch": st.get("epoch"), "since": None}
-            )
-        if self.simulated:
-            st["exchange"] = "simulator"
-        return st
+    def status(self) -> Upstream:
+        return Upstream(
+            relay=None if self.relay is None else self.relay.status(),
+            exchange="simulator" if self.simulated else None,
+        )
 
 
 async def _guard_relay(coro: Awaitable[None]) -> None:

@@ -212,3 +212,14 @@ def test_below_one_message_per_second_one_goes_out_per_period() -> None:
     plan.opened(1, shard=0, url_streams=[], now=0.0)
     assert len(drain(plan, 1, 0.0)) == 1
     assert plan.next_due(1, 0.0) == pytest.approx(2.0 + SEND_SLACK_S)
+
+
+def test_setting_the_same_streams_again_changes_nothing_and_ids_are_not_reused() -> None:
+    plan = SubscriptionPlan(streams_per_connection=1)
+    plan.set_streams(["a", "b"])
+    assert plan.shards() == (0, 1)
+    assert plan.set_streams(["a", "b"]) == ([], [])
+    plan.set_streams(["a"])
+    assert plan.shards() == (0,)
+    plan.set_streams(["a", "c"])
+    assert plan.shards() == (0, 2) and plan.shard_of("c") == 2

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,13 @@ import pytest
 from pricectl.bus import keys
 from pricectl.bus.base import Gap
 from pricectl.bus.redis import RedisBus, connect_redis
+from pricectl.config import BusSettings
+from pricectl.core.status import to_json
 from pricectl.core.ticks import PriceUpdate
+from pricectl.ingest.candidate import Ingest
 from pricectl.loadtest.spawn import child_env
 from pricectl.simulator import Simulator
+from tests.ingest.test_relay import sim_settings
 from tests.redis_server import RedisServer
 from tests.waiting import UNIT, until
 
@@ -642,3 +646,48 @@ async def test_an_unresolvable_exchange_is_said_once_with_the_way_out(
         assert cluster.log(p).count("no network?") == 1
     finally:
         cluster.kill_all()
+
+
+async def test_status_of_the_leader_and_of_a_standby(redis_server: RedisServer) -> None:
+    """Two candidates in one process: the leader's status carries its relay and says what
+    it published, the standby's what it followed; both as the periodic status line too."""
+    sim = Simulator(ticker_interval=0.1)
+    await sim.start()
+    settings = replace(sim_settings(sim), bus=BusSettings(url=redis_server.url))
+    candidates = [Ingest(settings), Ingest(settings)]
+    stop = asyncio.Event()
+    runs = [asyncio.create_task(c.run(stop)) for c in candidates]
+    try:
+
+        def settled() -> bool:
+            by_role = {c.status().role: c.status() for c in candidates}
+            lead, follow = by_role.get("leader"), by_role.get("standby")
+            return (
+                lead is not None
+                and follow is not None
+                and lead.relay is not None
+                and lead.relay.published_by_source["ws"] > 2
+                and follow.followed > 2
+            )
+
+        await until(settled, 10, "one leader live from the WebSocket, one standby following")
+        leader, standby = sorted(candidates, key=lambda c: c.status().role)
+        st = leader.status()
+        assert st.leader.is_leader and st.relay is not None and st.relay.published > 0
+        assert st.relay.epoch == st.leader.epoch and st.relay.ws.connected
+        assert to_json(st)["relay"]["ws"]["breaker"] == "closed"
+        line = leader.status_line()
+        assert line.startswith(f"ingest status: leader epoch {st.leader.epoch} since "), line
+        assert " published " in line, line
+        assert "'ws': " in line and "renew failures 0" in line, line
+        sb = standby.status()
+        assert not sb.leader.is_leader and sb.relay is None and sb.bus_connected
+        assert sb.followed_epoch == st.leader.epoch
+        assert standby.status_line().startswith(
+            f"ingest status: standby, leader epoch {st.leader.epoch}, "
+        )
+        assert standby.status_line().endswith(" resyncs, redis connected")
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*runs), 15 * UNIT)
+        await sim.stop()

@@ -186,9 +186,9 @@ async def test_ws_updates_are_stamped_and_published(start_sim: StartSim):
         await until(lambda: h.rec.count("ws") >= 6, 5, "more live ticks")
         status = h.relay.status()
     assert_seq_contiguous(h.rec, h.fence.epoch)
-    assert status["ws"]["connected"] is True and status["ws"]["breaker"] == "closed"
-    assert {p["source"] for p in status["pairs"].values()} == {"ws"}
-    assert status["epoch"] == h.fence.epoch and status["published"] >= 6
+    assert status.ws.connected is True and status.ws.breaker == "closed"
+    assert {p.source for p in status.pairs.values()} == {"ws"}
+    assert status.epoch == h.fence.epoch and status.published >= 6
     assert all(not u.stale for u in h.rec.all)
 
 
@@ -237,7 +237,7 @@ async def test_refused_connections_fall_back_to_rest_then_back_to_ws(start_sim: 
         assert took < 1.0 * UNIT
         # Three failed attempts, backoff capped at 0.2 s each: the breaker opens.
         await until(
-            lambda: h.relay.status()["ws"]["breaker"] in ("open", "half_open"),
+            lambda: h.relay.status().ws.breaker in ("open", "half_open"),
             3 * BACKOFF.max + 1.0,
             "the breaker to open",
         )
@@ -248,9 +248,9 @@ async def test_refused_connections_fall_back_to_rest_then_back_to_ws(start_sim: 
             5,
             "live WS for both pairs again",
         )
-        assert h.relay.status()["ws"]["breaker"] == "closed"
+        assert h.relay.status().ws.breaker == "closed"
         await until(
-            lambda: {p["source"] for p in h.relay.status()["pairs"].values()} == {"ws"},
+            lambda: {p.source for p in h.relay.status().pairs.values()} == {"ws"},
             2,
             "status back to ws",
         )
@@ -272,8 +272,8 @@ async def test_rest_failing_too_serves_cache_marked_stale(start_sim: StartSim):
         cached = [u for u in h.rec.all[n:] if u.source == "cache"]
         assert all(u.stale for u in cached)
         status = h.relay.status()
-        assert {p["source"] for p in status["pairs"].values()} == {"cache"}
-        assert all(p["stale"] for p in status["pairs"].values())
+        assert {p.source for p in status.pairs.values()} == {"cache"}
+        assert all(p.stale for p in status.pairs.values())
         for pair, updates in h.rec.by_pair.items():
             for i, u in enumerate(updates):
                 if u.source == "cache":
@@ -358,7 +358,7 @@ async def test_run_embedded_validates_snapshots_and_goes_live(start_sim: StartSi
     try:
         await until(lambda: rec.count("ws") >= 2, 10, "live updates")
         assert [u.source for u in rec.all[:2]] == ["rest", "rest"]
-        assert len(got) == 1 and got[0].status()["ws"]["connected"]
+        assert len(got) == 1 and got[0].status().ws.connected
         assert sim.stats.rest_requests >= 2  # exchangeInfo + snapshot
     finally:
         task.cancel()
@@ -386,7 +386,7 @@ async def test_run_embedded_survives_an_unreachable_exchange(start_sim: StartSim
     try:
         await until(lambda: got and got[0].ws.connect_attempts >= 3, 10, "connect retries")
         assert not task.done()
-        assert not got[0].status()["ws"]["connected"]
+        assert not got[0].status().ws.connected
         sim = await start_sim(port=port)
         await until(lambda: rec.count("ws") >= 2, 10, "live updates once the exchange is up")
         await until(lambda: sim.stats.rest_requests >= 1, 10, "exchangeInfo checked in time")
@@ -457,7 +457,7 @@ async def test_ws_updates_older_than_stale_after_are_not_live(start_sim: StartSi
         late = [u for u in h.rec.all if u.source == "ws"]
         assert late and all(u.stale for u in late)
         await until(
-            lambda: all(p["source"] != "ws" for p in h.relay.status()["pairs"].values()),
+            lambda: all(p.source != "ws" for p in h.relay.status().pairs.values()),
             3,
             "the pairs off live ws",
         )
@@ -488,12 +488,12 @@ async def test_set_pairs_adds_a_pair_with_a_rest_snapshot_first(start_sim: Start
         assert sim_streams(sim) == {"btcusdt@ticker", "solusdt@ticker"}
         assert sim.stats.total_connects == 1
         status = h.relay.status()
-        assert status["pairs"]["SOL/USD"]["source"] == "ws"
-        assert status["pairs_active"] == 2 and status["pairs_added"] == 1
-        assert status["time_to_first_update_ms"]["count"] == 1
-        assert status["time_to_live_ms"]["count"] == 1
-        first_ms = status["time_to_first_update_ms"]["p50"]
-        assert 0 <= first_ms <= status["time_to_live_ms"]["p50"]
+        assert status.pairs["SOL/USD"].source == "ws"
+        assert status.pairs_active == 2 and status.pairs_added == 1
+        assert status.time_to_first_update_ms.count == 1
+        assert status.time_to_live_ms.count == 1
+        first_ms, live_ms = status.time_to_first_update_ms.p50, status.time_to_live_ms.p50
+        assert first_ms is not None and live_ms is not None and 0 <= first_ms <= live_ms
         controls = sim.stats.control_messages
         h.relay.set_pairs(pair_map(settings, "BTC/USD", "SOL/USD"))
         n = h.rec.count("ws")
@@ -523,7 +523,7 @@ async def test_set_pairs_removes_a_pair_keeping_its_last_value_stale(start_sim: 
         await until(lambda: h.rec.count() >= btc + 6, 5, "BTC goes on")
         # REST polls, the cache and the WS all leave a removed pair alone.
         assert len(h.rec.by_pair["ETH/USD"]) == count
-        assert h.relay.pairs == ("BTC/USD",) and "ETH/USD" not in h.relay.status()["pairs"]
+        assert h.relay.pairs == ("BTC/USD",) and "ETH/USD" not in h.relay.status().pairs
         assert all(not u.stale for u in h.rec.by_pair["BTC/USD"])
         snap = await h.bus.snapshot(["ETH/USD"])
         assert snap["ETH/USD"].stale
@@ -595,6 +595,6 @@ async def test_1500_pairs_spread_over_connections_within_the_limits(start_sim: S
     assert all(c["path"] == "/stream" for c in conns)
     # Every pair's first update is its REST snapshot.
     assert all(h.rec.by_pair[p][0].source == "rest" for p in wanted if p != "BTC/USD")
-    assert ws["streams_subscribed"] == 1500 and len(ws["connections"]) == 5
-    assert ws["control_errors"] == 0 and h.relay.ws.pongs_over_limit == 0
+    assert ws.streams_subscribed == 1500 and len(ws.connections) == 5
+    assert ws.control_errors == 0 and h.relay.ws.pongs_over_limit == 0
     assert subscribed_after < 20 * UNIT
