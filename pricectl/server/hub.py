@@ -449,8 +449,13 @@ class Hub:
         policy = self.demand.policy
         while True:
             await asyncio.sleep(policy.refresh)
-            with contextlib.suppress(BusError):
+            try:
                 await self.refresh_demand()
+            except BusError:
+                pass  # the bus reconnects by itself; the next round renews the wants
+            except Exception:
+                # Never let a surprise here end the hub (and with it every stream).
+                log.exception("pairs on demand: refreshing the wanted pairs failed")
 
     async def refresh_demand(self) -> None:
         """One round of :meth:`_refresh_demand` (raises BusError if the bus fails)."""

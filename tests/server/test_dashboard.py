@@ -295,3 +295,16 @@ async def test_pair_picker_adds_and_removes_with_one_event_source(browser):
         await page.click("#picker button[type=submit]")
         await page.locator("#picker-error").filter(has_text="Unknown pair BTC/USX").wait_for()
         assert await page.locator("tr[data-pair]").count() == 1
+        # a pair serve refuses to turn on (here: this address's rate of new pairs) is
+        # said in the page, and the stream of the others is left alone
+        r.hub.activations.policy = replace(r.hub.activations.policy, per_ip=1)
+        from pricectl.core.demand import Activations
+
+        r.hub.activations = Activations(r.hub.activations.policy)
+        r.hub.activations.allow("127.0.0.1", 1, r.hub._clock())
+        before = r.fanout.connections_total
+        await page.fill("#pair-search", "LTC/BTC")
+        await page.click("#picker button[type=submit]")
+        await page.locator("#picker-error").filter(has_text="Cannot add LTC/BTC").wait_for()
+        assert await page.locator("tr[data-pair]").count() == 1
+        assert r.fanout.connections_total == before and r.fanout.clients == 1

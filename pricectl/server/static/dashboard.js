@@ -32,6 +32,7 @@
   var pairs = []; // the pairs shown, in order
   var STORE = "pricectl.pairs";
   var PAIRS_API = "/api/market-data/pairs";
+  var PRICES_API = "/api/market-data/prices";
   window.pricectl = { renders: 0, mode: null, stats: null, pairs: [], clockOffset: 0 };
 
   function now() { return Date.now() + clockOffset; }
@@ -278,8 +279,19 @@
       }
       var pair = found[0];
       if (pairs.indexOf(pair) >= 0) return;
-      addRow(pair);
-      setPairs(pairs.concat([pair]));
+      // Turn it on first (a REST request): a refusal (the cluster's cap, the rate of new
+      // pairs) is shown here and the stream of the other pairs is left as it is.
+      return fetch(PRICES_API + "?pairs=" + encodeURIComponent(pair), { cache: "no-store" })
+        .then(function (r) {
+          if (r.ok) {
+            addRow(pair);
+            setPairs(pairs.concat([pair]));
+            return;
+          }
+          return r.json().then(function (doc) {
+            showError("Cannot add " + pair + ": " + (doc.detail || doc.error || r.status));
+          });
+        });
     });
   }
 
