@@ -315,6 +315,9 @@ class BinanceWS:
         self._pending: list[PriceUpdate] = []
         self._ready = asyncio.Event()
         self._shards: dict[int, _Shard] = {}
+        #: Every connection whose reader has not ended yet (those of retired shards and
+        #: replaced ones still closing included).
+        self._live: dict[_Conn, None] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._sent_at: collections.deque[float] = collections.deque()
         #: The pairs asked for; the parser knows every pair ever asked for (bounded by
@@ -518,10 +521,11 @@ class BinanceWS:
         finally:
             self._tg = None
             was = any(s.up() for s in self._shards.values())
+            for conn in list(self._live):
+                conn.ws.transport.abort()
+                self.plan.closed(conn.id)
+            self._live.clear()
             for shard in self._shards.values():
-                for conn in shard.conns():
-                    conn.ws.transport.abort()
-                    self.plan.closed(conn.id)
                 shard.active = shard.candidate = None
             if was:
                 self._state_changed()
@@ -532,11 +536,10 @@ class BinanceWS:
         For a caller whose cancel did not stop :meth:`run` in time: the exchange socket
         must not outlive the decision to stop.
         """
-        for shard in self._shards.values():
-            for conn in shard.conns():
-                if conn.closed_reason is None:
-                    conn.closed_reason = "closed by us (aborted)"
-                conn.ws.transport.abort()
+        for conn in list(self._live):
+            if conn.closed_reason is None:
+                conn.closed_reason = "closed by us (aborted)"
+            conn.ws.transport.abort()
 
     async def _deliver(self) -> None:
         """Hand whatever arrived since the last batch to ``on_batch``, one batch at a time."""
@@ -712,6 +715,7 @@ class BinanceWS:
                 shard.reconnects += 1
             shard.connected_once = True
             self.plan.opened(conn.id, shard=shard.id, url_streams=streams, now=now)
+            self._live[conn] = None
             assert isinstance(ws, _Connection)
             ws.on_ping = lambda conn=conn: self._pinged(conn)
             assert self._tg is not None
@@ -817,6 +821,7 @@ class BinanceWS:
         if conn.closed_reason is None:
             conn.closed_reason = reason
         self.plan.closed(conn.id)
+        self._live.pop(conn, None)
         conn.wake.set()
         shard = self._shards.get(conn.shard)
         if shard is not None:

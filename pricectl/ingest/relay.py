@@ -272,8 +272,12 @@ class Relay:
         """
         now = self._clock()
         known = self.cascade.known
+        wanted = frozenset(pair_map.pairs)
+        for waiting in (self._asked_at, self._awaiting_live):
+            for p in [p for p in waiting if p not in wanted]:
+                del waiting[p]  # asked for, then no longer: nothing to measure
         for p in pair_map.pairs:
-            if p not in known and p not in self._asked_at:
+            if p not in known and p not in self._awaiting_live:
                 self._asked_at[p] = now
                 self._awaiting_live[p] = now
         self._target = pair_map

@@ -206,6 +206,9 @@ async def test_pongs_keep_the_connection_alive(start_sim: Callable[..., Awaitabl
     ws = ws_for(fast_settings(sim), got)
     async with Running(ws):
         await until(lambda: sim.stats.pongs_received >= 10, 10, "ten pings answered")
+        # Each pong we sent counts toward our own message rate.
+        (conn,) = ws.connections()
+        assert conn.pongs >= 10 and conn.messages_last_s >= 1
         assert sim.stats.cut_pong_timeout == 0
         assert ws.reconnects == 0 and sim.stats.total_connects == 1
         assert ws.connected

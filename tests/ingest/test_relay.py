@@ -598,3 +598,51 @@ async def test_1500_pairs_spread_over_connections_within_the_limits(start_sim: S
     assert ws.streams_subscribed == 1500 and len(ws.connections) == 5
     assert ws.control_errors == 0 and h.relay.ws.pongs_over_limit == 0
     assert subscribed_after < 20 * UNIT
+
+
+async def test_one_connection_lost_takes_only_its_pairs_off_ws(start_sim: StartSim):
+    """Two connections of one stream each: when one is cut, its pair goes to REST at once
+    while the other stays live, and it comes back on its own connection."""
+    sim = await start_sim()
+    settings = sim_settings(sim, streams_per_connection=1)
+    # A breaker that stays closed: the refused reconnects must not stop BTC's live feed.
+    settings = replace(
+        settings,
+        resilience=replace(
+            settings.resilience, breaker=BreakerPolicy(failure_threshold=1000, cooldown=0.5)
+        ),
+    )
+    async with Harness(settings) as h:
+        await until(
+            lambda: all((u := h.rec.last(p)) and u.source == "ws" for p in h.relay.pairs),
+            10,
+            "both live",
+        )
+        (eth,) = [c for c in h.relay.ws.connections() if c.shard != 0]
+        # Cut the socket of ETH's connection under the client, as a network failure would,
+        # and keep it from coming back for a while.
+        sim.set_fault(refuse=True)
+        shard = h.relay.ws._shards[eth.shard]
+        assert shard.active is not None
+        shard.active.ws.transport.abort()
+        n = len(h.rec.all)
+        await until(
+            lambda: any(u.pair == "ETH/USD" and u.source == "rest" for u in h.rec.all[n:]),
+            5,
+            "ETH from REST",
+        )
+        btc = len(h.rec.by_pair["BTC/USD"])
+        await until(lambda: len(h.rec.by_pair["BTC/USD"]) >= btc + 3, 5, "BTC goes on")
+        assert not any(u.pair == "BTC/USD" and u.source != "ws" for u in h.rec.all[n:])
+        sim.set_fault(refuse=False)
+        await until(
+            lambda: any(u.pair == "ETH/USD" and u.source == "ws" for u in h.rec.all[n:]),
+            5,
+            "ETH live again",
+        )
+        assert h.relay.ws.reconnects == 1 and sim.stats.refused >= 1
+        assert {frozenset(s) for s in sim.state()["subscriptions"]} == {
+            frozenset({"btcusdt@ticker"}),
+            frozenset({"ethusdt@ticker"}),
+        }
+    assert_seq_contiguous(h.rec, h.fence.epoch)
