@@ -199,16 +199,28 @@ class Universe:
                     found.append(pair)
         return found[:n]
 
-    def search(self, text: str, limit: int = 20) -> list[str]:
-        """Names for a picker: those starting with ``text``, then containing it, then near."""
+    def search(self, text: str, limit: int = 20, prefer: Iterable[str] = ()) -> list[str]:
+        """Names for a picker: those starting with ``text``, then containing it, then near.
+
+        Within each group the ``prefer``red pairs (the pinned ones) come first, then pairs
+        quoted in an aliased quote (``X/USD``: what most people look for), then the rest
+        by name.
+        """
         raw = text.strip().upper()
+        favourite = {p: i for i, p in enumerate(prefer)}
+        shown_quotes = set(self.aliases)
+
+        def rank(pair: str) -> tuple[int, int, str]:
+            quote = pair.partition("/")[2]
+            return (favourite.get(pair, len(favourite)), 0 if quote in shown_quotes else 1, pair)
+
+        names = sorted(self._by_pair, key=rank)
         if not raw:
-            return list(self.pairs[:limit])
+            return names[:limit]
         compact = raw.replace("/", "")
-        starts = [
-            p for p in self.pairs if p.startswith(raw) or p.replace("/", "").startswith(compact)
-        ]
-        contains = [p for p in self.pairs if p not in starts and compact in p.replace("/", "")]
+        starts = [p for p in names if p.startswith(raw) or p.replace("/", "").startswith(compact)]
+        taken = set(starts)
+        contains = [p for p in names if p not in taken and compact in p.replace("/", "")]
         out = (starts + contains)[:limit]
         if len(out) < limit:
             out += [p for p in self.suggest(raw, limit - len(out)) if p not in out]

@@ -282,9 +282,9 @@ async def _pairs(request: web.Request) -> web.Response:
     elif universe is None:
         names = list(hub.pinned)
     elif q is not None:
-        names = universe.search(q, limit)
+        names = universe.search(q, limit, prefer=hub.pinned)
     else:
-        names = list(universe.pairs)[:limit]
+        names = universe.search("", limit, prefer=hub.pinned)
     wanted = hub.demand.wanted
     heard = set(hub.pairs)
     entries = []

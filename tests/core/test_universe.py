@@ -80,9 +80,11 @@ def test_bare_symbol_typo_suggests_by_symbol(universe: Universe) -> None:
 
 def test_search_for_the_picker(universe: Universe) -> None:
     """Prefix matches first, then substring, then near names."""
-    assert universe.search("eth") == ["ETH/BTC", "ETH/USD"]
+    assert universe.search("eth") == ["ETH/USD", "ETH/BTC"]  # the aliased quote first
     assert universe.search("BTC/U")[:2] == ["BTC/USD", "BTC/USDC"]
-    assert universe.search("") == list(universe.pairs)
+    assert universe.search("eth", prefer=["ETH/BTC"]) == ["ETH/BTC", "ETH/USD"]
+    assert sorted(universe.search("")) == list(universe.pairs)
+    assert universe.search("TH/B") == ["ETH/BTC"]
 
 
 def test_pair_map_maps_back_to_symbols(universe: Universe) -> None:
