@@ -6,6 +6,8 @@ Layout (``<prefix>`` is ``bus.prefix``, see :mod:`pricectl.bus.keys`)::
     <prefix>prices:latest      hash PAIR -> latest JSON (the snapshot)
     <prefix>pricectl:leader    the lease token (PX = ttl)         see pricectl.bus.leader
     <prefix>pricectl:epoch     the current leader's epoch
+    <prefix>pricectl:wanted    sorted set PAIR -> ms last wanted (pairs on demand)
+    <prefix>pricectl:wanted:wake  channel: a serve wants a pair the leader may not have
 
 A publish is ONE Lua script call (:data:`PUBLISH_SCRIPT`): it checks that the leader key
 still holds the caller's token and that the epoch counter still equals the caller's
