@@ -38,6 +38,7 @@ __all__ = [
     "Fence",
     "Gap",
     "Leadership",
+    "PairSet",
     "Subscription",
     "Update",
 ]
@@ -134,6 +135,16 @@ class EpochFilter:
 SnapshotReader = Callable[[Iterable[str]], Awaitable[dict[str, PriceUpdate]]]
 
 
+class PairSet(Protocol):
+    """What a backend's raw event stream offers to change its pairs at run time."""
+
+    async def add(self, pairs: Sequence[str]) -> None:
+        """Start delivering ``pairs`` (live once this returns)."""
+
+    async def remove(self, pairs: Sequence[str]) -> None:
+        """Stop delivering ``pairs``."""
+
+
 class Subscription:
     """What :meth:`Bus.subscribe` returns, for every backend: an async iterator of
     :class:`BusEvent` that fences by epoch, with :meth:`resync` and :meth:`aclose`.
@@ -144,7 +155,16 @@ class Subscription:
     bus can count drops across its subscriptions.
     """
 
-    __slots__ = ("_events", "_on_drop", "_rand", "_retry", "_snapshot", "epochs", "pairs")
+    __slots__ = (
+        "_events",
+        "_on_drop",
+        "_pairset",
+        "_rand",
+        "_retry",
+        "_snapshot",
+        "epochs",
+        "pairs",
+    )
 
     def __init__(
         self,
@@ -155,8 +175,10 @@ class Subscription:
         on_drop: Callable[[], None] | None = None,
         retry: BackoffPolicy = RESYNC_RETRY,
         rand: Callable[[], float] = random.random,
+        pairset: PairSet | None = None,
     ) -> None:
         self.pairs: tuple[str, ...] = tuple(dict.fromkeys(pairs))
+        self._pairset = pairset
         self._events = events
         self._snapshot = snapshot
         self._on_drop = on_drop
@@ -185,6 +207,27 @@ class Subscription:
         aclose = getattr(self._events, "aclose", None)
         if aclose is not None:
             await aclose()
+
+    async def add(self, pairs: Iterable[str]) -> list[str]:
+        """Subscribe to more pairs at run time; the ones that were new. Once this returns
+        they are live, so a snapshot read after it misses nothing of them."""
+        new = [p for p in dict.fromkeys(pairs) if p not in self.pairs]
+        if new:
+            if self._pairset is None:
+                raise BusError("this subscription cannot change its pairs")
+            self.pairs = self.pairs + tuple(new)
+            await self._pairset.add(new)
+        return new
+
+    async def remove(self, pairs: Iterable[str]) -> list[str]:
+        """Unsubscribe from some pairs at run time; the ones that were subscribed."""
+        gone = [p for p in dict.fromkeys(pairs) if p in self.pairs]
+        if gone:
+            if self._pairset is None:
+                raise BusError("this subscription cannot change its pairs")
+            self.pairs = tuple(p for p in self.pairs if p not in gone)
+            await self._pairset.remove(gone)
+        return gone
 
     async def resync(self, reason: str = "gap") -> dict[str, PriceUpdate]:
         """Re-read the snapshot of this subscription's pairs after a Gap, fenced by epoch.
@@ -251,5 +294,24 @@ class Bus(Protocol):
 
         The first event is ``Gap("subscribed")`` once the subscription is live. The
         iterator ends when the bus is closed; ``aclose()`` it to unsubscribe early.
+        :meth:`Subscription.add` / :meth:`Subscription.remove` change its pairs.
         """
+        ...
+
+    # --- demand (docs/protocol.md, "Pairs on demand") ------------------------------
+
+    async def want(self, pairs: Sequence[str], wall: float, *, wake: bool = False) -> None:
+        """Record ``pairs`` as wanted at wall-clock second ``wall`` (a time only ever
+        moves forward); ``wake``: tell the leader now (a pair it may not have yet).
+        Raises ``BusError`` when the bus is unreachable."""
+
+    async def wanted(self, wall: float, idle_grace: float) -> dict[str, float]:
+        """The cluster's wanted pairs, each with the wall-clock second it was last
+        wanted, leaving out (and forgetting) those older than ``idle_grace``."""
+        ...
+
+    def demand_wakeups(self) -> AsyncIterator[None]:
+        """Yields once when listening (read the whole set then), each time a serve woke
+        the leader, and after a reconnect (one may have been missed); ends when the bus
+        closes."""
         ...
