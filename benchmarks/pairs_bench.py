@@ -354,7 +354,9 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             pairs=_PINNED,
             exchange=replace(base.exchange, ws_url=ws_url, rest_url=rest_url),
         )
-        every = trading_pairs(settings)[: args.pairs or None]
+        # By canonical name (BTC/USDT is BTC/USD), as ingest publishes them.
+        universe = Universe.from_symbols(bundled_symbols(), settings.quote_aliases)
+        every = [universe.resolve(p) for p in trading_pairs(settings)][: args.pairs or None]
         pinned = set(settings.pair_map.symbols)
         fresh = [
             p for p in every if PairMap.build([p], settings.quote_aliases).symbols[0] not in pinned
