@@ -27,12 +27,16 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
+import os
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import replace
 from typing import Any
+
+import aiohttp
 
 from pricectl.bus import keys
 from pricectl.bus.base import Fence, Update
@@ -41,12 +45,17 @@ from pricectl.bus.redis import RedisBus, connect_redis
 from pricectl.config import Settings
 from pricectl.core.pairs import PAIR_RE, PairMap, bundled_symbols
 from pricectl.core.status import to_json
+from pricectl.core.universe import Universe
 from pricectl.ingest.relay import Relay
+from pricectl.loadtest.plan import stream_target
+from pricectl.loadtest.probe import read_metrics, sample_process_tree
 from tests.redis_server import private_redis
 
 __all__ = ["main", "trading_pairs"]
 
 _PINNED = ("BTC/USD", "ETH/USD", "SOL/USD", "BNB/USD", "XRP/USD")
+#: Pairs per client of the serve side (server.max_pairs_per_connection's default).
+_PER_CLIENT = 50
 
 
 def trading_pairs(settings: Settings) -> list[str]:
@@ -134,6 +143,88 @@ class _Running:
         await self.bus.close()
 
 
+def _stream_clients(port: int, targets: list[str], count: Any) -> None:
+    """A process of SSE clients, one per target, adding the events they read to ``count``."""
+
+    async def one(session: aiohttp.ClientSession, target: str) -> None:
+        url = f"http://127.0.0.1:{port}{target}"
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=None)) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"{target[:60]}...: HTTP {resp.status}: {await resp.text()}")
+            async for line in resp.content:
+                if line.startswith(b"event: price"):
+                    with count.get_lock():
+                        count.value += 1
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(*(one(session, t) for t in targets))
+
+    asyncio.run(run())
+
+
+class _Serve:
+    """``pricectl serve`` on the bench's Redis with every pair pinned, and a few clients
+    (one per 50 pairs) streaming all of them from another process."""
+
+    def __init__(self, pairs: list[str], url: str, rest_url: str, ws_url: str) -> None:
+        # By their canonical names (BTC/USDT is served as BTC/USD): a name that is not
+        # pinned as such would be an activation, and those are rate-limited.
+        universe = Universe.from_symbols(bundled_symbols(), Settings().quote_aliases)
+        self.pairs = [universe.resolve(p) for p in pairs]
+        self.env = {
+            **os.environ,
+            "REDIS_URL": url,
+            "BINANCE_WS_URL": ws_url,
+            "BINANCE_REST_URL": rest_url,
+            "PRICECTL_PAIRS": ",".join(self.pairs),
+            "LOG_LEVEL": "warning",
+        }
+        self.proc: subprocess.Popen[bytes]
+        self.port = 0
+        ctx = multiprocessing.get_context("spawn")
+        self.count = ctx.Value("q", 0)
+        self.clients: Any = None
+        self.ctx = ctx
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def events(self) -> int:
+        return int(self.count.value)
+
+    def __enter__(self) -> _Serve:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pricectl.cli", "serve", "--port", "0"],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        if not line.startswith("serving on port "):
+            self.proc.kill()
+            raise RuntimeError(f"serve did not start: {line!r}")
+        self.port = int(line.split()[-1])
+        targets = [
+            stream_target(self.pairs[i : i + _PER_CLIENT])
+            for i in range(0, len(self.pairs), _PER_CLIENT)
+        ]
+        self.clients = self.ctx.Process(
+            target=_stream_clients, args=(self.port, targets, self.count), daemon=True
+        )
+        self.clients.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.clients is not None:
+            self.clients.terminate()
+            self.clients.join(timeout=10)
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
 async def _until(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -196,22 +287,54 @@ async def _latency(
     }
 
 
+def _serve_received(port: int) -> float:
+    return read_metrics(f"http://127.0.0.1:{port}/metrics").get(
+        "pricectl_updates_received_total", 0.0
+    )
+
+
 async def _cpu(
-    settings: Settings, url: str, fence: Fence, pairs: list[str], warmup: float, seconds: float
+    settings: Settings,
+    url: str,
+    fence: Fence,
+    pairs: list[str],
+    warmup: float,
+    seconds: float,
+    serve: _Serve | None = None,
 ) -> dict[str, Any]:
-    """Every pair of ``pairs`` active: this process's CPU per update published."""
+    """Every pair of ``pairs`` active: this process's CPU per update published, and
+    (with ``serve``) serve's CPU per update it received from Redis."""
     async with _Running(settings, url, fence) as relay:
         started = time.monotonic()
         relay.set_pairs(PairMap.build(pairs, settings.quote_aliases))
         await _until(lambda: len(relay.active_pairs) == len(pairs), 60, "every pair subscribed")
         subscribed_s = time.monotonic() - started
         await asyncio.sleep(warmup)
+        s0 = sample_process_tree(serve.pid) if serve else None
+        r0 = _serve_received(serve.port) if serve else 0.0
+        e0 = serve.events() if serve else 0
         cpu0, pub0, t0 = _cpu_s(), relay.published, time.monotonic()
         await asyncio.sleep(seconds)
         cpu1, pub1, t1 = _cpu_s(), relay.published, time.monotonic()
+        s1 = sample_process_tree(serve.pid) if serve else None
+        r1 = _serve_received(serve.port) if serve else 0.0
+        e1 = serve.events() if serve else 0
         ws = relay.ws.status()
     updates = pub1 - pub0
+    served: dict[str, Any] = {}
+    if serve is not None and serve.clients is not None and not serve.clients.is_alive():
+        raise RuntimeError("the serve side's clients ended (see their error above)")
+    if s0 is not None and s1 is not None:
+        received = r1 - r0
+        serve_cpu = s1.cpu_s - s0.cpu_s
+        served = {
+            "serve_received_per_s": received / (s1.at - s0.at),
+            "serve_events_per_s": (e1 - e0) / (t1 - t0),
+            "serve_cpu_pct": 100 * serve_cpu / (s1.at - s0.at),
+            "serve_us_per_update": 1e6 * serve_cpu / received if received else float("nan"),
+        }
     return {
+        **served,
         "pairs": len(pairs),
         "connections": len(ws.connections),
         "subscribed_s": subscribed_s,
@@ -231,7 +354,9 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             pairs=_PINNED,
             exchange=replace(base.exchange, ws_url=ws_url, rest_url=rest_url),
         )
-        every = trading_pairs(settings)[: args.pairs or None]
+        # By canonical name (BTC/USDT is BTC/USD), as ingest publishes them.
+        universe = Universe.from_symbols(bundled_symbols(), settings.quote_aliases)
+        every = [universe.resolve(p) for p in trading_pairs(settings)][: args.pairs or None]
         pinned = set(settings.pair_map.symbols)
         fresh = [
             p for p in every if PairMap.build([p], settings.quote_aliases).symbols[0] not in pinned
@@ -240,15 +365,19 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         latency = await _latency(settings, url, fence, fresh[: args.new], args.interval)
         print(f"latency: {json.dumps(latency)}", file=sys.stderr)
         cpu: dict[int, list[dict[str, Any]]] = {200: [], 1024: []}
-        for _ in range(args.runs):
-            for per in (200, 1024):
-                s = replace(
-                    settings, exchange=replace(settings.exchange, streams_per_connection=per)
-                )
-                fence = await _fence(url)
-                run = await _cpu(s, url, fence, every, args.warmup, args.seconds)
-                print(f"cpu {per}: {json.dumps(run)}", file=sys.stderr)
-                cpu[per].append(run)
+        with contextlib.ExitStack() as stack:
+            serve = (
+                stack.enter_context(_Serve(every, url, rest_url, ws_url)) if args.serve else None
+            )
+            for _ in range(args.runs):
+                for per in (200, 1024):
+                    s = replace(
+                        settings, exchange=replace(settings.exchange, streams_per_connection=per)
+                    )
+                    fence = await _fence(url)
+                    run = await _cpu(s, url, fence, every, args.warmup, args.seconds, serve)
+                    print(f"cpu {per}: {json.dumps(run)}", file=sys.stderr)
+                    cpu[per].append(run)
     rows = {}
     for per, runs in cpu.items():
         rows[per] = {
@@ -261,6 +390,17 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
             "us_per_update_runs": [round(r["us_per_update"], 1) for r in runs],
             "subscribed_s": statistics.median(r["subscribed_s"] for r in runs),
         }
+        if args.serve:
+            for key in (
+                "serve_received_per_s",
+                "serve_events_per_s",
+                "serve_cpu_pct",
+                "serve_us_per_update",
+            ):
+                rows[per][key] = statistics.median(r[key] for r in runs)
+            rows[per]["serve_us_per_update_runs"] = [
+                round(r["serve_us_per_update"], 1) for r in runs
+            ]
     base = rows[1024]["us_per_update"]
     ratio = rows[200]["us_per_update"] / base if base > 0 else float("nan")
     return {"latency": latency, "cpu": list(rows.values()), "ratio_200_vs_1024": ratio}
@@ -275,6 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument(
         "--pairs", type=int, default=0, help="active pairs for the CPU runs (0: every TRADING)"
+    )
+    ap.add_argument(
+        "--serve",
+        action="store_true",
+        help="also run pricectl serve on the Redis with every pair, a client per 50 pairs:"
+        " serve CPU per update",
     )
     ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = ap.parse_args(argv)
@@ -305,6 +451,19 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['updates_per_s']:.0f} | {r['cpu_pct']:.1f} % | {r['us_per_update']:.1f} | "
             f"{r['us_per_update_runs']} | {r['subscribed_s']:.2f} s |"
         )
+    if args.serve:
+        print()
+        print(
+            "| streams/connection | serve: updates received/s | events to clients/s "
+            "| serve CPU | µs CPU/update | runs (µs) |"
+        )
+        print("| ---: | ---: | ---: | ---: | ---: | --- |")
+        for r in result["cpu"]:
+            print(
+                f"| {r['streams_per_connection']} | {r['serve_received_per_s']:.0f} "
+                f"| {r['serve_events_per_s']:.0f} | {r['serve_cpu_pct']:.1f} % "
+                f"| {r['serve_us_per_update']:.1f} | {r['serve_us_per_update_runs']} |"
+            )
     print(f"\nratio 200 vs 1024 streams per connection: {result['ratio_200_vs_1024']:.2f}")
     return 0
 

@@ -17,6 +17,14 @@ fan-out runs. Every case runs ``--repeat`` times; the table shows medians.
 
     python -m benchmarks.serve_bench [--clients 10000,19900] [--repeat 3]
         [--duration 20] [--workers 1,2] [--nchan] [--floor] [--out docs/benchmarks.md]
+
+``--spread N`` answers another question with pricectl's own loader (sseload.c streams
+one URL and checks one sequence per connection): 10,000 clients each streaming 1 to 5
+of N pairs (seeded, ``--seed``) against all of them on one pair, alternating, serve
+pinned to CPU 0 and ingest on a private Redis in both cases (:func:`run_spread`):
+
+    flock /tmp/bench.lock python -m benchmarks.serve_bench --spread 200 --clients 10000 \
+        --repeat 3 --duration 15 --ramp 5000
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import datetime as dt
 import http.client
 import json
 import os
+import random
 import signal
 import socket
 import statistics
@@ -41,7 +50,12 @@ from typing import Any
 
 from benchmarks import sseload
 from benchmarks.pinning import pin_tree
+from pricectl.core.pairs import bundled_symbols
+from pricectl.core.universe import Universe
+from pricectl.loadtest.plan import Plan
 from pricectl.loadtest.probe import read_metrics, sample_process_tree
+from pricectl.loadtest.report import build_report
+from pricectl.loadtest.runner import run as loadtest_run
 from pricectl.loadtest.spawn import free_port, spawned_system
 from tests.redis_server import private_redis
 
@@ -52,6 +66,8 @@ END = "<!-- serve-bench:end -->"
 STREAM = "/api/market-data/stream?pairs=BTC/USD"
 RATE = 10.0
 NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
+#: --spread: seconds the loader waits after the window for clients still behind it.
+DRAIN = 20.0
 
 
 def _core_busy(cpus: set[int] | None) -> float:
@@ -372,14 +388,139 @@ def run_nchan(
         return row
 
 
+def spread_sets(pairs: list[str], clients: int, seed: int) -> tuple[tuple[str, ...], ...]:
+    """Each client's pairs: 1 to 5 of ``pairs``, drawn with ``seed`` (the same every run)."""
+    rng = random.Random(seed)
+    return tuple(tuple(rng.sample(pairs, rng.randint(1, 5))) for _ in range(clients))
+
+
+def spread_pairs(count: int) -> list[str]:
+    """The first ``count`` TRADING pairs of the bundled list, by canonical name."""
+    universe = Universe.from_symbols(bundled_symbols(), {"USD": "USDT"})
+    return list(universe.pairs[:count])
+
+
+def run_spread(
+    clients: int, npairs: int, rate: float, duration: float, ramp: float, seed: int
+) -> dict[str, Any]:
+    """One run with the project's loader (per-client pair sets), serve pinned to CPU 0.
+
+    ``npairs`` 1: every client streams BTC/USD at ``rate`` updates/s. More: every pair
+    of :func:`spread_pairs` is pinned and each client streams 1 to 5 of them
+    (:func:`spread_sets`). Ingest runs on a private Redis in both cases, so serve's CPU
+    is the fan-out and its bus reader alone. Every reading client's window count is
+    held to what ingest published for its own pairs (each pair's seq range in the
+    window, seen by any client): ``short``/``over`` clients, beside the loader's own
+    gap and duplicate counts.
+    """
+    pairs = ["BTC/USD"] if npairs == 1 else spread_pairs(npairs)
+    sets = spread_sets(pairs, clients, seed) if npairs > 1 else ()
+    settings = {"PRICECTL_SERVER__MAX_PAIRS_PER_CONNECTION": str(max(50, npairs))}
+    with contextlib.ExitStack() as stack:
+        redis_url = stack.enter_context(private_redis())
+        system = stack.enter_context(
+            spawned_system(
+                pairs,
+                rate,
+                redis_url=redis_url,
+                ingest_processes=1,
+                startup_timeout=60.0,
+                settings=settings,
+            )
+        )
+        cores = os.cpu_count() or 1
+        pinned = cores >= 2
+        if pinned:
+            pin_tree(system.serve_pid, {0})
+            pin_tree(system.simulator.pid, {1})
+            for p in system.ingest:
+                pin_tree(p.pid, {1})
+        plan = Plan(
+            host="127.0.0.1",
+            port=system.serve_port,
+            pairs=tuple(pairs),
+            clients=clients,
+            ramp=ramp,
+            duration=duration,
+            processes=1,
+            cpus=(1,) if pinned else None,
+            pair_sets=sets,
+            # A late client's last window events still count once it reads them: the
+            # drain is long enough for a loaded machine's seconds of latency.
+            drain_timeout=DRAIN,
+        )
+        samples: dict[str, Any] = {}
+
+        def on_window(phase: str, _into: float) -> None:
+            if phase in ("start", "end") and phase not in samples:
+                samples[phase] = sample_process_tree(system.serve_pid)
+
+        result = loadtest_run(plan, on_window=on_window)
+    report = build_report(result)
+    start, end = samples.get("start"), samples.get("end")
+    if start is None or end is None:
+        raise RuntimeError("serve was not sampled at both ends of the window")
+    spans: dict[str, int] = {}
+    seen: dict[tuple[str, int], list[int]] = {}
+    for f in result.finals:
+        for pair, epoch, lo, hi in f["ranges"]:
+            r = seen.setdefault((pair, epoch), [lo, hi])
+            r[0], r[1] = min(r[0], lo), max(r[1], hi)
+    for (pair, _), (lo, hi) in seen.items():
+        spans[pair] = spans.get(pair, 0) + hi - lo + 1
+    short = over = missing = 0
+    checked = 0
+    for f in result.finals:
+        for index, got in f["client_events"]:
+            want = sum(spans.get(p, 0) for p in plan.pairs_of(index))
+            checked += 1
+            if got < want:
+                short += 1
+                missing += want - got
+            elif got > want:
+                over += 1
+    cpu = end.cpu_s - start.cpu_s
+    delivered = report.events_delivered
+    return {
+        "case": f"{npairs} pair{'s' if npairs > 1 else ''}",
+        "clients": clients,
+        "established": report.established,
+        "pairs": len(pairs),
+        "rate": rate,
+        "published_per_s": sum(spans.values()) / duration,
+        "delivered_events": delivered,
+        "expected_events": report.events_expected,
+        "delivery": report.delivery,
+        "gaps": report.gaps,
+        "duplicates": report.duplicates,
+        "clients_checked": checked,
+        "clients_short": short,
+        "clients_over": over,
+        "client_missing": missing,
+        "events_per_s": delivered / duration,
+        "p50": report.latency_ms.get("p50", float("nan")),
+        "p99": report.latency_ms.get("p99", float("nan")),
+        "server_cpu_pct": 100 * cpu / (end.at - start.at),
+        "us_per_event": 1e6 * cpu / max(1, delivered),
+        "loader_cpu_pct": report.loader["cpu_pct"],
+    }
+
+
 def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     row = dict(runs[0])
     for key, value in runs[0].items():
         if isinstance(value, float | int) and not isinstance(value, bool):
             row[key] = statistics.median(float(r[key]) for r in runs)
     row["runs"] = len(runs)
-    row["delivered_min"] = min(r["delivered"] for r in runs)
+    if "delivered" in runs[0]:
+        row["delivered_min"] = min(r["delivered"] for r in runs)
+    if "delivery" in runs[0]:
+        row["delivery_min"] = min(r["delivery"] for r in runs)
     row["p99_all"] = "/".join(f"{r['p99']:.0f}" for r in runs)
+    row["us_all"] = "/".join(f"{r['us_per_event']:.2f}" for r in runs)
+    if "clients_short" in runs[0]:  # a count per run, not a median: one short client matters
+        row["short_all"] = "/".join(str(r["clients_short"]) for r in runs)
+        row["over_all"] = "/".join(str(r["clients_over"]) for r in runs)
     return row
 
 
@@ -402,11 +543,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
+def write_section(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
     """Replace (or append) this driver's section of docs/benchmarks.md, nothing else."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)
@@ -431,7 +572,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--from-json", type=Path, default=None, help="no runs: tabulate runs saved by --json"
     )
+    ap.add_argument(
+        "--spread",
+        type=int,
+        default=0,
+        help="N: alternate 1 pair / N pairs (1 to 5 per client) with pricectl's loader",
+    )
+    ap.add_argument("--seed", type=int, default=15, help="--spread: the pair sets' seed")
     args = ap.parse_args(argv)
+    if args.spread:
+        return _spread_main(args, argv)
     if args.from_json:
         saved: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for line in args.from_json.read_text().splitlines():
@@ -490,6 +640,75 @@ def main(argv: list[str] | None = None) -> int:
         cmd = "python -m benchmarks.serve_bench " + " ".join(argv or sys.argv[1:])
         write_section(args.out, _section(table, started, load, cmd))
     return 0
+
+
+SPREAD_BEGIN = "<!-- spread-bench:begin -->"
+SPREAD_END = "<!-- spread-bench:end -->"
+
+
+def _spread_main(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """1 pair / N pairs alternating, ``--repeat`` runs each: medians and their ratio.
+
+    Both cases deliver about the same events per second: the N-pair case publishes
+    each pair at 10 / (mean pairs per client) updates/s.
+    """
+    clients = int(args.clients.split(",")[0])
+    sets = spread_sets(spread_pairs(args.spread), clients, args.seed)
+    mean = statistics.fmean(len(s) for s in sets)
+    started, load = dt.datetime.now(dt.UTC), os.getloadavg()[0]
+    runs: dict[int, list[dict[str, Any]]] = {1: [], args.spread: []}
+    for i in range(args.repeat):
+        for npairs in (1, args.spread):
+            rate = RATE if npairs == 1 else RATE / mean
+            print(f"serve_bench: {npairs} pair(s), {clients} clients, run {i + 1}", file=sys.stderr)
+            try:
+                run = run_spread(clients, npairs, rate, args.duration, args.ramp, args.seed)
+            except Exception as exc:  # a failed run is reported, the others go on
+                print(f"serve_bench: run failed: {exc}", file=sys.stderr)
+                continue
+            print(json.dumps(run), file=sys.stderr)
+            if args.json:
+                with args.json.open("a") as f:
+                    f.write(json.dumps(run) + "\n")
+            runs[npairs].append(run)
+    rows = {n: _median_row(r) for n, r in runs.items() if r}
+    table = _spread_table(list(rows.values()))
+    one, many = rows.get(1), rows.get(args.spread)
+    ratio = many["us_per_event"] / one["us_per_event"] if one and many else float("nan")
+    text = table + f"\nratio {args.spread} pairs / 1 pair, µs per delivered event: {ratio:.2f}\n"
+    print(text)
+    if args.out:
+        cmd = "python -m benchmarks.serve_bench " + " ".join(argv or sys.argv[1:])
+        write_section(
+            args.out,
+            f"{SPREAD_BEGIN}\n## `pricectl serve`: {clients:,} clients over {args.spread} pairs\n\n"
+            f"Generated {started:%Y-%m-%d %H:%M} UTC by `{cmd}` (load average {load:.1f} at "
+            f"the start; mean {mean:.2f} pairs per client, seed {args.seed}).\n\n"
+            + text
+            + SPREAD_END,
+            SPREAD_BEGIN,
+            SPREAD_END,
+        )
+    return 0
+
+
+def _spread_table(rows: list[dict[str, Any]]) -> str:
+    out = [
+        "| case | clients | runs | published/s | delivered/s | delivered | gaps | dups "
+        "| clients short / over (each run) | p50 ms | p99 ms | serve CPU | µs/event (each run) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['case']} | {int(r['established']):,} | {r['runs']} "
+            f"| {r['published_per_s']:,.0f} | {r['events_per_s']:,.0f} "
+            f"| {100 * r['delivery']:.2f} % (min {100 * r['delivery_min']:.2f} %) "
+            f"| {r['gaps']:.0f} | {r['duplicates']:.0f} "
+            f"| {r['short_all']} / {r['over_all']} of {r['clients_checked']:,.0f} "
+            f"| {r['p50']:.0f} | {r['p99']:.0f} | {r['server_cpu_pct']:.0f} % "
+            f"| {r['us_per_event']:.2f} ({r['us_all']}) |"
+        )
+    return "\n".join(out) + "\n"
 
 
 def _section(table: str, started: dt.datetime, load: float, cmd: str) -> str:

@@ -151,6 +151,7 @@ class Client:
         "last_rx",
         "max_silence",
         "npairs",
+        "pairs",
         "reader",
         "retry_ms",
         "slow",
@@ -159,6 +160,7 @@ class Client:
         "stale_marks",
         "stats",
         "storm_started",
+        "target",
         "tracker",
         "win",
         "worker",
@@ -170,7 +172,10 @@ class Client:
         self.stats = worker.stats
         self.win = worker.window
         self.tracker = SequenceTracker()
-        self.npairs = len(worker.plan.pairs)
+        #: The pairs this client streams, and its request target.
+        self.pairs = worker.plan.pairs_of(index)
+        self.target = worker.plan.target_of(index)
+        self.npairs = len(self.pairs)
         #: The open connection (non-blocking, registered with the worker), or None.
         self.sock: socket.socket | None = None
         self.reader = StreamReader()
@@ -211,7 +216,7 @@ class Client:
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
-            request = build_request(plan.host, plan.port, plan.target, self.last_id)
+            request = build_request(plan.host, plan.port, self.target, self.last_id)
             await asyncio.wait_for(self._open(sock, address, request), plan.connect_timeout)
         except (TimeoutError, OSError) as exc:
             sock.close()

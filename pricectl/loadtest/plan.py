@@ -64,11 +64,24 @@ class Plan:
     #: After the window and the drain, how long the parent waits for a worker's report
     #: before asking it to stop, and then how long for the report it sends on stopping.
     report_grace: float = 5.0
+    #: Per-client pair sets: client ``i`` streams ``pair_sets[i % len(pair_sets)]``
+    #: (a spread of clients over many pairs); empty: every client streams ``pairs``.
+    pair_sets: tuple[tuple[str, ...], ...] = ()
 
     @property
     def target(self) -> str:
-        """The request target of every client."""
-        return stream_target(list(self.pairs), self.path)
+        """The request target of every client (of client 0 with ``pair_sets``)."""
+        return self.target_of(0)
+
+    def pairs_of(self, index: int) -> tuple[str, ...]:
+        """The pairs client ``index`` streams."""
+        if self.pair_sets:
+            return self.pair_sets[index % len(self.pair_sets)]
+        return self.pairs
+
+    def target_of(self, index: int) -> str:
+        """The request target of client ``index``."""
+        return stream_target(list(self.pairs_of(index)), self.path)
 
 
 def raise_nofile_limit(needed: int) -> tuple[int, int, str | None]:

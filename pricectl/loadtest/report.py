@@ -252,8 +252,15 @@ def build_report(
         for f in finals
         if f.get("wall_window_s")
     )
-    per_client = sum(hi - lo + 1 for lo, hi in spans.values())
-    expected = per_client * tot.get("fast_clients", 0)
+    pair_clients: dict[str, int] = {}
+    for f in finals:
+        _add(pair_clients, f.get("pair_clients", {}))
+    if pair_clients:  # each pair's published updates x the reading clients that stream it
+        expected = sum(
+            (hi - lo + 1) * pair_clients.get(pair, 0) for (pair, _), (lo, hi) in spans.items()
+        )
+    else:
+        expected = sum(hi - lo + 1 for lo, hi in spans.values()) * tot.get("fast_clients", 0)
     delivered = tot.get("fast_events_window", 0)
     delivery = delivered / expected if expected else 0.0
     duration = plan.duration

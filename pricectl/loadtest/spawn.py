@@ -136,11 +136,13 @@ def spawned_system(
     serve_workers: int = 1,
     startup_timeout: float = 20.0,
     lease: Mapping[str, float] | None = None,
+    settings: Mapping[str, str] | None = None,
 ) -> Iterator[Spawned]:
     """Run simulator + serve (+ ingest with Redis) until the ``with`` block ends.
 
     ``lease`` (``ttl``, ``renew_deadline``, ``retry`` in seconds) overrides the ingest
-    processes' leader lease.
+    processes' leader lease; ``settings`` adds environment settings (``PRICECTL_...``)
+    to every process's.
     """
     exe = [sys.executable, "-m", "pricectl.cli"]
     sim_port = free_port()
@@ -155,6 +157,7 @@ def spawned_system(
             "BINANCE_REST_URL": f"http://127.0.0.1:{sim_port}",
             "PRICECTL_SERVER__MAX_CONNECTIONS": "20000",
             "LOG_LEVEL": "warning",
+            **(settings or {}),
         }
     )
     if redis_url:
@@ -208,25 +211,35 @@ def spawned_system(
             _stop(p)
 
 
+_WAIT_BATCH = 50
+
+
 def _wait_prices(
     port: int, pairs: list[str], proc: subprocess.Popen[bytes], timeout: float
 ) -> None:
     """Wait until serve has a price for every pair (the relay is live)."""
     import json
 
-    url = f"http://127.0.0.1:{port}/api/market-data/prices?pairs={','.join(pairs)}"
     deadline = time.monotonic() + timeout
     body: object = None
+    waiting = list(pairs)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SpawnError(f"serve exited with status {proc.returncode} while starting")
+        # In batches: a request names at most server.max_pairs_per_connection (50) pairs.
+        batch = waiting[:_WAIT_BATCH]
+        url = f"http://127.0.0.1:{port}/api/market-data/prices?pairs={','.join(batch)}"
         try:
             with urllib.request.urlopen(url, timeout=1.0) as resp:
                 body = json.loads(resp.read())
             text = json.dumps(body)
-            if all(f'"{p}"' in text for p in pairs) and '"price"' in text:
-                return
+            if all(f'"{p}"' in text for p in batch) and '"price"' in text:
+                del waiting[: len(batch)]
+                if not waiting:
+                    return
+                continue
         except (OSError, ValueError):
             pass
         time.sleep(0.1)
-    raise SpawnError(f"serve had no prices for {', '.join(pairs)} within {timeout:.0f}s: {body}")
+    missing = ", ".join(waiting[:_WAIT_BATCH]) + (" ..." if len(waiting) > _WAIT_BATCH else "")
+    raise SpawnError(f"serve had no prices for {missing} within {timeout:.0f}s: {body}")

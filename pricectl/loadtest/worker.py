@@ -369,6 +369,16 @@ class _Worker:
                 if c.sock is not None:
                     open_at_end += 1
         fast += self.count - len(self.clients)  # clients the ramp never reached
+        # Reading clients per pair (with per-client pair sets they differ from pair to
+        # pair): what a pair's published updates are multiplied by for the expected count.
+        pair_clients: dict[str, int] = {}
+        for c in self.clients:
+            if not c.slow:
+                for pair in c.pairs:
+                    pair_clients[pair] = pair_clients.get(pair, 0) + 1
+        for index in range(self.first + len(self.clients), self.first + self.count):
+            for pair in self.plan.pairs_of(index):
+                pair_clients[pair] = pair_clients.get(pair, 0) + 1
         return {
             "attempted": s.attempted,
             "established": s.established,
@@ -390,6 +400,10 @@ class _Worker:
             "fast_clients": fast,
             "slow_clients": slow,
             "fast_events_window": fast_events,
+            "pair_clients": pair_clients,
+            # Each reading client's window count, so a caller can hold every client to
+            # what was published for its own pairs (``Plan.pairs_of``).
+            "client_events": [[c.index, c.events_window] for c in self.clients if not c.slow],
             "slow_events_window": slow_events,
             "open_at_end": open_at_end,
             "cpu_s": _cpu_seconds(),

@@ -17,9 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(90 * UNIT)
 def test_pairs_bench_measures_latency_and_cpu_per_update() -> None:
     """Three pairs added one at a time get a first update then a live one; 60 pairs active
-    are spread as configured and every one publishes, with no control error."""
+    are spread as configured and every one publishes, with no control error; a serve on
+    the same Redis receives them and streams them to its clients."""
     args = ["--new", "3", "--interval", "0.1", "--pairs", "60", "--runs", "1"]
-    args += ["--warmup", "0.5", "--seconds", "2", "--json"]
+    args += ["--warmup", "0.5", "--seconds", "2", "--serve", "--json"]
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.pairs_bench", *args],
         cwd=ROOT,
@@ -36,3 +37,6 @@ def test_pairs_bench_measures_latency_and_cpu_per_update() -> None:
     by_per = {r["streams_per_connection"]: r for r in result["cpu"]}
     assert by_per[200]["connections"] == 1 and by_per[200]["pairs"] == 60
     assert all(r["updates_per_s"] > 30 and r["us_per_update"] > 0 for r in result["cpu"])
+    for r in result["cpu"]:
+        assert r["serve_received_per_s"] > 30 and r["serve_events_per_s"] > 30
+        assert r["serve_us_per_update"] >= 0  # /proc counts in 10 ms ticks
