@@ -177,6 +177,8 @@ class Leader:
         self.holder: str | None = None
         #: True while the presence subscription is live (we compete only then).
         self.present = False
+        #: Sentinel failovers followed (``+switch-master`` messages acted on).
+        self.failovers = 0
         self._clock = LeaseClock(self.policy)
         self._rand = rand
         self._on_stuck = on_stuck
@@ -210,6 +212,7 @@ class Leader:
             "last_step_down": self.last_step_down,
             "holder": self.holder,
             "present": self.present,
+            "failovers": self.failovers,
         }
 
     def may_publish(self) -> str | None:
@@ -243,6 +246,10 @@ class Leader:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._presence(), name="lease-presence")
+                if self._redis.sentinel_manager is not None:
+                    tg.create_task(
+                        self._redis.follow_failovers(self._switched), name="lease-failovers"
+                    )
                 await self._compete(on_elected)
         finally:
             for task in list(self._stragglers):
@@ -250,6 +257,13 @@ class Leader:
             if self.epoch is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.release())
+
+    def _switched(self, address: str) -> None:
+        """A Sentinel failover: every connection was dropped; a standby competes at once
+        on the new master (the lease may have been replicated to it, or be gone)."""
+        self.failovers += 1
+        if self._wake is not None:
+            self._wake.set()
 
     async def release(self) -> bool:
         """Compare-and-delete the lease if we hold it, announcing it to standbys.

@@ -34,21 +34,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from pricectl.bus import keys
 from pricectl.bus.base import BusEvent, Fence, Gap, Leadership, Subscription, Update
-from pricectl.bus.failures import describe, is_unreachable, retry_once
+from pricectl.bus.failures import Failure, classify, describe, retry_once
 from pricectl.config import redact_url
 from pricectl.core.backoff import Backoff, BackoffPolicy
 from pricectl.core.health import PING_LIMIT
+from pricectl.core.redis_url import RedisTarget, parse_redis_url
 from pricectl.core.ticks import PriceUpdate, decode_update
 from pricectl.errors import BusError, FencedError
 
@@ -111,6 +113,16 @@ HEARTBEAT_TTL_MS = 5000
 #: What a Redis call can raise besides RedisError when the server is not there.
 _UNREACHABLE = (OSError, asyncio.TimeoutError)
 
+#: The sentinels' channel that announces a new master: ``<name> <old ip> <old port> <new
+#: ip> <new port>`` (https://redis.io/docs/latest/operate/oss_and_stack/management/sentinel/).
+SWITCH_MASTER = "+switch-master"
+
+#: Seconds one sentinel may take to answer (each is asked in turn for the master).
+SENTINEL_TIMEOUT = 1.0
+
+#: Delays before watching the next sentinel for switches when one fails.
+SWITCH_WATCH_RETRY = BackoffPolicy(initial=0.2, max=2.0, multiplier=2.0, reset_after=10.0)
+
 
 class BoundedRedis(aioredis.Redis):
     """A redis.asyncio client whose every command is bounded by ``asyncio.timeout``.
@@ -118,31 +130,164 @@ class BoundedRedis(aioredis.Redis):
     Replaces redis-py's ``socket_timeout`` (see the module docstring for why). A command
     that times out raises ``TimeoutError`` and its connection is dropped by redis-py, so
     no late reply is ever read as the answer to the next command.
+
+    Made by :func:`connect_redis`, which sets :attr:`target` (what the URL names) and, for a
+    Sentinel URL, :attr:`sentinel_manager` (the sentinels this client asks where the master is).
     """
 
     #: Seconds one command may take, connect included.
     op_timeout: float = 5.0
+    target: RedisTarget = RedisTarget("standalone", "")
+    sentinel_manager: Sentinel | None = None
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         async with asyncio.timeout(self.op_timeout):
             return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
 
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        """Close the connections, and the sentinels' too."""
+        await super().aclose(close_connection_pool)
+        if self.sentinel_manager is not None:
+            with contextlib.suppress(Exception):
+                await self.sentinel_manager.aclose()
+
+    def master_address(self) -> str | None:
+        """``host:port`` of the master this client writes to, as last learnt (Sentinel: from
+        the sentinels; otherwise the URL's). None before a Sentinel client first connected."""
+        if self.sentinel_manager is not None:
+            address = getattr(self.connection_pool, "master_address", None)
+            return None if address is None else f"{address[0]}:{address[1]}"
+        kwargs = self.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            return str(kwargs["path"])
+        return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
+    async def follow_failovers(self, on_switch: Callable[[str], None] | None = None) -> None:
+        """For a Sentinel URL, run until cancelled: subscribed to ``+switch-master`` on one
+        sentinel at a time (the next one if it fails), and on a switch of our service drop
+        every connection, the ones in use (pub/sub) included, so each reconnects to the
+        new master at once, then call ``on_switch("host:port")``. Returns at once for
+        other URLs.
+
+        READONLY replies and closed connections send a connection back to the sentinels
+        too (redis-py's Sentinel pool does that), but a demoted master that stays up keeps
+        accepting writes until Sentinel reconfigures it (seconds later), and a master cut
+        off from the sentinels never says anything: the switch message is the first
+        word of a failover, so it is the one to act on.
+        """
+        sentinel, service = self.sentinel_manager, self.target.service
+        if sentinel is None or service is None:
+            return
+        backoff = Backoff(SWITCH_WATCH_RETRY)
+        turn = 0
+        warned = False
+        while True:
+            node = sentinel.sentinels[turn % len(sentinel.sentinels)]
+            pubsub = node.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(SWITCH_MASTER)
+                backoff.connected(time.monotonic())
+                if warned:
+                    log.info("sentinel: watching for failovers of %r again", service)
+                warned = False
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is None or message["type"] != "message":
+                        continue
+                    # "<name> <old-ip> <old-port> <new-ip> <new-port>"
+                    fields = str(message["data"]).split()
+                    if len(fields) != 5 or fields[0] != service:
+                        continue
+                    new = f"{fields[3]}:{fields[4]}"
+                    log.warning(
+                        "sentinel: the master of %r moved from %s:%s to %s (failover): "
+                        "reconnecting every connection to it",
+                        service,
+                        fields[1],
+                        fields[2],
+                        new,
+                    )
+                    await self.connection_pool.disconnect(inuse_connections=True)
+                    if on_switch is not None:
+                        on_switch(new)
+            except (RedisError, *_UNREACHABLE) as exc:
+                turn += 1
+                delay = backoff.next_delay(time.monotonic())
+                if not warned:
+                    log.warning(
+                        "sentinel: cannot watch for failovers of %r at %s:%s (%s): trying the "
+                        "next sentinel in %.1fs",
+                        service,
+                        node.connection_pool.connection_kwargs.get("host"),
+                        node.connection_pool.connection_kwargs.get("port"),
+                        describe(exc),
+                        delay,
+                    )
+                    warned = True
+                await asyncio.sleep(delay)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
 
 def connect_redis(url: str, *, timeout: float = 5.0) -> BoundedRedis:
     """A redis.asyncio client for ``url`` with redis-py's retries off (we retry ourselves).
 
-    Does not connect: the first command does. ``timeout`` bounds connects and each
-    command, so a paused Redis turns into an error instead of a hang. Pipelines are not
-    bounded by it: wrap ``execute()`` in ``asyncio.timeout`` yourself.
+    ``redis://``, ``rediss://`` and ``unix://`` name one server. ``redis+sentinel://``
+    (``rediss+sentinel://``) names a Sentinel service: the client asks the sentinels for
+    the master before each new connection and after a READONLY reply (redis-py's
+    ``SentinelConnectionPool``), and :meth:`BoundedRedis.follow_failovers` moves it on a
+    ``+switch-master``. Does not connect: the first command does. ``timeout`` bounds
+    connects and each command, so a paused Redis turns into an error instead of a hang
+    (each sentinel gets at most 1 s of it, so one frozen sentinel does not eat it all).
+    Pipelines are not bounded by it: wrap ``execute()`` in ``asyncio.timeout`` yourself.
     """
-    client = BoundedRedis.from_url(
-        url,
-        decode_responses=True,
-        retry=Retry(NoBackoff(), 0),
-        socket_connect_timeout=timeout,
-        socket_timeout=None,
-    )
-    assert isinstance(client, BoundedRedis)
+    target = parse_redis_url(url)
+    common: dict[str, Any] = {
+        "decode_responses": True,
+        "retry": Retry(NoBackoff(), 0),
+        "socket_timeout": None,
+    }
+    if target.kind == "cluster":
+        raise BusError(
+            f"{redact_url(url)}: Redis Cluster URLs are not supported by this pricectl; "
+            "use redis+sentinel:// or a single Redis"
+        )
+    if target.kind == "sentinel":
+        assert target.service is not None
+        sentinel_timeout = min(timeout, SENTINEL_TIMEOUT)
+        sentinel_kwargs: dict[str, Any] = {
+            **common,
+            "socket_connect_timeout": sentinel_timeout,
+            "username": target.sentinel_username,
+            "password": target.sentinel_password,
+        }
+        if target.tls:
+            sentinel_kwargs["ssl"] = True
+        sentinel = Sentinel(target.hosts, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+        # Sentinel makes plain clients for the sentinels; bounded ones instead.
+        nodes: list[aioredis.Redis] = []
+        for host, port in target.hosts:
+            node = BoundedRedis(host=host, port=port, **sentinel_kwargs)
+            node.op_timeout = sentinel_timeout
+            nodes.append(node)
+        sentinel.sentinels = nodes
+        client = sentinel.master_for(
+            target.service,
+            redis_class=BoundedRedis,
+            socket_connect_timeout=timeout,
+            username=target.username,
+            password=target.password,
+            db=target.db,
+            ssl=target.tls,
+            **common,
+        )
+        assert isinstance(client, BoundedRedis)
+        client.sentinel_manager = sentinel
+    else:
+        client = BoundedRedis.from_url(url, socket_connect_timeout=timeout, **common)
+        assert isinstance(client, BoundedRedis)
+    client.target = target
     client.op_timeout = timeout
     return client
 
@@ -172,6 +317,14 @@ class RedisBus:
         self.epoch_drops = 0
         #: Times a subscription lost Redis and subscribed again (each yields a Gap).
         self.reconnects = 0
+        #: What the node we talk to says it is (``master``, ``replica``), from the probe's
+        #: ROLE; None until known. Only a master takes the lease and publishes.
+        self.role: str | None = None
+        #: Why the last contact failed (:func:`describe`'s words), None while it works.
+        self.problem: str | None = None
+        #: Failovers followed (Sentinel ``+switch-master`` messages acted on).
+        self.failovers = 0
+        self._state: str | None = None
         self._reconnect = reconnect
         self._probe_interval = probe_interval
         self._client = connect_redis(url, timeout=timeout)
@@ -188,8 +341,10 @@ class RedisBus:
         self._channel_prefix = keys.channel(prefix, "")
         self._pubsubs: set[Any] = set()
         self._probe: asyncio.Task[None] | None = None
+        self._follow: asyncio.Task[None] | None = None
         self._closed = False
-        self._stopping = asyncio.Event()
+        # Set (and replaced) to cut every pause short: on close and on a failover.
+        self._wake = asyncio.Event()
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -197,11 +352,46 @@ class RedisBus:
         """Begin probing Redis in the background; never raises if Redis is down."""
         if self._probe is None:
             self._probe = asyncio.create_task(self._probe_loop(), name="redis-bus-probe")
+        if self._follow is None and self._client.sentinel_manager is not None:
+            self._follow = asyncio.create_task(
+                self._client.follow_failovers(self._switched), name="redis-bus-failovers"
+            )
+
+    def topology(self) -> dict[str, Any]:
+        """What the bus is connected to, for health: ``mode`` (``standalone``,
+        ``sentinel``), ``role``, ``master`` (``host:port``), and for Sentinel the
+        ``service`` name, the ``sentinels`` and the ``failovers`` followed."""
+        target = self._client.target
+        out: dict[str, Any] = {
+            "mode": target.kind,
+            "role": self.role,
+            "master": self._client.master_address(),
+        }
+        if target.kind == "sentinel":
+            out["service"] = target.service
+            out["sentinels"] = [f"{h}:{p}" for h, p in target.hosts]
+            out["failovers"] = self.failovers
+        return out
+
+    def _switched(self, address: str) -> None:
+        self.failovers += 1
+        self._kick()
+
+    def _kick(self) -> None:
+        """Wake every pause now (a failover: retry at once, not after the backoff)."""
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
 
     async def close(self) -> None:
         """Stop probing, end every subscription, close the connections."""
         self._closed = True
-        self._stopping.set()
+        self._kick()
+        if self._follow is not None:
+            self._follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._follow
+            self._follow = None
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
@@ -240,8 +430,7 @@ class RedisBus:
             try:
                 result = await retry_once(partial(self._script, keys=self._fence_keys, args=args))
             except (RedisError, *_UNREACHABLE) as exc:
-                if is_unreachable(exc):
-                    self._set_connected(False, exc)
+                self._failed(exc)
                 raise BusError(f"publish failed: redis at {self._where} {describe(exc)}") from exc
             self._set_connected(True)
             if result == -1:
@@ -276,8 +465,7 @@ class RedisBus:
         try:
             values = await retry_once(lambda: self._client.hmget(keys.latest(self.prefix), wanted))
         except (RedisError, *_UNREACHABLE) as exc:
-            if is_unreachable(exc):
-                self._set_connected(False, exc)
+            self._failed(exc)
             raise BusError(f"snapshot failed: redis at {self._where} {describe(exc)}") from exc
         self._set_connected(True)
         out: dict[str, PriceUpdate] = {}
@@ -338,7 +526,7 @@ class RedisBus:
             except (RedisError, *_UNREACHABLE) as exc:
                 if self._closed:
                     return
-                self._set_connected(False, exc)
+                self._failed(exc)
                 delay = backoff.next_delay(time.monotonic())
                 # One warning per outage; the retries after it are debug noise.
                 log.log(
@@ -346,7 +534,7 @@ class RedisBus:
                     "redis subscription %s at %s (%s): retrying in %.1fs",
                     "lost" if ever_subscribed else "not possible",
                     self._where,
-                    exc,
+                    describe(exc),
                     delay,
                 )
                 warned = True
@@ -368,14 +556,41 @@ class RedisBus:
             channel = self._channels[pair] = keys.channel(self.prefix, pair)
         return channel
 
-    def _set_connected(self, up: bool, exc: BaseException | None = None) -> None:
-        if up and not self.connected:
-            log.info("redis connected at %s", self._where)
-        elif not up and self.connected:
-            log.warning(
-                "redis at %s %s", self._where, describe(exc) if exc is not None else "unreachable"
-            )
+    def _failed(self, exc: BaseException) -> None:
+        """A command failed: the bus is down for every kind but a plain error (a refused
+        command says nothing about the connection)."""
+        if classify(exc) is not Failure.ERROR:
+            self._set_connected(False, exc)
+
+    def _set_connected(
+        self, up: bool, exc: BaseException | None = None, *, first: bool = False
+    ) -> None:
+        """Note the bus's state; log once per change of state, a change of failure kind
+        included (unreachable, then authentication failed, is two lines). A failure before
+        any contact is logged only with ``first`` (the probe's): a one-shot command
+        raises it with its own explanation instead."""
+        state = "up" if up else (classify(exc).value if exc is not None else "unreachable")
+        if state != self._state:
+            if up:
+                master = self._client.master_address()
+                if self._client.sentinel_manager is not None:
+                    log.info(
+                        "redis connected at %s (master of %r at %s)",
+                        self._where,
+                        self._client.target.service,
+                        master,
+                    )
+                else:
+                    log.info("redis connected at %s", self._where)
+            elif self._state is not None or first:
+                log.warning(
+                    "redis at %s %s",
+                    self._where,
+                    describe(exc) if exc is not None else "unreachable",
+                )
+            self._state = state
         self.connected = up
+        self.problem = None if up else (describe(exc) if exc is not None else "unreachable")
 
     async def _probe_loop(self) -> None:
         """PING (with the lease holder and the heartbeat read in the same round trip)
@@ -389,16 +604,11 @@ class RedisBus:
             started = time.monotonic()
             try:
                 async with asyncio.timeout(PING_LIMIT):
-                    holder, beat = await retry_once(self._probe_once)
+                    holder, beat, role = await retry_once(self._probe_once)
             except (RedisError, *_UNREACHABLE) as exc:
-                was_up = self.connected
                 self.responsive = False
-                self._set_connected(False, exc)
+                self._set_connected(False, exc, first=True)
                 delay = min(self._probe_interval, backoff.next_delay(time.monotonic()))
-                if not was_up and backoff.attempt == 1:
-                    log.warning(
-                        "redis at %s %s: retrying in %.1fs", self._where, describe(exc), delay
-                    )
                 await self._pause(delay)
                 continue
             now = time.monotonic()
@@ -408,6 +618,7 @@ class RedisBus:
                 log.info("redis at %s answers again (PING %.0f ms)", self._where, took)
             self.responsive = self._ever_responsive = True
             self._set_connected(True)
+            self._note_role(role)
             self._holder = holder
             if beat != self._beat:
                 self._beat = beat
@@ -417,16 +628,40 @@ class RedisBus:
             backoff.connected(now)
             await self._pause(max(0.0, self._probe_interval - (now - started)))
 
-    async def _probe_once(self) -> tuple[str | None, str | None]:
+    async def _probe_once(self) -> tuple[str | None, str | None, str]:
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.ping()
             pipe.get(keys.leader(self.prefix))
             pipe.get(keys.heartbeat(self.prefix))
-            _, holder, beat = await pipe.execute()
-        return holder, beat
+            pipe.execute_command("ROLE")
+            _, holder, beat, role = await pipe.execute()
+        return holder, beat, str(role[0]) if role else "unknown"
+
+    def _note_role(self, role: str) -> None:
+        """``master`` or ``replica`` (Redis says ``slave``); logged on each change. A
+        Sentinel client that finds a replica where the sentinels said the master was
+        (mid-failover) drops its connections so the next ones ask again."""
+        role = "replica" if role == "slave" else role
+        if role != self.role:
+            if role != "master":
+                log.warning(
+                    "redis at %s is a %s, not the master: nothing can be published through it",
+                    self._where,
+                    role,
+                )
+            elif self.role is not None:
+                log.info("redis at %s is the master again", self._where)
+            self.role = role
+        if role != "master" and self._client.sentinel_manager is not None:
+            self._spawn_disconnect()
+
+    def _spawn_disconnect(self) -> None:
+        task = asyncio.ensure_future(self._client.connection_pool.disconnect())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _pause(self, seconds: float) -> None:
-        """Sleep that :meth:`close` cuts short."""
+        """Sleep that :meth:`close` and a followed failover cut short."""
+        wake = self._wake
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                await self._stopping.wait()
+                await wake.wait()
