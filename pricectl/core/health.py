@@ -74,12 +74,14 @@ def judge(
     ``None`` for one of them means never. ``bus_role`` is what the bus's node says it is
     (``master``, ``replica``; None: not known): anything but a master is ``down``, for no
     update can be published through it. ``bus_problem`` says why the bus is not
-    connected (``authentication failed (...)``); "unreachable" when not given.
+    connected (``authentication failed (...)``); plain "unreachable" when not given or
+    when that is the problem.
     """
     fresh = [p for p, st in pairs.items() if not st["stale"]]
     reasons: list[str] = []
     if not bus_connected:
-        reasons.append(f"bus {bus_problem}" if bus_problem else "bus unreachable")
+        named = bus_problem is not None and not bus_problem.startswith("unreachable")
+        reasons.append(f"bus {bus_problem}" if named else "bus unreachable")
     elif not bus_responsive:
         reasons.append(f"bus did not answer a PING within {PING_LIMIT:g}s")
     elif bus_role is not None and bus_role != "master":
