@@ -43,12 +43,12 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from pricectl.bus import keys
 from pricectl.bus.base import Fence
 from pricectl.bus.failures import classify, describe, retry_once
-from pricectl.bus.redis import connect_redis
+from pricectl.bus.redis import connect_any, key_prefix
 from pricectl.config import redact_url
 from pricectl.core.backoff import Backoff, BackoffPolicy
 from pricectl.core.lease import LeaseClock, LeasePolicy
@@ -68,7 +68,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: KEYS: leader, epoch. ARGV: token, ttl_ms, and optionally the presence channel prefix.
+#: KEYS: leader, epoch. ARGV: token, ttl_ms, and optionally the presence channel prefix
+#: and how to count its subscribers (``NUMSUB``; ``SHARDNUMSUB`` on a cluster, where the
+#: presence channel is a shard channel in the lease's slot).
 #: Returns the new epoch, or the holder's token if a live process holds the lease (0 when
 #: it is held and no presence prefix was given). A key still holding our own token (we
 #: stepped down but it has not expired) counts as free: we start a new term with a new
@@ -80,7 +82,7 @@ ACQUIRE_SCRIPT = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then
   if not ARGV[3] then return 0 end
-  local alive = redis.call('PUBSUB', 'NUMSUB', ARGV[3] .. holder)
+  local alive = redis.call('PUBSUB', ARGV[4] or 'NUMSUB', ARGV[3] .. holder)
   if tonumber(alive[2]) > 0 then return holder end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -103,11 +105,12 @@ end
 return 0
 """
 
-#: KEYS: leader. ARGV: token, lease channel. 1 if we held it and deleted it, else 0.
+#: KEYS: leader. ARGV: token, lease channel, and optionally how to publish (``PUBLISH``;
+#: ``SPUBLISH`` on a cluster). 1 if we held it and deleted it, else 0.
 RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], 'released')
+  redis.call(ARGV[3] or 'PUBLISH', ARGV[2], 'released')
   return 1
 end
 return 0
@@ -182,11 +185,14 @@ class Leader:
         self._clock = LeaseClock(self.policy)
         self._rand = rand
         self._on_stuck = on_stuck
-        self._redis = connect_redis(redis_url, timeout=max(0.5, self.policy.renew_deadline))
+        self._redis: Any = connect_any(redis_url, timeout=max(0.5, self.policy.renew_deadline))
+        self._cluster = self._redis.target.kind == "cluster"
+        # On a cluster the lease keys and both channels share one slot (keys.slot_prefix).
+        self._kp = kp = key_prefix(self._redis, prefix)
         self._acquire = self._redis.register_script(ACQUIRE_SCRIPT)
         self._renew = self._redis.register_script(RENEW_SCRIPT)
         self._release = self._redis.register_script(RELEASE_SCRIPT)
-        self._lease_keys = [keys.leader(prefix), keys.epoch(prefix)]
+        self._lease_keys = [keys.leader(kp), keys.epoch(kp)]
         self._lost: asyncio.Event | None = None
         self._lost_reason = "fenced"
         self._wake: asyncio.Event | None = None
@@ -275,11 +281,15 @@ class Leader:
             async with asyncio.timeout(self.policy.retry):
                 held = await retry_once(
                     lambda: self._release(
-                        keys=[keys.leader(self.prefix)],
-                        args=[self.identity, keys.lease_channel(self.prefix)],
+                        keys=[keys.leader(self._kp)],
+                        args=[
+                            self.identity,
+                            keys.lease_channel(self._kp),
+                            *(["SPUBLISH"] if self._cluster else []),
+                        ],
                     )
                 )
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             log.warning("could not release the lease: redis at %s %s", self._where, describe(exc))
             return False
         if held:
@@ -332,10 +342,15 @@ class Leader:
                 result = await retry_once(
                     lambda: self._acquire(
                         keys=self._lease_keys,
-                        args=[self.identity, self.policy.ttl_ms, keys.presence_prefix(self.prefix)],
+                        args=[
+                            self.identity,
+                            self.policy.ttl_ms,
+                            keys.presence_prefix(self._kp),
+                            *(["SHARDNUMSUB"] if self._cluster else []),
+                        ],
                     )
                 )
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             self._standby_failed(exc)
             return None
         if isinstance(result, str):
@@ -381,38 +396,44 @@ class Leader:
         standby loop when a leader announces a release. Reconnects by itself."""
         assert self._wake is not None and self._present_event is not None
         channels = (
-            keys.presence_channel(self.prefix, self.identity),
-            keys.lease_channel(self.prefix),
+            keys.presence_channel(self._kp, self.identity),
+            keys.lease_channel(self._kp),
         )
         backoff = Backoff(BackoffPolicy(initial=0.1, max=self.policy.retry, reset_after=10.0))
         while True:
             pubsub = self._redis.pubsub()
             try:
-                await pubsub.subscribe(*channels)
+                if self._cluster:
+                    # Shard channels in the lease's slot, so the acquire script's
+                    # SHARDNUMSUB on that node sees this subscription.
+                    await self._redis.initialize()
+                    await pubsub.ssubscribe(*channels)
+                    read = pubsub.get_sharded_message
+                else:
+                    await pubsub.subscribe(*channels)
+                    read = pubsub.get_message
                 # The subscribe is only sent; its confirmation arrives as a message.
                 confirmed = 0
                 while confirmed < len(channels):
-                    message = await pubsub.get_message(timeout=self.policy.retry)
+                    message = await read(timeout=self.policy.retry)
                     if message is None:
                         raise TimeoutError("no subscribe confirmation")
-                    if message["type"] == "subscribe":
+                    if message["type"] in ("subscribe", "ssubscribe"):
                         confirmed += 1
                 self.present = True
                 self._present_event.set()
                 backoff.connected(time.monotonic())
                 while True:
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=self.policy.retry
-                    )
-                    if message is not None and message["type"] == "message":
+                    message = await read(ignore_subscribe_messages=True, timeout=self.policy.retry)
+                    if message is not None and message["type"] in ("message", "smessage"):
                         self._wake.set()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
                 self._standby_failed(exc)
             finally:
                 self.present = False
                 self._present_event.clear()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
             await asyncio.sleep(backoff.next_delay(time.monotonic()))
 
     # --- leader --------------------------------------------------------------------
@@ -525,7 +546,7 @@ class Leader:
                             keys=self._lease_keys, args=[self.identity, epoch, self.policy.ttl_ms]
                         )
                     )
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
                 clock.renew_failed(now)
                 self.renew_failures += 1
                 where, why = self._where, describe(exc)
@@ -561,14 +582,15 @@ async def read_leader(redis_url: str, prefix: str = "") -> dict[str, Any] | None
     """
     from pricectl.errors import BusError
 
-    client = connect_redis(redis_url, timeout=2.0)
+    client = connect_any(redis_url, timeout=2.0)
+    kp = key_prefix(client, prefix)
     try:
         async with asyncio.timeout(2.0), client.pipeline(transaction=True) as pipe:
-            pipe.get(keys.leader(prefix))
-            pipe.get(keys.epoch(prefix))
-            pipe.pttl(keys.leader(prefix))
+            pipe.get(keys.leader(kp))
+            pipe.get(keys.epoch(kp))
+            pipe.pttl(keys.leader(kp))
             token, epoch, ttl_ms = await pipe.execute()
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
         raise BusError(f"redis at {redact_url(redis_url)} {describe(exc)}") from exc
     finally:
         with contextlib.suppress(Exception):

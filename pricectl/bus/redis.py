@@ -39,10 +39,11 @@ from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from pricectl.bus import keys
 from pricectl.bus.base import BusEvent, Fence, Gap, Leadership, Subscription, Update
@@ -55,14 +56,19 @@ from pricectl.core.ticks import PriceUpdate, decode_update
 from pricectl.errors import BusError, FencedError
 
 __all__ = [
+    "CLUSTER_PUBLISH_SCRIPT",
     "DEFAULT_RECONNECT",
     "HEARTBEAT_SCRIPT",
     "HEARTBEAT_TTL_MS",
     "MAX_BATCH",
     "PUBLISH_SCRIPT",
+    "BoundedCluster",
     "BoundedRedis",
     "RedisBus",
+    "RedisClient",
+    "connect_any",
     "connect_redis",
+    "key_prefix",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,6 +104,22 @@ end
 return n
 """
 
+#: PUBLISH_SCRIPT for a Redis Cluster: the same fence and snapshot, no PUBLISH (the
+#: price channels live on other shards; the bus SPUBLISHes each update after it).
+CLUSTER_PUBLISH_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return -2 end
+local names, texts = ARGV[4], ARGV[5]
+local np, tp, n = 1, 1, 0
+while np <= #names do
+  local ne = string.find(names, '\\n', np, true) or (#names + 1)
+  local te = string.find(texts, '\\n', tp, true) or (#texts + 1)
+  redis.call('HSET', KEYS[3], string.sub(names, np, ne - 1), string.sub(texts, tp, te - 1))
+  np, tp, n = ne + 1, te + 1, n + 1
+end
+return n
+"""
+
 #: KEYS: leader, epoch, heartbeat. ARGV: token, epoch, value, px. Fenced like a publish:
 #: 1 if written, -1 / -2 as PUBLISH_SCRIPT.
 HEARTBEAT_SCRIPT = """
@@ -111,7 +133,7 @@ return 1
 HEARTBEAT_TTL_MS = 5000
 
 #: What a Redis call can raise besides RedisError when the server is not there.
-_UNREACHABLE = (OSError, asyncio.TimeoutError)
+_UNREACHABLE = (OSError, asyncio.TimeoutError, RedisClusterException)
 
 #: The sentinels' channel that announces a new master: ``<name> <old ip> <old port> <new
 #: ip> <new port>`` (https://redis.io/docs/latest/operate/oss_and_stack/management/sentinel/).
@@ -230,14 +252,65 @@ class BoundedRedis(aioredis.Redis):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
+class BoundedCluster(RedisCluster):
+    """A redis.asyncio cluster client bounded like :class:`BoundedRedis`, with the same
+    extras (:attr:`target`, :meth:`master_address`, :meth:`follow_failovers`), so the bus
+    and the lease use either alike. redis-py follows ``MOVED``/``ASK`` and refreshes its
+    slot map on a failed node by itself."""
+
+    op_timeout: float = 5.0
+    target: RedisTarget = RedisTarget("cluster", "")
+    sentinel_manager: Sentinel | None = None
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        async with asyncio.timeout(self.op_timeout):
+            return await super().execute_command(*args, **options)
+
+    def master_address(self, key: str | None = None) -> str | None:
+        """``host:port`` of the primary that owns ``key``'s slot (None if not known)."""
+        if key is None:
+            return None
+        try:
+            node = self.get_node_from_key(key)
+        except (RedisClusterException, RedisError, IndexError, KeyError):
+            return None
+        return None if node is None else f"{node.host}:{node.port}"
+
+    async def follow_failovers(self, on_switch: Callable[[str], None] | None = None) -> None:
+        """Nothing to watch: the cluster's own redirects and slot map do it."""
+
+    async def refresh(self) -> None:
+        """Re-read the slot map (after a node failed, before subscribing again)."""
+        await self.nodes_manager.initialize()
+
+
+#: A client of any URL form (:func:`connect_redis`).
+RedisClient = BoundedRedis | BoundedCluster
+
+
+def key_prefix(client: RedisClient, prefix: str) -> str:
+    """The prefix of the lease, heartbeat and snapshot keys for ``client``: on a cluster,
+    with a hash tag (:func:`pricectl.bus.keys.slot_prefix`)."""
+    return keys.slot_prefix(prefix) if client.target.kind == "cluster" else prefix
+
+
 def connect_redis(url: str, *, timeout: float = 5.0) -> BoundedRedis:
+    """:func:`connect_any` for a URL that is not a Redis Cluster's (BusError if it is)."""
+    client = connect_any(url, timeout=timeout)
+    if not isinstance(client, BoundedRedis):
+        raise BusError(f"{redact_url(url)}: expected one Redis or a Sentinel service here")
+    return client
+
+
+def connect_any(url: str, *, timeout: float = 5.0) -> RedisClient:
     """A redis.asyncio client for ``url`` with redis-py's retries off (we retry ourselves).
 
     ``redis://``, ``rediss://`` and ``unix://`` name one server. ``redis+sentinel://``
     (``rediss+sentinel://``) names a Sentinel service: the client asks the sentinels for
     the master before each new connection and after a READONLY reply (redis-py's
     ``SentinelConnectionPool``), and :meth:`BoundedRedis.follow_failovers` moves it on a
-    ``+switch-master``. Does not connect: the first command does. ``timeout`` bounds
+    ``+switch-master``. ``redis+cluster://`` names a Redis Cluster (:class:`BoundedCluster`,
+    seeded with the listed nodes). Does not connect: the first command does. ``timeout`` bounds
     connects and each command, so a paused Redis turns into an error instead of a hang
     (each sentinel gets at most 1 s of it, so one frozen sentinel does not eat it all).
     Pipelines are not bounded by it: wrap ``execute()`` in ``asyncio.timeout`` yourself.
@@ -249,10 +322,18 @@ def connect_redis(url: str, *, timeout: float = 5.0) -> BoundedRedis:
         "socket_timeout": None,
     }
     if target.kind == "cluster":
-        raise BusError(
-            f"{redact_url(url)}: Redis Cluster URLs are not supported by this pricectl; "
-            "use redis+sentinel:// or a single Redis"
+        cluster = BoundedCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
+            decode_responses=True,
+            socket_connect_timeout=timeout,
+            socket_timeout=None,
+            username=target.username,
+            password=target.password,
+            ssl=target.tls,
         )
+        cluster.target = target
+        cluster.op_timeout = timeout
+        return cluster
     if target.kind == "sentinel":
         assert target.service is not None
         sentinel_timeout = min(timeout, SENTINEL_TIMEOUT)
@@ -324,14 +405,21 @@ class RedisBus:
         self.problem: str | None = None
         #: Failovers followed (Sentinel ``+switch-master`` messages acted on).
         self.failovers = 0
+        #: A cluster's ``cluster_state`` (``ok``, ``fail``) as the probe last read it.
+        self.cluster_state: str | None = None
         self._state: str | None = None
         self._reconnect = reconnect
         self._probe_interval = probe_interval
-        self._client = connect_redis(url, timeout=timeout)
-        self._script = self._client.register_script(PUBLISH_SCRIPT)
+        self._client: Any = connect_any(url, timeout=timeout)
+        self._cluster = self._client.target.kind == "cluster"
+        #: The prefix of the keys that share a slot on a cluster (the plain one otherwise).
+        self.key_prefix = kp = key_prefix(self._client, prefix)
+        self._script = self._client.register_script(
+            CLUSTER_PUBLISH_SCRIPT if self._cluster else PUBLISH_SCRIPT
+        )
         self._heartbeat = self._client.register_script(HEARTBEAT_SCRIPT)
-        self._fence_keys = [keys.leader(prefix), keys.epoch(prefix), keys.latest(prefix)]
-        self._heartbeat_keys = [keys.leader(prefix), keys.epoch(prefix), keys.heartbeat(prefix)]
+        self._fence_keys = [keys.leader(kp), keys.epoch(kp), keys.latest(kp)]
+        self._heartbeat_keys = [keys.leader(kp), keys.epoch(kp), keys.heartbeat(kp)]
         self._leadership_known = False
         self._ever_responsive = False
         self._holder: str | None = None
@@ -362,11 +450,14 @@ class RedisBus:
         ``sentinel``), ``role``, ``master`` (``host:port``), and for Sentinel the
         ``service`` name, the ``sentinels`` and the ``failovers`` followed."""
         target = self._client.target
-        out: dict[str, Any] = {
-            "mode": target.kind,
-            "role": self.role,
-            "master": self._client.master_address(),
-        }
+        master = (
+            self._client.master_address(keys.leader(self.key_prefix))
+            if self._cluster
+            else self._client.master_address()
+        )
+        out: dict[str, Any] = {"mode": target.kind, "role": self.role, "master": master}
+        if self._cluster:
+            out["cluster_state"] = self.cluster_state
         if target.kind == "sentinel":
             out["service"] = target.service
             out["sentinels"] = [f"{h}:{p}" for h, p in target.hosts]
@@ -401,7 +492,10 @@ class RedisBus:
         for pubsub in list(self._pubsubs):
             # Breaks the blocked read; the subscription sees _closed and ends.
             with contextlib.suppress(Exception):
-                await pubsub.connection.disconnect()
+                if self._cluster:
+                    await pubsub.aclose()
+                else:
+                    await pubsub.connection.disconnect()
         with contextlib.suppress(Exception):
             await self._client.aclose()
         self.connected = False
@@ -437,6 +531,24 @@ class RedisBus:
                 raise FencedError(f"publish refused by redis: {fence.token} is not the leader")
             if result == -2:
                 raise FencedError(f"publish refused by redis: epoch {fence.epoch} is not current")
+            if self._cluster:
+                await self._spublish(chunk)
+
+    async def _spublish(self, chunk: Sequence[PriceUpdate]) -> None:
+        """Cluster: SPUBLISH each update of a batch the fenced script accepted, to the shard
+        that owns its pair's channel. Not atomic with the fence check: a deposed leader's
+        last batch can still reach consumers, who drop it by epoch once they have seen
+        the new one (:class:`~pricectl.bus.base.EpochFilter`); a lost SPUBLISH shows as a
+        hole in the pair's seqs, which consumers resync on."""
+        try:
+            async with asyncio.timeout(self._client.op_timeout):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for u in chunk:
+                        pipe.spublish(self._channel(u.pair), u.to_json())
+                    await pipe.execute()
+        except (RedisError, *_UNREACHABLE) as exc:
+            self._failed(exc)
+            raise BusError(f"publish failed: redis at {self._where} {describe(exc)}") from exc
 
     async def heartbeat(self, fence: Fence) -> None:
         """Rewrite the heartbeat key under ``fence`` (FencedError / BusError as publish)."""
@@ -463,7 +575,9 @@ class RedisBus:
         if not wanted:
             return {}
         try:
-            values = await retry_once(lambda: self._client.hmget(keys.latest(self.prefix), wanted))
+            values = await retry_once(
+                lambda: self._client.hmget(keys.latest(self.key_prefix), wanted)
+            )
         except (RedisError, *_UNREACHABLE) as exc:
             self._failed(exc)
             raise BusError(f"snapshot failed: redis at {self._where} {describe(exc)}") from exc
@@ -498,7 +612,17 @@ class RedisBus:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             self._pubsubs.add(pubsub)
             try:
-                await pubsub.subscribe(*channels)
+                if self._cluster:
+                    # Sharded pub/sub: each channel on the shard that owns it, with a
+                    # fresh slot map after a failure (redis-py does not refresh a map
+                    # that only a subscription uses).
+                    if ever_subscribed:
+                        await self._client.refresh()
+                    else:
+                        await self._client.initialize()
+                    await pubsub.ssubscribe(*channels)
+                else:
+                    await pubsub.subscribe(*channels)
                 self._set_connected(True)
                 backoff.connected(time.monotonic())
                 if ever_subscribed:
@@ -510,10 +634,15 @@ class RedisBus:
                 while not self._closed:
                     # A bounded wait so a close() that raced with a reconnect still ends us;
                     # close() also disconnects the socket, which wakes this read at once.
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=self._probe_interval
-                    )
-                    if message is None or message["type"] != "message":
+                    if self._cluster:
+                        message = await pubsub.get_sharded_message(
+                            ignore_subscribe_messages=True, timeout=self._probe_interval
+                        )
+                    else:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=self._probe_interval
+                        )
+                    if message is None or message["type"] not in ("message", "smessage"):
                         continue
                     raw = message["data"]
                     try:
@@ -542,7 +671,7 @@ class RedisBus:
             finally:
                 self._pubsubs.discard(pubsub)
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     # --- internals -----------------------------------------------------------------
 
@@ -629,10 +758,19 @@ class RedisBus:
             await self._pause(max(0.0, self._probe_interval - (now - started)))
 
     async def _probe_once(self) -> tuple[str | None, str | None, str]:
+        if self._cluster:
+            # Both keys live on the lease's shard; a primary answers for them.
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(keys.leader(self.key_prefix))
+                pipe.get(keys.heartbeat(self.key_prefix))
+                holder, beat = await pipe.execute()
+            info = await self._client.cluster_info()
+            self.cluster_state = str(info.get("cluster_state")) if info else None
+            return holder, beat, "master"
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.ping()
-            pipe.get(keys.leader(self.prefix))
-            pipe.get(keys.heartbeat(self.prefix))
+            pipe.get(keys.leader(self.key_prefix))
+            pipe.get(keys.heartbeat(self.key_prefix))
             pipe.execute_command("ROLE")
             _, holder, beat, role = await pipe.execute()
         return holder, beat, str(role[0]) if role else "unknown"

@@ -211,29 +211,37 @@ async def redis_health(
 
     from pricectl.bus import keys
     from pricectl.bus.failures import explain
-    from pricectl.bus.redis import HEARTBEAT_TTL_MS, connect_redis
+    from pricectl.bus.redis import HEARTBEAT_TTL_MS, connect_any, key_prefix
     from pricectl.config import redact_url
 
     wanted = list(pairs)
     where = redact_url(url)
     doc: dict[str, Any] = {"origin": where, "version": __version__}
     try:
-        client = connect_redis(url, timeout=2.0)
+        client: Any = connect_any(url, timeout=2.0)
     except BusError as exc:
         doc.update(status="down", reasons=[str(exc)], bus={"url": where, "connected": False})
         return doc
+    cluster = client.target.kind == "cluster"
+    kp = key_prefix(client, prefix)
     try:
         async with asyncio.timeout(2.0), client.pipeline(transaction=False) as pipe:
-            pipe.get(keys.leader(prefix))
-            pipe.get(keys.epoch(prefix))
-            pipe.pttl(keys.leader(prefix))
-            pipe.get(keys.heartbeat(prefix))
-            pipe.pttl(keys.heartbeat(prefix))
-            pipe.execute_command("ROLE")
+            pipe.get(keys.leader(kp))
+            pipe.get(keys.epoch(kp))
+            pipe.pttl(keys.leader(kp))
+            pipe.get(keys.heartbeat(kp))
+            pipe.pttl(keys.heartbeat(kp))
+            if not cluster:  # a cluster client talks to the primaries only
+                pipe.execute_command("ROLE")
             if wanted:
-                pipe.hmget(keys.latest(prefix), wanted)
-            replies = await pipe.execute()
-        master = client.master_address()
+                pipe.hmget(keys.latest(kp), wanted)
+            replies = list(await pipe.execute())
+        if cluster:
+            replies.insert(5, ["master"])
+            info = await client.cluster_info()
+            master = client.master_address(keys.leader(kp))
+        else:
+            master = client.master_address()
     except (BusError, RedisError, OSError, TimeoutError) as exc:
         doc.update(
             status="down",
@@ -292,6 +300,7 @@ async def redis_health(
             "connected": True,
             "epoch": epoch_value,
             **_target(client, role, master),
+            **({"cluster_state": info.get("cluster_state")} if cluster else {}),
         },
         stale_after_s=stale_after,
     )

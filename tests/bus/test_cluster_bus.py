@@ -1,0 +1,177 @@
+"""The Redis bus and the lease on a real Redis Cluster (``redis+cluster://``): 3 primaries
+with a replica each, started by the test (``redis-server --cluster-enabled yes`` and
+``redis-cli --cluster create``).
+
+The lease keys share one slot whatever the prefix; price channels are sharded
+(SSUBSCRIBE/SPUBLISH) and spread over the shards; a subscriber that knows only one node
+gets every pair; a primary SIGKILLed with its replica promoted: delivery resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from pricectl.bus import Gap, Update, keys
+from pricectl.bus.base import Fence, Subscription
+from pricectl.bus.leader import Leader
+from pricectl.bus.redis import RedisBus
+from pricectl.client.health import redis_health
+from pricectl.core.lease import LeasePolicy
+from pricectl.core.ticks import PriceUpdate
+from pricectl.errors import BusError
+from tests.redis_cluster import RedisClusterNodes, redis_cluster
+from tests.waiting import UNIT, until, wait_for
+
+pytestmark = pytest.mark.timeout(90 * UNIT)
+
+#: Enough pairs that their channels land on every shard.
+PAIRS = [f"C{i}/USD" for i in range(12)]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[RedisClusterNodes]:
+    with redis_cluster(tmp_path) as nodes:
+        yield nodes
+
+
+def test_slot_prefix_puts_a_hash_tag_in_any_prefix() -> None:
+    assert keys.slot_prefix("") == "{pricectl}:"
+    assert keys.slot_prefix("staging:") == "{staging}:"
+    assert keys.slot_prefix("{mine}:") == "{mine}:"
+    assert keys.slot_prefix("a{}b:") == "{a{}b}:"
+
+
+def _update(pair: str, seq: int, epoch: int) -> PriceUpdate:
+    return PriceUpdate(
+        pair=pair, symbol=pair.replace("/", "") + "T", price="1", epoch=epoch, seq=seq, gseq=seq
+    )
+
+
+@contextlib.asynccontextmanager
+async def _bus(url: str) -> AsyncIterator[RedisBus]:
+    bus = RedisBus(url, probe_interval=0.2)
+    await bus.start()
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+async def _collect(sub: Subscription, into: list[Update | Gap]) -> None:
+    async for event in sub:
+        into.append(event)
+
+
+@pytest.mark.parametrize("prefix", ["", "staging:"])
+async def test_a_leader_is_elected_and_its_keys_share_a_slot(
+    cluster: RedisClusterNodes, prefix: str
+) -> None:
+    """Default prefix and a plain one: a leader is elected (no CROSSSLOT), the lease, the
+    epoch, the heartbeat and the snapshot land in one slot, and health --redis is ok about
+    the lease and names the cluster's state and the lease's primary."""
+    leader = Leader(cluster.url, prefix, policy=LeasePolicy(ttl=3, renew_deadline=2, retry=1))
+    elected: list[Fence] = []
+
+    async def run(fence: Fence) -> None:
+        elected.append(fence)
+        await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(leader.run(run))
+    try:
+        await until(lambda: elected, 10, f"a leader with prefix {prefix!r}")
+        kp = keys.slot_prefix(prefix)
+        names = [keys.leader(kp), keys.epoch(kp), keys.heartbeat(kp), keys.latest(kp)]
+        with redis.Redis(port=cluster.ports[0]) as client:
+            slots = {int(client.execute_command("CLUSTER KEYSLOT", n)) for n in names}
+        assert len(slots) == 1, (names, slots)
+        doc = await redis_health(cluster.url, [], prefix=prefix)
+        assert doc["leader"]["identity"] == leader.identity
+        assert doc["bus"]["mode"] == "cluster" and doc["bus"]["cluster_state"] == "ok"
+        assert doc["bus"]["master"] == f"127.0.0.1:{cluster.owner(keys.leader(kp))}"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await leader.close()
+
+
+async def _lease(url: str) -> Fence:
+    """Take the lease through a Leader's acquire script, then let it go quiet."""
+    leader = Leader(url, policy=LeasePolicy(ttl=60, renew_deadline=50, retry=10))
+    result = await leader._acquire(
+        keys=leader._lease_keys, args=[leader.identity, leader.policy.ttl_ms]
+    )
+    await leader.close()
+    return Fence(leader.identity, int(result))
+
+
+async def test_every_node_delivers_every_pair_and_a_failover_is_followed(
+    cluster: RedisClusterNodes,
+) -> None:
+    """One subscriber seeded with each primary alone; updates of 12 pairs whose channels
+    live on all three shards reach every subscriber. SIGKILL of a primary that owns some
+    of those channels: its replica is promoted and delivery of every pair resumes at every
+    subscriber, after a Gap (a resync), without anything restarted."""
+    channels = [keys.channel("", p) for p in PAIRS]
+    owners = {cluster.owner(c) for c in channels}
+    assert len(owners) == 3, "the pairs should spread over every shard"
+    fence = await _lease(cluster.url)
+    seeds = cluster.primaries()
+    async with contextlib.AsyncExitStack() as stack:
+        publisher = await stack.enter_async_context(_bus(cluster.url))
+        subs = [await stack.enter_async_context(_bus(cluster.url_via(p))) for p in seeds]
+        events: list[list[Update | Gap]] = [[] for _ in subs]
+        readers = [
+            asyncio.ensure_future(_collect(b.subscribe(PAIRS), into))
+            for b, into in zip(subs, events, strict=True)
+        ]
+        try:
+            await until(lambda: all(e for e in events), 10, "every subscription live")
+            seq = 1
+
+            def delivered(after: int) -> bool:
+                return all(
+                    {e.update.pair for e in ev if isinstance(e, Update) and e.update.seq > after}
+                    == set(PAIRS)
+                    for ev in events
+                )
+
+            async def publish_until(after: int, timeout: float, what: str) -> None:
+                nonlocal seq
+
+                async def step() -> bool:
+                    nonlocal seq
+                    with contextlib.suppress(BusError):
+                        await publisher.publish(
+                            [_update(p, seq, fence.epoch) for p in PAIRS], fence
+                        )
+                        seq += 1
+                    return delivered(after)
+
+                await until(step, timeout, what)
+
+            await publish_until(0, 10, "every pair at every subscriber")
+            victim = cluster.owner(channels[0])
+            cluster.kill(victim)
+            killed_at = time.monotonic()
+            await asyncio.to_thread(
+                wait_for, lambda: cluster.promoted(victim), 30, "a replica promoted"
+            )
+            promoted = time.monotonic() - killed_at
+            mark = seq
+            await publish_until(mark, 15, "every pair at every subscriber after the failover")
+            resumed = time.monotonic() - killed_at
+            assert resumed < promoted + 10, (promoted, resumed)
+            for ev in events:
+                gaps = [e for e in ev if isinstance(e, Gap)]
+                assert len(gaps) >= 2, gaps  # the opening one and the failover's
+        finally:
+            for r in readers:
+                r.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
