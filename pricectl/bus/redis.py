@@ -77,6 +77,12 @@ log = logging.getLogger(__name__)
 #: (5 s, not the exchange's 60 s) brings consumers back quickly after a broker restart.
 DEFAULT_RECONNECT = BackoffPolicy(initial=0.5, max=5.0, multiplier=2.0, reset_after=10.0)
 
+#: The same on a Redis Cluster: a failed primary is replaced within about
+#: ``cluster-node-timeout`` plus a second, and nothing announces it (there is no
+#: ``+switch-master``), so a subscription tries again often (each try re-reads the slot
+#: map and subscribes: cheap).
+CLUSTER_RECONNECT = BackoffPolicy(initial=0.2, max=1.0, multiplier=2.0, reset_after=10.0)
+
 #: Most updates per script call: keeps one call's argument list (3 per update) small
 #: enough that Redis is never blocked long by one publish.
 MAX_BATCH = 1000
@@ -412,6 +418,8 @@ class RedisBus:
         self._probe_interval = probe_interval
         self._client: Any = connect_any(url, timeout=timeout)
         self._cluster = self._client.target.kind == "cluster"
+        if self._cluster and reconnect is DEFAULT_RECONNECT:
+            self._reconnect = CLUSTER_RECONNECT
         #: The prefix of the keys that share a slot on a cluster (the plain one otherwise).
         self.key_prefix = kp = key_prefix(self._client, prefix)
         self._script = self._client.register_script(

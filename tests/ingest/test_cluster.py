@@ -194,11 +194,13 @@ async def stack(
     *,
     ingests: int = 3,
     servers: int = 2,
+    serve_urls: list[str] | None = None,
     **extra: str,
 ) -> AsyncIterator[Stack]:
     """The simulator, ``ingests`` ingest and ``servers`` serve processes on ``redis`` (a
     :class:`RedisServer` or anything with its ``url``), one recording client per serve;
-    yields once every serve is ok and every client gets every pair."""
+    yields once every serve is ok and every client gets every pair. ``serve_urls`` gives
+    each serve its own bus URL (a cluster node each)."""
     sim = Simulator(symbols=("BTCUSDT", "ETHUSDT"), trade_rate=20.0)
     await sim.start()
     env = child_env(
@@ -223,7 +225,8 @@ async def stack(
         ingest.start(ingests)
         ports = []
         for i in range(servers):
-            proc, port = await asyncio.to_thread(_serve, tmp_path, env, i)
+            own = env if serve_urls is None else {**env, "REDIS_URL": serve_urls[i]}
+            proc, port = await asyncio.to_thread(_serve, tmp_path, own, i)
             serves.append(proc)
             ports.append(port)
         watchers = [Watcher(p) for p in ports]
