@@ -17,6 +17,8 @@ readonly        ``READONLY`` (a replica, not the master)    yes, after a failove
 no-master       the sentinels name no master for the        yes, a failover is under
                 service (or do not know the name)           way, or fix the name
 redirect        ``MOVED`` / ``ASK`` (cluster slot moved)    yes, with a fresh slot map
+cluster-down    ``CLUSTERDOWN``, or a slot no primary       yes, once the cluster has
+                serves (a failover under way)               promoted a replica
 auth            ``NOAUTH`` / ``WRONGPASS`` / ``NOPERM``     no: fix the credentials
 not-redis       ``unknown command`` for a data command      no: fix the URL (a
                 (a sentinel's port, not a data node)        sentinel port?)
@@ -49,9 +51,11 @@ from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
     BusyLoadingError,
+    ClusterDownError,
     NoPermissionError,
     ReadOnlyError,
     ResponseError,
+    SlotNotCoveredError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -75,6 +79,7 @@ class Failure(enum.Enum):
     READONLY = "readonly"
     NO_MASTER = "no-master"
     REDIRECT = "redirect"
+    CLUSTER_DOWN = "cluster-down"
     AUTH = "auth"
     NOT_REDIS = "not-redis"
     TLS = "tls"
@@ -88,6 +93,7 @@ _WORDING = {
     Failure.READONLY: "connected to a replica, not the master (READONLY)",
     Failure.NO_MASTER: "has no master: the sentinels name none for the service",
     Failure.REDIRECT: "redirected the command (cluster MOVED/ASK)",
+    Failure.CLUSTER_DOWN: "cluster is down or a slot has no primary (failover under way?)",
     Failure.AUTH: "authentication failed",
     Failure.NOT_REDIS: "this is not a Redis server, perhaps a sentinel port",
     Failure.TLS: "TLS mismatch or TLS failure",
@@ -124,6 +130,8 @@ def classify(exc: BaseException) -> Failure:
         return Failure.NO_MASTER
     if isinstance(exc, AskError):  # MovedError is a subclass
         return Failure.REDIRECT
+    if isinstance(exc, ClusterDownError | SlotNotCoveredError):
+        return Failure.CLUSTER_DOWN
     text = str(exc)
     if isinstance(exc, RedisConnectionError) and text.startswith(_DEMOTED):
         return Failure.READONLY
@@ -137,6 +145,8 @@ def classify(exc: BaseException) -> Failure:
         return Failure.READONLY
     if text.startswith(("MOVED", "ASK")):
         return Failure.REDIRECT
+    if text.startswith("CLUSTERDOWN"):
+        return Failure.CLUSTER_DOWN
     # Also inside a pipeline's "Command # 1 (GET ...) of pipeline caused error: ...".
     if isinstance(exc, ResponseError) and "unknown command" in text.lower():
         return Failure.NOT_REDIS
@@ -241,6 +251,11 @@ def explain(url: str, exc: BaseException) -> str:
         return (
             f"Redis at {where} is a cluster node that redirects (MOVED/ASK): use "
             "redis+cluster://host:port,... so pricectl follows the cluster's slots"
+        )
+    if Failure.CLUSTER_DOWN in kinds:
+        return (
+            f"the Redis Cluster at {where} is down or has a slot no primary serves "
+            f"({_text(chain[-1])}): a failover under way, or too few primaries left"
         )
     if Failure.TLS in kinds:
         if tls:

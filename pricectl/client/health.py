@@ -207,7 +207,7 @@ async def redis_health(
     node's ROLE and the snapshot of ``pairs``. For a Sentinel URL the document also names
     the service and the master the sentinels gave.
     """
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 
     from pricectl.bus import keys
     from pricectl.bus.failures import explain
@@ -242,7 +242,7 @@ async def redis_health(
             master = client.master_address(keys.leader(kp))
         else:
             master = client.master_address()
-    except (BusError, RedisError, OSError, TimeoutError) as exc:
+    except (BusError, RedisError, RedisClusterException, OSError, TimeoutError) as exc:
         doc.update(
             status="down",
             reasons=[explain(url, exc)],

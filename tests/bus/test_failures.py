@@ -12,10 +12,12 @@ from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
+    ClusterDownError,
     MovedError,
     NoPermissionError,
     ReadOnlyError,
     ResponseError,
+    SlotNotCoveredError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -54,6 +56,8 @@ from tests.waiting import until
         (ResponseError("WRONGTYPE Operation against a key"), Failure.ERROR),
         (RedisConnectionError("The previous master is now a slave"), Failure.READONLY),
         (MasterNotFoundError("No master found for 'mymaster'"), Failure.NO_MASTER),
+        (ClusterDownError("CLUSTERDOWN The cluster is down"), Failure.CLUSTER_DOWN),
+        (SlotNotCoveredError('Slot "1269" is not covered by the cluster.'), Failure.CLUSTER_DOWN),
         (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), Failure.TLS),
     ],
 )
