@@ -110,6 +110,11 @@ class RedisClusterNodes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
 
+    def restart(self, port: int) -> None:
+        """Start the node on ``port`` again (after :meth:`kill`): it keeps its nodes.conf,
+        so it rejoins, as a replica of the node that replaced it."""
+        self._start(port)
+
     def kill(self, port: int) -> None:
         """SIGKILL the node on ``port``, as a crash would."""
         self.procs[port].kill()

@@ -188,6 +188,30 @@ class SentinelDeployment:
         replica = next(p for p in self.data_ports if p != primary)
         return self.role(replica) == "slave" and self.link_up(replica)
 
+    def whole(self) -> bool:
+        """Every sentinel names the same master, which says it is one, and sees the other
+        data node as a healthy replica (not down), in sync with it: ready for a failover."""
+        import redis
+
+        primary = self.master_port()
+        if primary is None or self.role(primary) != "master":
+            return False
+        replica = next((p for p in self.data_ports if p != primary), None)
+        if replica is None or self.role(replica) != "slave" or not self.link_up(replica):
+            return False
+        for port in self.sentinel_ports:
+            if self.master_port(port) != primary:
+                return False
+            try:
+                with redis.Redis(port=port, socket_timeout=1.0) as client:
+                    replicas = client.sentinel_slaves(SERVICE)
+            except redis.RedisError:
+                return False
+            mine = [r for r in replicas if int(r["port"]) == replica]
+            if not mine or mine[0]["is_sdown"] or mine[0]["is_odown"]:
+                return False
+        return True
+
     def failover(self) -> None:
         """``SENTINEL FAILOVER``: promote the replica now, no agreement needed."""
         reply = _command(self.sentinel_ports[0], "SENTINEL", "FAILOVER", SERVICE)

@@ -41,6 +41,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError
@@ -62,6 +63,8 @@ __all__ = [
     "TERM_STOP",
     "TERM_STOP_GRACE",
     "Leader",
+    "LeaderStatus",
+    "LeaseHolder",
     "make_token",
     "read_leader",
 ]
@@ -137,6 +140,42 @@ def make_token() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
+@dataclass(frozen=True)
+class LeaderStatus:
+    """One candidate's leadership at one moment (:meth:`Leader.status`)."""
+
+    identity: str
+    is_leader: bool
+    #: Epoch of the current (or last) term; None before the first acquisition.
+    epoch: int | None
+    #: Wall-clock time the current term began; None as a standby.
+    since: float | None
+    #: Seconds the last successful renew took.
+    last_renew_latency: float | None
+    renew_failures: int
+    acquisitions: int
+    takeovers: int
+    renewals: int
+    #: Why the last term ended.
+    last_step_down: str | None
+    #: The lease holder as a standby last saw it (None: free, or not known).
+    holder: str | None
+    #: True while the presence subscription is live.
+    present: bool
+    #: Sentinel failovers followed (``+switch-master`` messages acted on).
+    failovers: int = 0
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    """Who holds the lease, as Redis says (:func:`read_leader`)."""
+
+    identity: str
+    epoch: int
+    #: What is left of the lease's ttl, in milliseconds.
+    ttl_ms: int
+
+
 class Leader:
     """One candidate for the ingest lease. Observable attributes are safe to read any time.
 
@@ -203,23 +242,23 @@ class Leader:
 
     # --- public --------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """Leadership as a dict for health and metrics."""
-        return {
-            "identity": self.identity,
-            "is_leader": self.is_leader,
-            "epoch": self.epoch,
-            "since": self.since,
-            "last_renew_latency": self.last_renew_latency,
-            "renew_failures": self.renew_failures,
-            "acquisitions": self.acquisitions,
-            "takeovers": self.takeovers,
-            "renewals": self.renewals,
-            "last_step_down": self.last_step_down,
-            "holder": self.holder,
-            "present": self.present,
-            "failovers": self.failovers,
-        }
+    def status(self) -> LeaderStatus:
+        """Leadership for health and metrics."""
+        return LeaderStatus(
+            identity=self.identity,
+            is_leader=self.is_leader,
+            epoch=self.epoch,
+            since=self.since,
+            last_renew_latency=self.last_renew_latency,
+            renew_failures=self.renew_failures,
+            acquisitions=self.acquisitions,
+            takeovers=self.takeovers,
+            renewals=self.renewals,
+            last_step_down=self.last_step_down,
+            holder=self.holder,
+            present=self.present,
+            failovers=self.failovers,
+        )
 
     def may_publish(self) -> str | None:
         """None while this leader may publish; else why not (checked before each publish).
@@ -331,8 +370,10 @@ class Leader:
             if failed:
                 delay = self.policy.retry + self._term_backoff.next_delay(time.monotonic())
             if delay > 0:
+                # A plain sleep, not a standby wait: this process's own release wakes
+                # every waiter, and it must not be the first to jump back in.
                 log.info("competing for the lease again in %.2fs", delay)
-                await self._standby_wait(delay)
+                await asyncio.sleep(delay)
 
     async def _try_acquire(self) -> tuple[int, str] | None:
         """One acquire attempt: ``(epoch, holder we last saw)``, ``(0, holder)`` if a live
@@ -575,7 +616,7 @@ def _why_work_ended(exc: BaseException | None) -> str:
     return f"relay failed: {exc!r}"
 
 
-async def read_leader(redis_url: str, prefix: str = "") -> dict[str, Any] | None:
+async def read_leader(redis_url: str, prefix: str = "") -> LeaseHolder | None:
     """Who holds the lease, for ``pricectl health --redis``: identity, epoch, ttl_ms.
 
     None when no one holds it. Raises ``BusError`` if Redis cannot be reached.
@@ -597,4 +638,4 @@ async def read_leader(redis_url: str, prefix: str = "") -> dict[str, Any] | None
             await client.aclose()
     if token is None:
         return None
-    return {"identity": token, "epoch": int(epoch or 0), "ttl_ms": int(ttl_ms)}
+    return LeaseHolder(identity=token, epoch=int(epoch or 0), ttl_ms=int(ttl_ms))

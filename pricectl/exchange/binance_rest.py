@@ -30,6 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -40,7 +41,7 @@ from pricectl.core.ratelimit import WeightBudget
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import FeedError, RateLimitedError, UnknownPairError
 
-__all__ = ["BinanceRest", "endpoint_for", "request_weight", "updates_from_response"]
+__all__ = ["BinanceRest", "RestStatus", "endpoint_for", "request_weight", "updates_from_response"]
 
 log = logging.getLogger("pricectl.exchange.rest")
 
@@ -169,6 +170,21 @@ def _retry_after(headers: Any) -> float:
         return max(0.0, float(raw))
     except (TypeError, ValueError):
         return _DEFAULT_RETRY_AFTER
+
+
+@dataclass(frozen=True)
+class RestStatus:
+    """The REST side at one moment (:meth:`BinanceRest.status`)."""
+
+    #: Request weight spent in Binance's current minute, and what we allow ourselves.
+    weight_used: int
+    weight_budget: int
+    #: Seconds until a rate-limit pause (429/418 ``Retry-After``) ends; 0.0 when none.
+    paused_for: float
+    requests: int
+    failures: int
+    rate_limited: int
+    last_error: str | None
 
 
 class BinanceRest:
@@ -358,16 +374,16 @@ class BinanceRest:
             raise UnknownPairError(head, problems)
         log.info("exchangeInfo: all %d pairs are trading", len(pair_map.pairs))
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> RestStatus:
         """REST state for ``/health`` and metrics."""
         wall = self._wall()
         paused = self.budget.paused_until - wall
-        return {
-            "weight_used": self.budget.used_at(wall),
-            "weight_budget": self.budget.budget,
-            "paused_for": round(paused, 3) if paused > 0 else 0.0,
-            "requests": self.requests,
-            "failures": self.failures,
-            "rate_limited": self.rate_limited,
-            "last_error": self.last_error,
-        }
+        return RestStatus(
+            weight_used=self.budget.used_at(wall),
+            weight_budget=self.budget.budget,
+            paused_for=round(paused, 3) if paused > 0 else 0.0,
+            requests=self.requests,
+            failures=self.failures,
+            rate_limited=self.rate_limited,
+            last_error=self.last_error,
+        )

@@ -36,7 +36,8 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -61,7 +62,7 @@ from pricectl.core.pairs import PairMap
 from pricectl.core.ratelimit import SlidingWindow
 from pricectl.core.ticks import PriceUpdate
 
-__all__ = ["BatchCallback", "BinanceWS"]
+__all__ = ["BatchCallback", "BinanceWS", "WSStatus"]
 
 log = logging.getLogger("pricectl.exchange.ws")
 
@@ -79,6 +80,31 @@ SEND_SLACK_S = 0.25
 _NOT_SKIPS = ("parsed:", "control", "shutdown")
 
 _ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class WSStatus:
+    """The WebSocket side at one moment (:meth:`BinanceWS.status`); ages in seconds."""
+
+    connected: bool
+    url: str
+    stream: str
+    #: The reconnect breaker: ``closed``, ``open`` or ``half_open``.
+    breaker: str
+    #: Since the last frame on any connection (None before the first).
+    last_frame_age: float | None
+    #: Of the connection in use (None while disconnected).
+    connection_age: float | None
+    reconnects: int
+    connect_attempts: int
+    #: Connection attempts held back by Binance's per-IP connection limit.
+    connect_limited: int
+    duplicates_dropped: int
+    last_disconnect: str | None
+    #: Frames that produced a price.
+    parsed: int
+    #: Frames that produced no price, by reason (``invalid_json``: 3).
+    skips: Mapping[str, int]
 
 
 class _Conn:
@@ -193,28 +219,28 @@ class BinanceWS:
             return None
         return max(0.0, self._clock() - self.last_frame_at)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> WSStatus:
         """Upstream state for ``/health`` and metrics."""
         now = self._clock()
         active = self._active
         age = self.last_frame_age()
-        return {
-            "connected": self.connected,
-            "url": self.base_url,
-            "stream": self.kind,
-            "breaker": self.breaker.state_at(now).value,
-            "last_frame_age": None if age is None else round(age, 3),
-            "connection_age": (
+        return WSStatus(
+            connected=self.connected,
+            url=self.base_url,
+            stream=self.kind,
+            breaker=self.breaker.state_at(now).value,
+            last_frame_age=None if age is None else round(age, 3),
+            connection_age=(
                 round(now - active.opened_at, 3) if active is not None and self.connected else None
             ),
-            "reconnects": self.reconnects,
-            "connect_attempts": self.connect_attempts,
-            "connect_limited": self.connect_limited,
-            "duplicates_dropped": self.duplicates,
-            "last_disconnect": self.last_disconnect,
-            "parsed": sum(v for k, v in self.parser.counts.items() if k.startswith("parsed:")),
-            "skips": self.skips,
-        }
+            reconnects=self.reconnects,
+            connect_attempts=self.connect_attempts,
+            connect_limited=self.connect_limited,
+            duplicates_dropped=self.duplicates,
+            last_disconnect=self.last_disconnect,
+            parsed=sum(v for k, v in self.parser.counts.items() if k.startswith("parsed:")),
+            skips=self.skips,
+        )
 
     # -- running -------------------------------------------------------------------------
 

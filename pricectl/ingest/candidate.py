@@ -36,25 +36,32 @@ import os
 import signal
 import threading
 import time
-from typing import Any
+from dataclasses import dataclass
 
 from pricectl.bus.base import Fence, Gap
-from pricectl.bus.leader import Leader
+from pricectl.bus.leader import Leader, LeaderStatus
 from pricectl.bus.redis import RedisBus
 from pricectl.config import Settings, redact_url
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import ConfigError, FeedError, FencedError, UsageError
 from pricectl.exchange.binance_rest import BinanceRest
-from pricectl.ingest.relay import Relay, lead
+from pricectl.exchange.offline import say_if_offline
+from pricectl.ingest.relay import Relay, RelayStatus, lead
 from pricectl.ingest.stacks import log_tasks
 
-__all__ = ["STATUS_EVERY", "STOP_LIMIT", "Ingest", "check_bus", "run_ingest"]
+__all__ = ["STATUS_EVERY", "STOP_LIMIT", "Ingest", "IngestStatus", "check_bus", "run_ingest"]
 
 log = logging.getLogger("pricectl.ingest")
 
 #: Seconds between two ``ingest status:`` log lines: often enough to read the state of a
 #: quiet standby from its log, rare enough not to drown anything else.
 STATUS_EVERY = 60.0
+
+#: What an ingest with no network is told, once, when the exchange does not resolve.
+OFFLINE_HINT = (
+    "no network? `pricectl simulate` runs a local exchange; point BINANCE_WS_URL and "
+    "BINANCE_REST_URL (exchange.ws_url, exchange.rest_url) at the URLs it prints"
+)
 
 #: Seconds a SIGTERM/SIGINT stop may take before the process exits regardless: ingest
 #: has no clients to drain, so this is the whole bound.
@@ -68,6 +75,24 @@ def check_bus(settings: Settings) -> None:
             "ingest needs a shared bus: set bus.url / REDIS_URL to redis://... "
             "(with memory://, `pricectl serve` runs ingest in-process by itself)"
         )
+
+
+@dataclass(frozen=True)
+class IngestStatus:
+    """One ingest candidate at one moment (:meth:`Ingest.status`)."""
+
+    leader: LeaderStatus
+    #: ``leader`` or ``standby``.
+    role: str
+    #: The newest epoch among the updates a standby followed (None before the first).
+    followed_epoch: int | None
+    followed: int
+    resyncs: int
+    fenced: int
+    bus_connected: bool
+    bus_reconnects: int
+    #: The relay while this candidate leads, else None.
+    relay: RelayStatus | None
 
 
 class Ingest:
@@ -135,6 +160,10 @@ class Ingest:
                     tg.create_task(self._follow(), name="ingest-follow"),
                     tg.create_task(self._report(), name="ingest-status"),
                     tg.create_task(self._check_pairs(), name="ingest-check-pairs"),
+                    tg.create_task(
+                        say_if_offline(self.settings.exchange, OFFLINE_HINT, log),
+                        name="ingest-offline-check",
+                    ),
                 ]
                 await stop.wait()
                 log.info("ingest: stopping; releasing the lease if held")
@@ -234,46 +263,45 @@ class Ingest:
     async def _report(self) -> None:
         while True:
             await asyncio.sleep(STATUS_EVERY)
-            st = self.status()
-            if st["role"] == "leader":
-                relay = st["relay"] or {}
-                log.info(
-                    "ingest status: leader epoch %s since %s, published %s %s, "
-                    "renew latency %s, renew failures %s",
-                    st["epoch"],
-                    time.strftime("%H:%M:%S", time.localtime(st["since"] or 0)),
-                    relay.get("published"),
-                    relay.get("published_by_source"),
-                    _ms(st["last_renew_latency"]),
-                    st["renew_failures"],
-                )
-            else:
-                log.info(
-                    "ingest status: standby, leader epoch %s, %d updates followed, "
-                    "%d resyncs, redis %s",
-                    st["followed_epoch"],
-                    self.followed,
-                    self.resyncs,
-                    "connected" if self.bus.connected else "unreachable",
-                )
+            log.info("%s", self.status_line())
 
     # --- observability -----------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """Leadership, bus and relay state as a JSON-ready dict."""
+    def status_line(self) -> str:
+        """The ``ingest status:`` line logged every :data:`STATUS_EVERY` seconds."""
+        st = self.status()
+        if st.role == "leader":
+            relay = st.relay
+            return (
+                f"ingest status: leader epoch {st.leader.epoch} since "
+                f"{time.strftime('%H:%M:%S', time.localtime(st.leader.since or 0))}, "
+                f"published {relay.published if relay is not None else None} "
+                f"{dict(relay.published_by_source) if relay is not None else None}, "
+                f"renew latency {_ms(st.leader.last_renew_latency)}, "
+                f"renew failures {st.leader.renew_failures}"
+            )
+        return (
+            f"ingest status: standby, leader epoch {st.followed_epoch}, "
+            f"{st.followed} updates followed, {st.resyncs} resyncs, "
+            f"redis {'connected' if st.bus_connected else 'unreachable'}"
+        )
+
+    def status(self) -> IngestStatus:
+        """Leadership, bus and relay state."""
         lead_st = self.leader.status()
         epochs = [u.epoch for u in self.latest.values()]
         relay = self.relay
-        return {
-            **lead_st,
-            "role": "leader" if lead_st["is_leader"] else "standby",
-            "followed_epoch": max(epochs) if epochs else None,
-            "followed": self.followed,
-            "resyncs": self.resyncs,
-            "fenced": self.fenced,
-            "bus": {"connected": self.bus.connected, "reconnects": self.bus.reconnects},
-            "relay": relay.status() if relay is not None else None,
-        }
+        return IngestStatus(
+            leader=lead_st,
+            role="leader" if lead_st.is_leader else "standby",
+            followed_epoch=max(epochs) if epochs else None,
+            followed=self.followed,
+            resyncs=self.resyncs,
+            fenced=self.fenced,
+            bus_connected=self.bus.connected,
+            bus_reconnects=self.bus.reconnects,
+            relay=relay.status() if relay is not None else None,
+        )
 
 
 def _ms(seconds: float | None) -> str:

@@ -41,8 +41,8 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pricectl.bus.base import Bus, Fence
@@ -61,11 +61,20 @@ from pricectl.errors import (
     PricectlError,
     RateLimitedError,
 )
-from pricectl.exchange.binance_rest import BinanceRest
-from pricectl.exchange.binance_ws import BinanceWS
+from pricectl.exchange.binance_rest import BinanceRest, RestStatus
+from pricectl.exchange.binance_ws import BinanceWS, WSStatus
 from pricectl.logs import RateLimitedLog
 
-__all__ = ["CLOCK_EVERY", "HEARTBEAT_EVERY", "Guard", "Relay", "lead", "run_embedded"]
+__all__ = [
+    "CLOCK_EVERY",
+    "HEARTBEAT_EVERY",
+    "Guard",
+    "PairFeed",
+    "Relay",
+    "RelayStatus",
+    "lead",
+    "run_embedded",
+]
 
 log = logging.getLogger("pricectl.relay")
 
@@ -78,6 +87,43 @@ HEARTBEAT_EVERY = 1.0
 
 #: Asked before each publish: None to go ahead, or why this process must not publish.
 Guard = Callable[[], str | None]
+
+
+@dataclass(frozen=True)
+class PairFeed:
+    """Where one pair's prices come from right now, and how old the last one is."""
+
+    #: ``ws``, ``rest`` or ``cache`` (the fallback cascade's choice).
+    source: str
+    stale: bool
+    #: Seconds since the pair's last update from any source (None before the first).
+    age: float | None
+    #: The last seq stamped for the pair in this epoch.
+    seq: int
+
+
+@dataclass(frozen=True)
+class RelayStatus:
+    """The relay at one moment (:meth:`Relay.status`): its epoch, both exchange sides,
+    each pair's source, and what it published."""
+
+    epoch: int
+    ws: WSStatus
+    rest: RestStatus
+    pairs: Mapping[str, PairFeed]
+    #: The WebSocket parser's skips (the same as ``ws.skips``).
+    parser_skips: Mapping[str, int]
+    published: int
+    published_by_source: Mapping[str, int]
+    publish_errors: int
+    late_updates: int
+    #: The exchange's clock minus ours, from REST ``/api/v3/time`` (None until known).
+    exchange_clock_offset_ms: float | None
+
+    @property
+    def state(self) -> str:
+        """The upstream connection: ``connected`` or ``disconnected``."""
+        return "connected" if self.ws.connected else "disconnected"
 
 
 class Relay:
@@ -391,33 +437,33 @@ class Relay:
 
     # -- observability -------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """Upstream state for ``/api/market-data/health`` (JSON-ready)."""
+    def status(self) -> RelayStatus:
+        """Upstream state for ``/api/market-data/health``."""
         now = self._clock()
-        pairs: dict[str, Any] = {}
+        pairs: dict[str, PairFeed] = {}
         for p in self.pairs:
             age = self.cascade.age(p, now)
-            pairs[p] = {
-                "source": self.cascade.source(p, now).value,
-                "stale": self.cascade.is_stale(p, now),
-                "age": None if age is None else round(age, 3),
-                "seq": self._stamper.seq(p),
-            }
+            pairs[p] = PairFeed(
+                source=self.cascade.source(p, now).value,
+                stale=self.cascade.is_stale(p, now),
+                age=None if age is None else round(age, 3),
+                seq=self._stamper.seq(p),
+            )
         ws = self.ws.status()
-        return {
-            "epoch": self.fence.epoch,
-            "ws": ws,
-            "rest": self.rest.status(),
-            "pairs": pairs,
-            "parser_skips": ws["skips"],
-            "published": self.published,
-            "published_by_source": dict(self.by_source),
-            "publish_errors": self.publish_errors,
-            "late_updates": self.late_updates,
-            "exchange_clock_offset_ms": (
+        return RelayStatus(
+            epoch=self.fence.epoch,
+            ws=ws,
+            rest=self.rest.status(),
+            pairs=pairs,
+            parser_skips=ws.skips,
+            published=self.published,
+            published_by_source=dict(self.by_source),
+            publish_errors=self.publish_errors,
+            late_updates=self.late_updates,
+            exchange_clock_offset_ms=(
                 round(self.exchange_clock.offset_ms, 1) if self.exchange_clock.known else None
             ),
-        }
+        )
 
 
 def _unwrap(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -34,7 +34,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -44,6 +44,7 @@ from pricectl.bus.base import Bus
 from pricectl.config import Settings, redact_url
 from pricectl.core.api import STREAM_PATH
 from pricectl.errors import PricectlError, UsageError
+from pricectl.exchange.offline import say_if_offline
 from pricectl.logs import escape
 from pricectl.server import descriptors, watchdog
 from pricectl.server.connections import (
@@ -54,11 +55,14 @@ from pricectl.server.connections import (
     ServeRunner,
 )
 from pricectl.server.errors import error_json
-from pricectl.server.health import UpstreamStatus, health_report
+from pricectl.server.health import Upstream, UpstreamStatus, health_report
 from pricectl.server.hub import Hub
 from pricectl.server.keys import BUS, HUB, SETTINGS, UPSTREAM
 from pricectl.server.metrics import CONTENT_TYPE, render_metrics
 from pricectl.server.stream import parse_pairs, stream_handler
+
+if TYPE_CHECKING:  # loaded only when serve runs the relay itself (memory://)
+    from pricectl.ingest.relay import Relay
 
 __all__ = [
     "AccessLogger",
@@ -514,30 +518,6 @@ async def _start_simulator(settings: Settings, stack: contextlib.AsyncExitStack)
 OFFLINE_HINT = "no network? `pricectl serve --simulate` runs a local exchange"
 
 
-async def _say_if_offline(settings: Settings) -> None:
-    """Resolve the exchange's hosts once; when one does not resolve, say so in one plain
-    line with the way out (the relay keeps retrying, paced by its backoff)."""
-    from urllib.parse import urlsplit
-
-    loop = asyncio.get_running_loop()
-    hosts: list[str] = []
-    for url in (settings.exchange.ws_url, settings.exchange.rest_url):
-        try:
-            host = urlsplit(url).hostname
-        except ValueError:
-            continue
-        if host and host not in hosts:
-            hosts.append(host)
-    for host in hosts:
-        try:
-            await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        except socket.gaierror:
-            log.warning("cannot resolve %s: %s", host, OFFLINE_HINT)
-            return
-        except OSError:
-            return
-
-
 async def _embedded_relay(
     settings: Settings, bus: Bus, holder: _RelayStatus, simulate: bool
 ) -> None:
@@ -551,7 +531,10 @@ async def _embedded_relay(
 
     async with asyncio.TaskGroup() as tg:
         if not simulate:
-            tg.create_task(_say_if_offline(settings), name="pricectl-offline-check")
+            tg.create_task(
+                say_if_offline(settings.exchange, OFFLINE_HINT, log),
+                name="pricectl-offline-check",
+            )
         tg.create_task(_guard_relay(run_embedded(settings, bus, on_relay=holder.set)))
 
 
@@ -559,23 +542,17 @@ class _RelayStatus:
     """Upstream status for /health while the embedded relay runs (before it starts: starting)."""
 
     def __init__(self, simulated: bool = False) -> None:
-        self.relay: Any = None
+        self.relay: Relay | None = None
         self.simulated = simulated
 
-    def set(self, relay: Any) -> None:
+    def set(self, relay: Relay) -> None:
         self.relay = relay
 
-    def status(self) -> dict[str, Any]:
-        if self.relay is None:
-            st: dict[str, Any] = {"state": "starting"}
-        else:
-            st = dict(self.relay.status())
-            st.setdefault(
-                "leader", {"identity": "embedded", "epoch": st.get("epoch"), "since": None}
-            )
-        if self.simulated:
-            st["exchange"] = "simulator"
-        return st
+    def status(self) -> Upstream:
+        return Upstream(
+            relay=None if self.relay is None else self.relay.status(),
+            exchange="simulator" if self.simulated else None,
+        )
 
 
 async def _guard_relay(coro: Awaitable[None]) -> None:

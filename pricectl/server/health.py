@@ -19,24 +19,56 @@ balancer's plain health check takes a server without data out of rotation.
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pricectl import __version__
 from pricectl.config import redact_url
 from pricectl.core.health import judge, pair_state
+from pricectl.core.status import to_json
 from pricectl.server.hub import Hub
 
-__all__ = ["UpstreamStatus", "health_report", "pair_states"]
+if TYPE_CHECKING:  # the relay (and its WebSocket library) loads only where it runs
+    from pricectl.ingest.relay import RelayStatus
+
+__all__ = ["Upstream", "UpstreamStatus", "health_report", "pair_states", "upstream_json"]
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """What serve knows of the relay running in its own process (serve with memory://)."""
+
+    #: The relay's status; None while it has not started.
+    relay: RelayStatus | None
+    #: Who the relay publishes as: ``embedded``, since an embedded relay holds no lease.
+    identity: str = "embedded"
+    #: ``simulator`` when the prices come from the local exchange (serve --simulate).
+    exchange: str | None = None
 
 
 class UpstreamStatus(Protocol):
-    """What the relay exposes to serve: ``status()`` -> a JSON-able dict.
+    """What serve asks of the relay beside it: ``status()`` -> :class:`Upstream`."""
 
-    Recognised keys: ``state`` (connection state), ``breaker``, ``last_frame_age_s``,
-    and ``leader`` (``{"identity", "epoch", "since"}``); any others are passed through.
-    """
+    def status(self) -> Upstream: ...
 
-    def status(self) -> dict[str, Any]: ...
+
+def upstream_json(up: Upstream) -> dict[str, Any]:
+    """The report's ``upstream`` object: the relay's status, then ``exchange`` when
+    simulated, then the connection ``state``, ``breaker`` and ``last_frame_age_s`` (the
+    WebSocket's, at the top for dashboards and alerts); only ``state: starting`` before
+    the relay runs."""
+    if up.relay is None:
+        doc: dict[str, Any] = {"state": "starting"}
+        if up.exchange is not None:
+            doc["exchange"] = up.exchange
+        return doc
+    doc = to_json(up.relay)
+    if up.exchange is not None:
+        doc["exchange"] = up.exchange
+    doc["state"] = up.relay.state
+    doc["breaker"] = up.relay.ws.breaker
+    doc["last_frame_age_s"] = up.relay.ws.last_frame_age
+    return doc
 
 
 def pair_states(hub: Hub, now: float | None = None) -> dict[str, dict[str, Any]]:
@@ -53,16 +85,6 @@ def pair_states(hub: Hub, now: float | None = None) -> dict[str, dict[str, Any]]
         )
         for pair in hub.pairs
     }
-
-
-def _normalise_upstream(up: dict[str, Any]) -> None:
-    """Lift the relay's WebSocket status to the documented keys: state, breaker,
-    last_frame_age_s (the relay nests them under ``ws``)."""
-    ws = up.get("ws")
-    if isinstance(ws, dict):
-        up.setdefault("state", "connected" if ws.get("connected") else "disconnected")
-        up.setdefault("breaker", ws.get("breaker"))
-        up.setdefault("last_frame_age_s", ws.get("last_frame_age"))
 
 
 def _topology(bus: object) -> dict[str, Any]:
@@ -95,16 +117,16 @@ def health_report(
         heartbeat_age=lead.heartbeat_age if lead is not None else None,
     )
     up: dict[str, Any] | None = None
+    leader: dict[str, Any] = {"identity": None, "epoch": hub.epoch or None, "since": None}
     if upstream is not None:
         try:
-            up = dict(upstream.status())
+            seen = upstream.status()
         except Exception as exc:  # health must answer even if the relay is confused
             up = {"state": "unknown", "error": type(exc).__name__}
-    if up is not None:
-        _normalise_upstream(up)
-    leader = up.pop("leader", None) if up is not None else None
-    if leader is None:
-        leader = {"identity": None, "epoch": hub.epoch or None, "since": None}
+        else:
+            up = upstream_json(seen)
+            if seen.relay is not None:
+                leader = {"identity": seen.identity, "epoch": seen.relay.epoch, "since": None}
     if lead is not None:
         leader["holder"] = lead.holder
         leader["heartbeat_age_s"] = (

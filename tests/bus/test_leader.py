@@ -92,12 +92,12 @@ async def test_exactly_one_of_three_candidates_leads(redis_server: RedisServer) 
         assert sum(len(c.terms) for c in group) == 1
         info = await read_leader(redis_server.url)
         assert info is not None
-        assert info["identity"] == leader.leader.identity
-        assert info["epoch"] == leader.leader.epoch == leader.terms[0].epoch
-        assert 0 < info["ttl_ms"] <= 1500
+        assert info.identity == leader.leader.identity
+        assert info.epoch == leader.leader.epoch == leader.terms[0].epoch
+        assert 0 < info.ttl_ms <= 1500
         status = leader.leader.status()
-        assert status["is_leader"] and status["since"] is not None
-        assert status["last_renew_latency"] is not None and status["renew_failures"] == 0
+        assert status.is_leader and status.since is not None
+        assert status.last_renew_latency is not None and status.renew_failures == 0
 
 
 async def test_release_lets_a_standby_take_over_long_before_the_ttl(

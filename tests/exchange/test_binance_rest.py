@@ -72,7 +72,7 @@ async def test_ticker_prices_come_from_24hr_with_compact_symbols(start_sim: Star
         assert isinstance(value, str) and value
     assert btc.event_ms > 0 and btc.ingest_ns > 0
     # The simulator rejects a symbols list with spaces (-1100), so compactness is proven.
-    assert status["weight_used"] == 2 and status["requests"] == 1 and status["failures"] == 0
+    assert status.weight_used == 2 and status.requests == 1 and status.failures == 0
 
 
 @pytest.mark.parametrize(
@@ -115,7 +115,7 @@ async def test_validate_pairs_accepts_trading_pairs(start_sim: StartSim):
     sim = await start_sim()
     async with rest_for(settings_for(sim)) as rest:
         await rest.validate_pairs()
-        assert rest.status()["weight_used"] == 20
+        assert rest.status().weight_used == 20
 
 
 async def test_unknown_pair_stops_startup_naming_pair_and_symbol(start_sim: StartSim):
@@ -150,7 +150,7 @@ async def test_429_is_honoured_through_retry_after(start_sim: StartSim):
             await rest.fetch_prices()
         assert second.value.status == 0 and 29 <= second.value.retry_after <= 30
         assert sim.stats.rest_requests == sent
-        assert rest.status()["paused_for"] > 29
+        assert rest.status().paused_for > 29
 
 
 async def test_418_ban_is_logged_loudly_and_respected(
@@ -188,7 +188,7 @@ async def test_weight_budget_stops_polling_before_it_is_exceeded(start_sim: Star
             await rest.fetch_prices()
         assert err.value.status == 0 and err.value.retry_after > 0
         assert sim.stats.rest_requests == sent
-        assert rest.status()["weight_used"] == 4
+        assert rest.status().weight_used == 4
 
 
 async def test_server_error_is_a_feed_error(start_sim: StartSim):
@@ -200,7 +200,7 @@ async def test_server_error_is_a_feed_error(start_sim: StartSim):
             await rest.fetch_prices()
         assert not isinstance(err.value, RateLimitedError)
         assert "500" in str(err.value)
-        assert rest.status()["failures"] == 1
+        assert rest.status().failures == 1
 
 
 async def test_unreachable_exchange_is_a_feed_error(start_sim: StartSim):

@@ -137,8 +137,8 @@ async def test_pairs_stream_on_one_connection(sim: Simulator):
         assert sim.connections == 1
         assert ws.connected and ws.healthy
         status = ws.status()
-    assert status["breaker"] == "closed" and status["reconnects"] == 0
-    assert status["last_frame_age"] is not None and status["last_frame_age"] < 1.0
+    assert status.breaker == "closed" and status.reconnects == 0
+    assert status.last_frame_age is not None and status.last_frame_age < 1.0
     u = got.by_pair["BTC/USD"][-1]
     assert u.symbol == "BTCUSDT" and u.source == "ws" and isinstance(u.price, str)
     assert u.bid is not None and u.change_pct is not None
@@ -195,7 +195,7 @@ async def test_garbage_frames_are_skipped_and_counted(sim: Simulator):
     skips = ws.skips
     assert {"invalid_json", "unknown_event", "missing_field"} <= set(skips)
     assert ws.reconnects == 0
-    assert ws.status()["skips"] == skips
+    assert ws.status().skips == skips
 
 
 async def test_pongs_keep_the_connection_alive(start_sim: Callable[..., Awaitable[Simulator]]):

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,13 @@ import pytest
 from pricectl.bus import keys
 from pricectl.bus.base import Gap
 from pricectl.bus.redis import RedisBus, connect_any, connect_redis, key_prefix
+from pricectl.config import BusSettings
+from pricectl.core.status import to_json
 from pricectl.core.ticks import PriceUpdate
+from pricectl.ingest.candidate import Ingest
 from pricectl.loadtest.spawn import child_env
 from pricectl.simulator import Simulator
+from tests.ingest.test_relay import sim_settings
 from tests.redis_server import RedisServer
 from tests.waiting import UNIT, until
 
@@ -612,3 +616,78 @@ async def test_sigterm_with_redis_frozen_exits_within_five_seconds(
         log = s.cluster.log(p)
         assert code == 0 or (code == 1 and "graceful stop did not finish within 5s" in log), log
         print(f"exit {code} after {took:.2f}s")
+
+
+async def test_an_unresolvable_exchange_is_said_once_with_the_way_out(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """ingest against an exchange host that does not resolve writes one plain line saying
+    so and naming `pricectl simulate`, and stays a candidate (it still wins the lease)."""
+    env = child_env(
+        {
+            "REDIS_URL": redis_server.url,
+            "BINANCE_WS_URL": "wss://stream.binance.invalid:9443",
+            "BINANCE_REST_URL": "https://api.binance.invalid",
+            "PRICECTL_PAIRS": ",".join(PAIRS),
+            "PRICECTL_EXCHANGE__CHECK_SYMBOLS": "false",
+            "LOG_LEVEL": "info",
+        }
+    )
+    cluster = Cluster(tmp_path, env)
+    try:
+        (p,) = cluster.start(1)
+        hint = (
+            "cannot resolve stream.binance.invalid: no network? `pricectl simulate` runs "
+            "a local exchange"
+        )
+        await until(lambda: hint in cluster.log(p), 20, "the offline hint")
+        await until(lambda: "elected leader" in cluster.log(p), 20, "the lease won anyway")
+        assert p.poll() is None
+        assert cluster.log(p).count("no network?") == 1
+    finally:
+        cluster.kill_all()
+
+
+async def test_status_of_the_leader_and_of_a_standby(redis_server: RedisServer) -> None:
+    """Two candidates in one process: the leader's status carries its relay and says what
+    it published, the standby's what it followed; both as the periodic status line too."""
+    sim = Simulator(ticker_interval=0.1)
+    await sim.start()
+    settings = replace(sim_settings(sim), bus=BusSettings(url=redis_server.url))
+    candidates = [Ingest(settings), Ingest(settings)]
+    stop = asyncio.Event()
+    runs = [asyncio.create_task(c.run(stop)) for c in candidates]
+    try:
+
+        def settled() -> bool:
+            by_role = {c.status().role: c.status() for c in candidates}
+            lead, follow = by_role.get("leader"), by_role.get("standby")
+            return (
+                lead is not None
+                and follow is not None
+                and lead.relay is not None
+                and lead.relay.published_by_source["ws"] > 2
+                and follow.followed > 2
+            )
+
+        await until(settled, 10, "one leader live from the WebSocket, one standby following")
+        leader, standby = sorted(candidates, key=lambda c: c.status().role)
+        st = leader.status()
+        assert st.leader.is_leader and st.relay is not None and st.relay.published > 0
+        assert st.relay.epoch == st.leader.epoch and st.relay.ws.connected
+        assert to_json(st)["relay"]["ws"]["breaker"] == "closed"
+        line = leader.status_line()
+        assert line.startswith(f"ingest status: leader epoch {st.leader.epoch} since "), line
+        assert " published " in line, line
+        assert "'ws': " in line and "renew failures 0" in line, line
+        sb = standby.status()
+        assert not sb.leader.is_leader and sb.relay is None and sb.bus_connected
+        assert sb.followed_epoch == st.leader.epoch
+        assert standby.status_line().startswith(
+            f"ingest status: standby, leader epoch {st.leader.epoch}, "
+        )
+        assert standby.status_line().endswith(" resyncs, redis connected")
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*runs), 15 * UNIT)
+        await sim.stop()

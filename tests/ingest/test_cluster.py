@@ -148,6 +148,21 @@ class Stack:
             raise AssertionError(f"{exc}; health was {got}") from None
         return docs
 
+    async def told_stale(self, cut: float, stale_after: float) -> None:
+        """Every client is told, after ``cut``, that every pair is stale, each within
+        ``stale_after`` + 1 s of the pair's last live update."""
+        await until(
+            lambda: all(w.stale_since(p, cut) for w in self.watchers for p in PAIRS),
+            stale_after + 3,
+            "every client told every pair is stale",
+        )
+        for w in self.watchers:
+            for pair in PAIRS:
+                told = w.stale_since(pair, cut)
+                assert told is not None
+                late = told - w.last_live(pair)
+                assert late < stale_after + 1.0, f"{pair} stale {late:.2f}s after its last update"
+
     async def live(self) -> None:
         """Every serve ok and every client getting updates of every pair."""
         await self.all_health("ok", 20, "health ok everywhere")
@@ -264,17 +279,8 @@ async def test_whole_ingest_tier_stopped(tmp_path: Path, redis_server: RedisServ
         docs = await s.all_health("degraded", 5, "degraded everywhere")
         assert time.monotonic() - cut < 5.0 + 0.5 * UNIT
         assert "no bus message and no leader heartbeat for 3s" in docs[0]["reasons"], docs[0]
-        await until(
-            lambda: all(w.stale_since(p, cut) for w in s.watchers for p in PAIRS),
-            stale_after + 3,
-            "every client told every pair is stale",
-        )
+        await s.told_stale(cut, stale_after)
         for w in s.watchers:
-            for pair in PAIRS:
-                told = w.stale_since(pair, cut)
-                assert told is not None
-                late = told - w.last_live(pair)
-                assert late < stale_after + 1.0, f"{pair} stale {late:.2f}s after its last update"
             w.check()
         health = await s.health(s.ports[0])
         assert all(health["pairs"][p]["stale"] for p in PAIRS)
@@ -293,15 +299,7 @@ async def test_frozen_redis_is_down_within_two_seconds(
             docs = await s.all_health("down", 2, "down everywhere")
             assert time.monotonic() - cut < 2.0 + 0.3 * UNIT
             assert any("PING" in r or "unreachable" in r for r in docs[0]["reasons"]), docs[0]
-            await until(
-                lambda: all(w.stale_since(p, cut) for w in s.watchers for p in PAIRS),
-                STALE_AFTER + 3,
-                "every client told every pair is stale",
-            )
-            for w in s.watchers:
-                for pair in PAIRS:
-                    told = w.stale_since(pair, cut)
-                    assert told is not None and told - w.last_live(pair) < STALE_AFTER + 1.0
+            await s.told_stale(cut, STALE_AFTER)
         finally:
             s.redis.thaw()
         await s.live()
@@ -317,17 +315,8 @@ async def test_rest_banned_and_websocket_refused_is_stale_on_time(
     async with stack(tmp_path, redis_server) as s:
         cut = time.monotonic()
         s.sim.set_fault(refuse=True, rest418=True, drop=True)
-        await until(
-            lambda: all(w.stale_since(p, cut) for w in s.watchers for p in PAIRS),
-            STALE_AFTER + 3,
-            "every client told every pair is stale",
-        )
+        await s.told_stale(cut, STALE_AFTER)
         for w in s.watchers:
-            for pair in PAIRS:
-                told = w.stale_since(pair, cut)
-                assert told is not None
-                late = told - w.last_live(pair)
-                assert late < STALE_AFTER + 1.0, f"{pair} stale {late:.2f}s after its last update"
             w.check()
         docs = await s.all_health("down", 5, "no fresh data anywhere")
         assert "no fresh data" in docs[0]["reasons"]

@@ -184,9 +184,9 @@ async def test_ws_updates_are_stamped_and_published(start_sim: StartSim):
         await until(lambda: h.rec.count("ws") >= 6, 5, "more live ticks")
         status = h.relay.status()
     assert_seq_contiguous(h.rec, h.fence.epoch)
-    assert status["ws"]["connected"] is True and status["ws"]["breaker"] == "closed"
-    assert {p["source"] for p in status["pairs"].values()} == {"ws"}
-    assert status["epoch"] == h.fence.epoch and status["published"] >= 6
+    assert status.ws.connected is True and status.ws.breaker == "closed"
+    assert {p.source for p in status.pairs.values()} == {"ws"}
+    assert status.epoch == h.fence.epoch and status.published >= 6
     assert all(not u.stale for u in h.rec.all)
 
 
@@ -235,7 +235,7 @@ async def test_refused_connections_fall_back_to_rest_then_back_to_ws(start_sim: 
         assert took < 1.0 * UNIT
         # Three failed attempts, backoff capped at 0.2 s each: the breaker opens.
         await until(
-            lambda: h.relay.status()["ws"]["breaker"] in ("open", "half_open"),
+            lambda: h.relay.status().ws.breaker in ("open", "half_open"),
             3 * BACKOFF.max + 1.0,
             "the breaker to open",
         )
@@ -246,9 +246,9 @@ async def test_refused_connections_fall_back_to_rest_then_back_to_ws(start_sim: 
             5,
             "live WS for both pairs again",
         )
-        assert h.relay.status()["ws"]["breaker"] == "closed"
+        assert h.relay.status().ws.breaker == "closed"
         await until(
-            lambda: {p["source"] for p in h.relay.status()["pairs"].values()} == {"ws"},
+            lambda: {p.source for p in h.relay.status().pairs.values()} == {"ws"},
             2,
             "status back to ws",
         )
@@ -270,8 +270,8 @@ async def test_rest_failing_too_serves_cache_marked_stale(start_sim: StartSim):
         cached = [u for u in h.rec.all[n:] if u.source == "cache"]
         assert all(u.stale for u in cached)
         status = h.relay.status()
-        assert {p["source"] for p in status["pairs"].values()} == {"cache"}
-        assert all(p["stale"] for p in status["pairs"].values())
+        assert {p.source for p in status.pairs.values()} == {"cache"}
+        assert all(p.stale for p in status.pairs.values())
         for pair, updates in h.rec.by_pair.items():
             for i, u in enumerate(updates):
                 if u.source == "cache":
@@ -356,7 +356,7 @@ async def test_run_embedded_validates_snapshots_and_goes_live(start_sim: StartSi
     try:
         await until(lambda: rec.count("ws") >= 2, 10, "live updates")
         assert [u.source for u in rec.all[:2]] == ["rest", "rest"]
-        assert len(got) == 1 and got[0].status()["ws"]["connected"]
+        assert len(got) == 1 and got[0].status().ws.connected
         assert sim.stats.rest_requests >= 2  # exchangeInfo + snapshot
     finally:
         task.cancel()
@@ -384,7 +384,7 @@ async def test_run_embedded_survives_an_unreachable_exchange(start_sim: StartSim
     try:
         await until(lambda: got and got[0].ws.connect_attempts >= 3, 10, "connect retries")
         assert not task.done()
-        assert not got[0].status()["ws"]["connected"]
+        assert not got[0].status().ws.connected
         sim = await start_sim(port=port)
         await until(lambda: rec.count("ws") >= 2, 10, "live updates once the exchange is up")
         await until(lambda: sim.stats.rest_requests >= 1, 10, "exchangeInfo checked in time")
@@ -455,7 +455,7 @@ async def test_ws_updates_older_than_stale_after_are_not_live(start_sim: StartSi
         late = [u for u in h.rec.all if u.source == "ws"]
         assert late and all(u.stale for u in late)
         await until(
-            lambda: all(p["source"] != "ws" for p in h.relay.status()["pairs"].values()),
+            lambda: all(p.source != "ws" for p in h.relay.status().pairs.values()),
             3,
             "the pairs off live ws",
         )

@@ -16,7 +16,7 @@ import pytest
 
 from tests.waiting import UNIT
 
-__all__ = ["ServeProcess", "serve_process"]
+__all__ = ["ServeProcess", "serve_env", "serve_process"]
 
 
 @dataclass
@@ -33,6 +33,19 @@ class ServeProcess:
 
     def url(self, path: str = "") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
+
+
+def serve_env(**env: str) -> dict[str, str]:
+    """This process's environment for a serve under test: short drain and retry windows
+    (so a SIGTERM test takes a second), then ``env``."""
+    full_env = dict(os.environ)
+    full_env.update(
+        PRICECTL_SERVER__DRAIN_WINDOW="1s",
+        PRICECTL_SERVER__RETRY="1s",
+        PRICECTL_SERVER__RETRY_JITTER="1s",
+    )
+    full_env.update(env)
+    return full_env
 
 
 def _limit_files(nofile: int | tuple[int, int]) -> Callable[[], None]:
@@ -55,13 +68,7 @@ async def serve_process(
     """``pricectl [global_args] serve --port 0 ARGS``; ``nofile`` sets its open-file limit
     (one number: soft and hard, so it cannot raise it; or ``(soft, hard)``). Killed on
     the way out if still running."""
-    full_env = dict(os.environ)
-    full_env.update(
-        PRICECTL_SERVER__DRAIN_WINDOW="1s",
-        PRICECTL_SERVER__RETRY="1s",
-        PRICECTL_SERVER__RETRY_JITTER="1s",
-    )
-    full_env.update(env or {})
+    full_env = serve_env(**(env or {}))
     with open(log_path, "wb") as log:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,

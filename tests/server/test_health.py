@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiohttp
 
+from pricectl.server.health import Upstream, upstream_json
 from tests.server.harness import make_settings, running
+from tests.server.serve_process import serve_process
 from tests.waiting import until
 
 HEALTH = "/api/market-data/health"
@@ -46,3 +50,89 @@ async def test_health_ok_degraded_down_ok():
         await r.publish_pairs("BTC/USD")
         st, h = await _health(r)
         assert h["status"] == "degraded" and h["pairs"]["ETH/USD"]["stale"]
+
+
+#: The ``upstream`` object's keys, in order, while serve runs the relay itself.
+UPSTREAM_KEYS = [
+    "epoch",
+    "ws",
+    "rest",
+    "pairs",
+    "parser_skips",
+    "published",
+    "published_by_source",
+    "publish_errors",
+    "late_updates",
+    "exchange_clock_offset_ms",
+    "exchange",
+    "state",
+    "breaker",
+    "last_frame_age_s",
+]
+WS_KEYS = [
+    "connected",
+    "url",
+    "stream",
+    "breaker",
+    "last_frame_age",
+    "connection_age",
+    "reconnects",
+    "connect_attempts",
+    "connect_limited",
+    "duplicates_dropped",
+    "last_disconnect",
+    "parsed",
+    "skips",
+]
+REST_KEYS = [
+    "weight_used",
+    "weight_budget",
+    "paused_for",
+    "requests",
+    "failures",
+    "rate_limited",
+    "last_error",
+]
+
+
+async def test_health_upstream_of_the_embedded_relay_keeps_its_wire_shape(tmp_path: Path):
+    """serve --simulate: ``upstream`` is the relay's status with the WebSocket's state,
+    breaker and frame age lifted to the top, ``leader`` is the embedded relay, and the
+    metrics show the same state."""
+    async with (
+        serve_process(tmp_path / "serve.log", "--simulate") as serve,
+        aiohttp.ClientSession() as s,
+    ):
+
+        async def live() -> dict | None:
+            async with s.get(serve.url(HEALTH)) as resp:
+                doc = await resp.json()
+            up = doc.get("upstream") or {}
+            return doc if doc["status"] == "ok" and up.get("ws", {}).get("parsed") else None
+
+        h = await until(live, 15, "health ok with frames parsed")
+        async with s.get(serve.url("/metrics")) as resp:
+            metrics = await resp.text()
+    up = h["upstream"]
+    assert list(up) == UPSTREAM_KEYS
+    assert list(up["ws"]) == WS_KEYS and list(up["rest"]) == REST_KEYS
+    assert up["exchange"] == "simulator" and up["state"] == "connected"
+    assert up["breaker"] == up["ws"]["breaker"] == "closed"
+    assert up["last_frame_age_s"] == up["ws"]["last_frame_age"]
+    assert up["parser_skips"] == up["ws"]["skips"]
+    for feed in up["pairs"].values():
+        assert list(feed) == ["source", "stale", "age", "seq"] and feed["source"] == "ws"
+    assert set(up["published_by_source"]) == {"ws", "rest", "cache"}
+    assert h["leader"]["identity"] == "embedded" and h["leader"]["epoch"] == up["epoch"]
+    assert h["leader"]["since"] is None and "holder" in h["leader"]
+    assert 'pricectl_upstream_state{state="connected"} 1' in metrics
+    assert 'pricectl_upstream_breaker{state="closed"} 1' in metrics
+
+
+def test_health_upstream_before_the_relay_starts_is_only_its_state():
+    """Before the embedded relay runs there is nothing but ``state: starting``."""
+    assert upstream_json(Upstream(relay=None)) == {"state": "starting"}
+    assert upstream_json(Upstream(relay=None, exchange="simulator")) == {
+        "state": "starting",
+        "exchange": "simulator",
+    }

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from pricectl.simulator import Simulator
 from tests.server.harness import SSEConn
+from tests.server.serve_process import serve_process as serve_process_at
 from tests.waiting import UNIT, until
 
 STREAM = "/api/market-data/stream?pairs=BTC/USD,ETH/USD"
@@ -24,40 +26,19 @@ async def serve_process(
     sim: Simulator, *args: str, **env: str
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
     """`pricectl serve --port 0` against the simulator; yields the process and its port."""
-    full_env = dict(os.environ)
-    full_env.update(
-        BINANCE_WS_URL=sim.ws_url,
-        BINANCE_REST_URL=sim.rest_url,
-        PRICECTL_PAIRS="[BTC/USD, ETH/USD]",
-        PRICECTL_EXCHANGE__CHECK_SYMBOLS="false",
-        PRICECTL_SERVER__DRAIN_WINDOW="1s",
-        PRICECTL_SERVER__RETRY="1s",
-        PRICECTL_SERVER__RETRY_JITTER="1s",
-        **env,
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "pricectl.cli",
-        "serve",
-        "--port",
-        "0",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=full_env,
-    )
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 20 * UNIT)
-        if not line.startswith(b"serving on port "):
-            err = await proc.stderr.read() if proc.stderr else b""
-            pytest.fail(f"serve did not start: {line!r} {err.decode()[-2000:]}")
-        yield proc, int(line.split()[-1])
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    with tempfile.TemporaryDirectory(prefix="pricectl-serve-") as tmp:
+        async with serve_process_at(
+            Path(tmp) / "serve.log",
+            *args,
+            env={
+                "BINANCE_WS_URL": sim.ws_url,
+                "BINANCE_REST_URL": sim.rest_url,
+                "PRICECTL_PAIRS": "[BTC/USD, ETH/USD]",
+                "PRICECTL_EXCHANGE__CHECK_SYMBOLS": "false",
+                **env,
+            },
+        ) as serve:
+            yield serve.proc, serve.port
 
 
 async def test_embedded_serve_streams_simulator_prices_and_drains_on_sigterm():

@@ -20,6 +20,7 @@ from pricectl.bus.redis import RedisBus
 from pricectl.loadtest.spawn import free_port
 from tests.redis_server import RedisServer
 from tests.server.harness import SSEConn, tick
+from tests.server.serve_process import serve_env
 from tests.waiting import UNIT, until
 
 STREAM = "/api/market-data/stream?pairs=BTC/USD,ETH/USD"
@@ -70,14 +71,10 @@ def _owner(server_port: int, client_port: int, pids: list[int]) -> int | None:
 @contextlib.asynccontextmanager
 async def workers_process(redis_url: str, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
     """`pricectl serve --workers 2` on the Redis bus; killed (with its workers) if left running."""
-    env = dict(os.environ)
-    env.update(
+    env = serve_env(
         PRICECTL_BUS__URL=redis_url,
         PRICECTL_PAIRS="[BTC/USD, ETH/USD]",
         PRICECTL_EXCHANGE__CHECK_SYMBOLS="false",
-        PRICECTL_SERVER__DRAIN_WINDOW="1s",
-        PRICECTL_SERVER__RETRY="1s",
-        PRICECTL_SERVER__RETRY_JITTER="1s",
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
