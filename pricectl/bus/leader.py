@@ -57,6 +57,7 @@ from pricectl.errors import FencedError, LeaseLost
 
 __all__ = [
     "ACQUIRE_SCRIPT",
+    "PRESENCE_GRACE",
     "RELEASE_SCRIPT",
     "RENEW_SCRIPT",
     "TERM_BACKOFF",
@@ -118,6 +119,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+#: Seconds after a Sentinel failover during which a standby takes only a free lease, not
+#: one whose holder's presence is missing: the holder needs that long to subscribe to
+#: its presence channel again on the new master.
+PRESENCE_GRACE = 1.0
 
 #: Seconds a term's work gets to stop after it is cancelled before its exchange
 #: connection is cut from outside; and the bound on the whole stop.
@@ -221,6 +227,8 @@ class Leader:
         self.present = False
         #: Sentinel failovers followed (``+switch-master`` messages acted on).
         self.failovers = 0
+        # Until then (monotonic), a held lease is not taken over (see _switched).
+        self._presence_grace_until = 0.0
         self._clock = LeaseClock(self.policy)
         self._rand = rand
         self._on_stuck = on_stuck
@@ -305,8 +313,13 @@ class Leader:
 
     def _switched(self, address: str) -> None:
         """A Sentinel failover: every connection was dropped; a standby competes at once
-        on the new master (the lease may have been replicated to it, or be gone)."""
+        on the new master, where the lease may have been replicated, or be gone. For
+        :data:`PRESENCE_GRACE` it does not take over a lease that is held: pub/sub is not
+        replicated, so the holder's presence channel on the new master is empty until it
+        subscribes again (a fraction of a second), and reading that as a crash would
+        change leaders, and open a second exchange connection, for nothing."""
         self.failovers += 1
+        self._presence_grace_until = time.monotonic() + PRESENCE_GRACE
         if self._wake is not None:
             self._wake.set()
 
@@ -378,19 +391,15 @@ class Leader:
     async def _try_acquire(self) -> tuple[int, str] | None:
         """One acquire attempt: ``(epoch, holder we last saw)``, ``(0, holder)`` if a live
         process holds the lease, or None if Redis failed (logged on each change)."""
+        args: list[str | int] = [self.identity, self.policy.ttl_ms]
+        if time.monotonic() >= self._presence_grace_until:
+            # Take over from a holder whose presence channel is empty (it is gone).
+            args.append(keys.presence_prefix(self._kp))
+            if self._cluster:
+                args.append("SHARDNUMSUB")
         try:
             async with asyncio.timeout(self.policy.retry):
-                result = await retry_once(
-                    lambda: self._acquire(
-                        keys=self._lease_keys,
-                        args=[
-                            self.identity,
-                            self.policy.ttl_ms,
-                            keys.presence_prefix(self._kp),
-                            *(["SHARDNUMSUB"] if self._cluster else []),
-                        ],
-                    )
-                )
+                result = await retry_once(lambda: self._acquire(keys=self._lease_keys, args=args))
         except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             self._standby_failed(exc)
             return None
