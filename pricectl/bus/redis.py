@@ -7,6 +7,12 @@ Layout (``<prefix>`` is ``bus.prefix``, see :mod:`pricectl.bus.keys`)::
     <prefix>pricectl:leader    the lease token (PX = ttl)         see pricectl.bus.leader
     <prefix>pricectl:epoch     the current leader's epoch
 
+The same bus runs on a Sentinel service (``redis+sentinel://``: every connection asks
+the sentinels for the master and follows ``+switch-master``, see
+:meth:`BoundedRedis.follow_failovers`) and on a Redis Cluster (``redis+cluster://``:
+the lease, epoch, heartbeat and snapshot keys carry a hash tag so they share a slot,
+and the price channels use sharded pub/sub, see :class:`BoundedCluster`).
+
 A publish is ONE Lua script call (:data:`PUBLISH_SCRIPT`): it checks that the leader key
 still holds the caller's token and that the epoch counter still equals the caller's
 epoch, and only then HSETs and PUBLISHes every update of the batch. A deposed leader is
@@ -290,7 +296,7 @@ class BoundedCluster(RedisCluster):
         await self.nodes_manager.initialize()
 
 
-#: A client of any URL form (:func:`connect_redis`).
+#: A client of any URL form (:func:`connect_any`).
 RedisClient = BoundedRedis | BoundedCluster
 
 
