@@ -70,6 +70,9 @@ T = TypeVar("T")
 #: took for the master (it has disconnected, so the next connect asks the sentinels).
 _DEMOTED = "The previous master is now a slave"
 
+#: How pricectl's Sentinel manager starts its error when no sentinel answered at all.
+_NO_SENTINEL = "no sentinel reachable at "
+
 
 class Failure(enum.Enum):
     """What kind of trouble a Redis error is (the table in the module docstring)."""
@@ -127,6 +130,9 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, ReadOnlyError):
         return Failure.READONLY
     if isinstance(exc, MasterNotFoundError):
+        # pricectl's Sentinel manager says which of the two it was.
+        if str(exc).startswith(_NO_SENTINEL):
+            return Failure.UNREACHABLE
         return Failure.NO_MASTER
     if isinstance(exc, AskError):  # MovedError is a subclass
         return Failure.REDIRECT
@@ -236,11 +242,16 @@ def explain(url: str, exc: BaseException) -> str:
             f"({_text(chain[-1])}): point {_WHERE} at a data node, or use "
             "redis+sentinel://host:port,.../service for the sentinels"
         )
+    no_sentinel = next((e for e in chain if str(e).startswith(_NO_SENTINEL)), None)
+    if no_sentinel is not None:
+        return (
+            f"{_text(no_sentinel)}: are the sentinels running, and do they listen there? "
+            f"check the host list of {where} in {_WHERE}"
+        )
     if Failure.NO_MASTER in kinds:
         return (
-            f"the sentinels at {where} name no master for the service ({_text(chain[-1])}): "
-            "a failover is under way, or the service name is not the one given to "
-            "`sentinel monitor`"
+            f"{_text(chain[-1])} ({where}): a failover is under way, or the service name "
+            "is not the one given to `sentinel monitor`"
         )
     if Failure.READONLY in kinds:
         return (

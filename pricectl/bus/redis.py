@@ -47,7 +47,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
@@ -72,6 +72,7 @@ __all__ = [
     "BoundedRedis",
     "RedisBus",
     "RedisClient",
+    "SentinelsUnreachable",
     "connect_any",
     "connect_redis",
     "key_prefix",
@@ -158,6 +159,42 @@ SENTINEL_TIMEOUT = 1.0
 SWITCH_WATCH_RETRY = BackoffPolicy(initial=0.2, max=2.0, multiplier=2.0, reset_after=10.0)
 
 
+def _address(client: Any) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+
+class SentinelsUnreachable(MasterNotFoundError):
+    """No sentinel of the URL answered (as opposed to: they answered, naming no master)."""
+
+
+class _Sentinels(Sentinel):
+    """redis-py's Sentinel manager, asking each sentinel in turn as it does, but saying in
+    one short sentence why no master was found: no sentinel answered (with the first
+    sentinel's error), or they answered and named none. redis-py's own message lists
+    every client's repr; and a sentinel that timed out (``asyncio.timeout`` of a bounded
+    client) would have ended the search instead of moving on to the next one."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        failed: list[tuple[str, BaseException]] = []
+        for i, node in enumerate(self.sentinels):
+            try:
+                masters: Any = await node.sentinel_masters()
+            except (RedisError, OSError, TimeoutError) as exc:
+                failed.append((_address(node), exc))
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                self.sentinels[0], self.sentinels[i] = node, self.sentinels[0]
+                ip = self._force_master_ip if self._force_master_ip is not None else state["ip"]
+                return ip, state["port"]
+        where = ", ".join(_address(n) for n in self.sentinels)
+        if len(failed) == len(self.sentinels):
+            detail = str(failed[0][1]).strip() or type(failed[0][1]).__name__
+            raise SentinelsUnreachable(f"no sentinel reachable at {where} ({detail})")
+        raise MasterNotFoundError(f"the sentinels at {where} name no master for {service_name!r}")
+
+
 class BoundedRedis(aioredis.Redis):
     """A redis.asyncio client whose every command is bounded by ``asyncio.timeout``.
 
@@ -217,12 +254,20 @@ class BoundedRedis(aioredis.Redis):
         warned = False
         while True:
             node = sentinel.sentinels[turn % len(sentinel.sentinels)]
-            pubsub = node.pubsub(ignore_subscribe_messages=True)
+            pubsub = node.pubsub()
             try:
                 await pubsub.subscribe(SWITCH_MASTER)
+                # Watching only once the sentinel confirmed the subscription.
+                confirmed = await pubsub.get_message(timeout=SENTINEL_TIMEOUT)
+                if confirmed is None or confirmed["type"] != "subscribe":
+                    raise TimeoutError("the sentinel did not confirm the subscription")
                 backoff.connected(time.monotonic())
                 if warned:
-                    log.info("sentinel: watching for failovers of %r again", service)
+                    log.info(
+                        "sentinel: watching for failovers of %r again, at %s",
+                        service,
+                        _address(node),
+                    )
                 warned = False
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -249,11 +294,10 @@ class BoundedRedis(aioredis.Redis):
                 delay = backoff.next_delay(time.monotonic())
                 if not warned:
                     log.warning(
-                        "sentinel: cannot watch for failovers of %r at %s:%s (%s): trying the "
+                        "sentinel: cannot watch for failovers of %r at %s (%s): trying the "
                         "next sentinel in %.1fs",
                         service,
-                        node.connection_pool.connection_kwargs.get("host"),
-                        node.connection_pool.connection_kwargs.get("port"),
+                        _address(node),
                         describe(exc),
                         delay,
                     )
@@ -357,7 +401,7 @@ def connect_any(url: str, *, timeout: float = 5.0) -> RedisClient:
         }
         if target.tls:
             sentinel_kwargs["ssl"] = True
-        sentinel = Sentinel(target.hosts, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+        sentinel = _Sentinels(target.hosts, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
         # Sentinel makes plain clients for the sentinels; bounded ones instead.
         nodes: list[aioredis.Redis] = []
         for host, port in target.hosts:
@@ -420,6 +464,7 @@ class RedisBus:
         #: A cluster's ``cluster_state`` (``ok``, ``fail``) as the probe last read it.
         self.cluster_state: str | None = None
         self._state: str | None = None
+        self._replica_of: str | None = None
         self._reconnect = reconnect
         self._probe_interval = probe_interval
         self._client: Any = connect_any(url, timeout=timeout)
@@ -469,7 +514,16 @@ class RedisBus:
             if self._cluster
             else self._client.master_address()
         )
-        out: dict[str, Any] = {"mode": target.kind, "role": self.role, "master": master}
+        if self.role == "replica" and self._replica_of is not None and not self._cluster:
+            # A plain URL to a replica: name the master it follows, and the node itself.
+            out: dict[str, Any] = {
+                "mode": target.kind,
+                "role": self.role,
+                "master": self._replica_of,
+                "node": master,
+            }
+        else:
+            out = {"mode": target.kind, "role": self.role, "master": master}
         if self._cluster:
             out["cluster_state"] = self.cluster_state
         if target.kind == "sentinel":
@@ -787,6 +841,9 @@ class RedisBus:
             pipe.get(keys.heartbeat(self.key_prefix))
             pipe.execute_command("ROLE")
             _, holder, beat, role = await pipe.execute()
+        if role and role[0] == "slave" and len(role) > 2:
+            # ROLE of a replica: ["slave", master host, master port, state, offset].
+            self._replica_of = f"{role[1]}:{role[2]}"
         return holder, beat, str(role[0]) if role else "unknown"
 
     def _note_role(self, role: str) -> None:

@@ -255,6 +255,10 @@ async def redis_health(
     token, epoch, ttl_ms, beat, beat_ttl, role_reply = replies[:6]
     raw = replies[6] if wanted else []
     role = "replica" if role_reply and role_reply[0] == "slave" else str(role_reply[0])
+    node = None
+    if role == "replica" and len(role_reply) > 2:
+        # A plain URL to a replica: the master is the one it follows, from its ROLE.
+        node, master = master, f"{role_reply[1]}:{role_reply[2]}"
     heartbeat_age = (
         max(0.0, (HEARTBEAT_TTL_MS - int(beat_ttl)) / 1000.0)
         if beat is not None and int(beat_ttl) > 0
@@ -300,6 +304,7 @@ async def redis_health(
             "connected": True,
             "epoch": epoch_value,
             **_target(client, role, master),
+            **({"node": node} if node is not None else {}),
             **({"cluster_state": info.get("cluster_state")} if cluster else {}),
         },
         stale_after_s=stale_after,

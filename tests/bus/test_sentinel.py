@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -219,4 +220,40 @@ async def test_health_names_the_service_the_master_and_a_replica_is_down(
     replica = next(p for p in sentinels.data_ports if p != master)
     doc = await redis_health(f"redis://127.0.0.1:{replica}/0", [])
     assert doc["status"] == "down" and doc["bus"]["role"] == "replica"
+    # The master it follows, and the node the URL named.
+    assert doc["bus"]["master"] == f"127.0.0.1:{master}", doc["bus"]
+    assert doc["bus"]["node"] == f"127.0.0.1:{replica}"
+    bus = RedisBus(f"redis://127.0.0.1:{replica}/0", probe_interval=0.05)
+    await bus.start()
+    try:
+        await until(lambda: bus.role == "replica", 5, "the role")
+        assert bus.topology()["master"] == f"127.0.0.1:{master}"
+        assert bus.topology()["node"] == f"127.0.0.1:{replica}"
+    finally:
+        await bus.close()
     assert any("not a writable master" in r for r in doc["reasons"]), doc
+
+
+async def test_every_sentinel_gone_is_said_once_and_plainly(
+    sentinels: SentinelDeployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every sentinel SIGKILLed (the data nodes up): the watcher says once that it cannot
+    watch, never that it watches again while none is up, and health says no sentinel is
+    reachable, naming them, in one short line."""
+    caplog.set_level(logging.INFO, logger="pricectl.bus")
+    async with _bus(sentinels.url) as bus:
+        await until(lambda: bus.role == "master", 5, "connected")
+        for port in sentinels.sentinel_ports:
+            sentinels.procs[port].kill()
+            sentinels.procs[port].wait(timeout=10)
+        await until(lambda: "cannot watch for failovers" in caplog.text, 5, "the warning")
+        cut = time.monotonic()
+        # Several rounds over the three dead sentinels (0.2 s to 2 s apart).
+        await until(lambda: time.monotonic() - cut > 3.0, 5, "3 s of retries")
+        assert "watching for failovers of 'mymaster' again" not in caplog.text
+        assert caplog.text.count("cannot watch for failovers") == 1
+        doc = await redis_health(sentinels.url, [])
+        assert doc["status"] == "down"
+        (reason,) = doc["reasons"]
+        assert reason.startswith("no sentinel reachable at 127.0.0.1:"), reason
+        assert len(reason) < 400 and "BoundedRedis(" not in reason, reason

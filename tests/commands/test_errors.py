@@ -152,7 +152,7 @@ CASES: dict[str, Case] = {
     "a sentinel url naming no service the sentinels know": Case(
         ("health", "--redis", "redis+sentinel://127.0.0.1:{sentinel}/nosuch"),
         2,
-        ("name no master for the service", "sentinel monitor"),
+        ("name no master for 'nosuch'", "sentinel monitor"),
     ),
     "a sentinel url without a service": Case(
         ("health", "--redis", "redis+sentinel://127.0.0.1:{sentinel}"),
@@ -176,6 +176,11 @@ CASES: dict[str, Case] = {
         2,
         ("bus.url:", "port 'x' is not a number"),
         {"REDIS_URL": "redis+sentinel://:pw@h1:26379,h2:x/mymaster/0"},
+    ),
+    "every sentinel down": Case(
+        ("health", "--redis", "redis+sentinel://:pw@127.0.0.1:{free},127.0.0.1:{taken}/mymaster/0"),
+        2,
+        ("no sentinel reachable at 127.0.0.1:", "are the sentinels running", ":***@"),
     ),
     "serve not running": Case(
         ("health", "--url", "http://127.0.0.1:{free}"),
@@ -280,3 +285,11 @@ def test_empty_prefix_variable_is_an_empty_prefix(world: World) -> None:
     result = _run(world, Case(("config", "show"), 0, (), {"PRICECTL_BUS__PREFIX": ""}))
     assert result.returncode == 0, result.stderr
     assert "prefix: ''" in result.stdout
+
+
+def test_every_sentinel_down_is_one_short_line(world: World) -> None:
+    """No sentinel answers: one line naming the sentinels, no redis-py object reprs."""
+    case = CASES["every sentinel down"]
+    err = _run(world, case).stderr
+    assert "BoundedRedis(" not in err and "ConnectionPool" not in err, err
+    assert len(err.strip().splitlines()[-1]) < 400, err
