@@ -83,6 +83,7 @@ class ExchangeSettings:
     rest_weight_budget: int = 1200
     max_messages_per_second: float = 4.0
     max_connects_per_5m: int = 300
+    streams_per_connection: int = 200
 
 
 @dataclass(frozen=True)
@@ -386,6 +387,12 @@ def _check(s: Settings, problems: _Problems) -> None:
         problems.add(
             "exchange.max_connects_per_5m",
             f"must be 1 to 300 (Binance's limit), got {s.exchange.max_connects_per_5m}",
+        )
+    if not 1 <= s.exchange.streams_per_connection <= 1024:
+        problems.add(
+            "exchange.streams_per_connection",
+            "must be 1 to 1024 (Binance's limit per connection), "
+            f"got {s.exchange.streams_per_connection}",
         )
     for key, schemes in (("ws_url", ("ws", "wss")), ("rest_url", ("http", "https"))):
         url = getattr(s.exchange, key)

@@ -262,3 +262,17 @@ def test_redact_url() -> None:
     assert redact_url("redis://u:pw@h:6379/0") == "redis://u:***@h:6379/0"
     assert redact_url("redis://:pw@h") == "redis://:***@h"
     assert redact_url("memory://") == "memory://"
+
+
+def test_streams_per_connection_is_at_most_binances_1024(tmp_path: Path) -> None:
+    """exchange.streams_per_connection above Binance's cap is refused, naming file and line."""
+    f = tmp_path / "c.yaml"
+    f.write_text("exchange:\n  streams_per_connection: 2000\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(f, env={})
+    assert err.value.problems == [
+        f"{f}:2: exchange.streams_per_connection: must be 1 to 1024 (Binance's limit per "
+        "connection), got 2000"
+    ]
+    f.write_text("exchange:\n  streams_per_connection: 1024\n")
+    assert load_settings(f, env={}).exchange.streams_per_connection == 1024

@@ -51,6 +51,10 @@ Example::
     c.source("BTC/USD", 9.0)        # Source.CACHE
     c.cache_due(9.0)                # ["BTC/USD"]
 
+The tracked pairs change with :meth:`Cascade.set_pairs` (kept pairs keep their state);
+``ws_state(healthy, now, down)`` can name pairs whose own WebSocket connection is down
+while others are up (several connections share the pairs).
+
 Pure: time is ``now``, monotonic seconds.
 """
 
@@ -106,7 +110,8 @@ class FallbackPolicy:
 
 
 class Cascade:
-    """The per-pair source decision for a fixed set of pairs; see the module docstring."""
+    """The per-pair source decision for a set of pairs (changed with :meth:`set_pairs`);
+    see the module docstring."""
 
     def __init__(
         self,
@@ -122,6 +127,7 @@ class Cascade:
         #: Seconds without a fresh update after which a pair is stale (and off WS).
         self.stale_after = self._fresh.stale_after
         self._ws_healthy = False
+        self._ws_down: frozenset[str] = frozenset()
         self._ws_last: dict[str, float] = {}
         self._rest_failures = 0
         self._rest_paused_until = -math.inf
@@ -134,6 +140,11 @@ class Cascade:
     def ws_healthy(self) -> bool:
         """The last :meth:`ws_state` report."""
         return self._ws_healthy
+
+    @property
+    def known(self) -> frozenset[str]:
+        """The tracked pairs, as a set (for membership tests on a hot path)."""
+        return self._known
 
     @property
     def rest_failures(self) -> int:
@@ -149,11 +160,39 @@ class Cascade:
         """Every pair's source at ``now`` (for ``/health``)."""
         return {p: self.source(p, now) for p in self.pairs}
 
+    # -- the tracked pairs -----------------------------------------------------------------
+
+    def set_pairs(self, pairs: Iterable[str], now: float) -> tuple[list[str], list[str]]:
+        """Track exactly ``pairs`` from ``now`` on; ``(added, removed)``, each in order.
+
+        Pairs kept keep their state. A removed pair's state is forgotten (added again
+        later, it starts afresh). An added pair counts as polled at ``now``: the caller
+        fetches its snapshot itself, so its first REST poll is due one
+        ``rest_poll_interval`` later, not at once.
+        """
+        wanted = tuple(dict.fromkeys(pairs))
+        keep = frozenset(wanted)
+        added = [p for p in wanted if p not in self._known]
+        removed = [p for p in self.pairs if p not in keep]
+        for p in removed:
+            self._ws_last.pop(p, None)
+            self._polled_at.pop(p, None)
+            self._cached_at.pop(p, None)
+            self._fresh.forget(p)
+        for p in added:
+            self._polled_at[p] = now
+        self.pairs = wanted
+        self._known = keep
+        return added, removed
+
     # -- events --------------------------------------------------------------------------
 
-    def ws_state(self, healthy: bool, now: float) -> None:
-        """Report the WebSocket as usable (connected, breaker closed) or not, from ``now``."""
+    def ws_state(self, healthy: bool, now: float, down: frozenset[str] = frozenset()) -> None:
+        """Report the WebSocket as usable (breaker closed) or not, from ``now``; ``down``
+        are the pairs whose own connection is down (several connections share the pairs:
+        one dropping takes only its pairs off WS at once)."""
         self._ws_healthy = healthy
+        self._ws_down = down
 
     def ws_update(self, pair: str, now: float) -> None:
         """A WS update of ``pair`` arrived at ``now`` (and is being published as ``ws``)."""
@@ -252,7 +291,12 @@ class Cascade:
 
     def _on_ws(self, pair: str, now: float) -> bool:
         last = self._ws_last.get(pair)
-        return self._ws_healthy and last is not None and now < last + self.stale_after
+        return (
+            self._ws_healthy
+            and last is not None
+            and now < last + self.stale_after
+            and pair not in self._ws_down
+        )
 
     def _elapsed(self, last: float | None, now: float) -> bool:
         return last is None or now >= last + self.policy.rest_poll_interval

@@ -121,6 +121,10 @@ class Staleness:
         deadline = self.stale_at(pair)
         return deadline is None or now >= deadline
 
+    def forget(self, pair: str) -> None:
+        """Drop what is known of ``pair`` (it is no longer tracked)."""
+        self._last.pop(pair, None)
+
     def stale_pairs(self, pairs: Iterable[str], now: float) -> list[str]:
         """The stale ones among ``pairs``, in the order given."""
         return [p for p in pairs if self.is_stale(p, now)]

@@ -25,7 +25,17 @@ from REST ``/api/v3/time`` every :data:`CLOCK_EVERY` seconds,
 count as fresh: frames that waited in a socket buffer are not live prices.
 
 The first WS update of a pair brings it straight back to ``ws``. Each transition is one
-log line.
+log line. The WebSocket side is several connections (``exchange.streams_per_connection``
+streams each): one that drops takes only its own pairs off ``ws`` at once.
+
+The pairs can change at run time (:meth:`Relay.set_pairs`, synchronous; the relay
+reconciles in the background): a pair added gets a REST snapshot first (requests of
+:data:`REST_CHUNK` symbols, the cheapest weight per pair, within the weight budget),
+published at once, then goes live by SUBSCRIBE; a pair removed leaves the cascade, is
+UNSUBSCRIBEd, and its last value is published once more marked stale (``source:
+cache``) so every snapshot keeps it as no longer live. :attr:`Relay.active_pairs` is
+what the exchange confirmed it carries; ``status()`` gives the time from
+``set_pairs`` to a pair's first update and to its first live one.
 
 Every update leaving the relay is stamped ``(epoch, seq, gseq)``: ``epoch`` from the
 fence, ``seq`` +1 per pair, ``gseq`` +1 across pairs (DESIGN 3.2, 3.5). Publishes are
@@ -50,6 +60,7 @@ from pricectl.config import ExchangeSettings, ResilienceSettings, Settings
 from pricectl.core.backoff import Backoff, BackoffPolicy
 from pricectl.core.clock import ClockOffset
 from pricectl.core.fallback import Cascade, Source
+from pricectl.core.histogram import Histogram
 from pricectl.core.pairs import PairMap
 from pricectl.core.stamping import Stamper
 from pricectl.core.ticks import PriceUpdate
@@ -69,6 +80,7 @@ __all__ = [
     "CLOCK_EVERY",
     "HEARTBEAT_EVERY",
     "Guard",
+    "Latency",
     "PairFeed",
     "Relay",
     "RelayStatus",
@@ -85,8 +97,31 @@ CLOCK_EVERY = 60.0
 #: a dead or frozen leader by them: DESIGN 3.6).
 HEARTBEAT_EVERY = 1.0
 
+#: Symbols per REST price request: Binance weighs ``ticker/24hr`` 2 for up to 20
+#: symbols and 40 for up to 100, so small requests cost the least weight per pair.
+REST_CHUNK = 20
+
+#: REST price requests in flight at once (a snapshot of many new pairs).
+REST_PARALLEL = 4
+
 #: Asked before each publish: None to go ahead, or why this process must not publish.
 Guard = Callable[[], str | None]
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Milliseconds over the pairs measured so far (quantiles ``None`` while empty)."""
+
+    count: int
+    p50: int | None
+    p99: int | None
+    max: int | None
+
+    @classmethod
+    def of(cls, h: Histogram) -> Latency:
+        if not h.count:
+            return cls(0, None, None, None)
+        return cls(h.count, h.quantile(0.5), h.quantile(0.99), h.max)
 
 
 @dataclass(frozen=True)
@@ -119,6 +154,18 @@ class RelayStatus:
     late_updates: int
     #: The exchange's clock minus ours, from REST ``/api/v3/time`` (None until known).
     exchange_clock_offset_ms: float | None
+    #: Pairs served (the cascade's), and those the exchange confirmed on the WebSocket.
+    pairs_served: int
+    pairs_active: int
+    #: Pairs added and removed by ``set_pairs`` this term, and added pairs whose REST
+    #: snapshot could not be had (they went live without one).
+    pairs_added: int
+    pairs_removed: int
+    snapshots_missed: int
+    #: From ``set_pairs`` asking for a pair to its first published update (the REST
+    #: snapshot), and to its first live WebSocket update.
+    time_to_first_update_ms: Latency
+    time_to_live_ms: Latency
 
     @property
     def state(self) -> str:
@@ -160,13 +207,25 @@ class Relay:
         self.held_back = 0
         #: True once the pairs were checked against exchangeInfo (by this term or before).
         self.validated = False
-        self.pairs = pair_map.pairs
         self.resilience = resilience
         self.cascade = Cascade(
-            self.pairs, resilience.fallback, stale_after=resilience.heartbeat.stale_after
+            pair_map.pairs, resilience.fallback, stale_after=resilience.heartbeat.stale_after
         )
         self._clock = clock
         self._wake = asyncio.Event()
+        #: The pairs asked for by :meth:`set_pairs` (the cascade follows in the background).
+        self._target = pair_map
+        self._reconcile_wake = asyncio.Event()
+        #: Pairs added / removed at run time, and those whose snapshot REST could not give.
+        self.pairs_added = 0
+        self.pairs_removed = 0
+        self.snapshots_missed = 0
+        #: Pairs asked for by set_pairs and not yet published / not yet live on WS: when
+        #: they were asked for; and how long that took (milliseconds), for metrics.
+        self._asked_at: dict[str, float] = {}
+        self._awaiting_live: dict[str, float] = {}
+        self.time_to_first_update = Histogram()
+        self.time_to_live = Histogram()
         self.ws = BinanceWS(
             exchange,
             pair_map,
@@ -188,6 +247,130 @@ class Relay:
         self.publish_errors = 0
         self.by_source: dict[str, int] = {"ws": 0, "rest": 0, "cache": 0}
 
+    # -- the pairs -----------------------------------------------------------------------
+
+    @property
+    def pairs(self) -> tuple[str, ...]:
+        """The pairs the relay serves now (the cascade's; :meth:`set_pairs` changes them)."""
+        return self.cascade.pairs
+
+    @property
+    def active_pairs(self) -> tuple[str, ...]:
+        """The pairs subscribed on the exchange WebSocket now."""
+        return self.ws.subscribed_pairs()
+
+    def set_pairs(self, pair_map: PairMap) -> None:
+        """Serve exactly the pairs of ``pair_map`` from now on (synchronous, idempotent).
+
+        The relay reconciles in the background while :meth:`run` runs. Pairs added get a
+        REST snapshot first (fetched together, in requests of :data:`REST_CHUNK` symbols
+        within the weight budget) and published, then go live on the WebSocket
+        (SUBSCRIBE); from then on the cascade serves them like any other. Pairs removed
+        leave the cascade, are UNSUBSCRIBEd, and their last value is published once more
+        marked ``stale`` (``source: cache``), so every consumer's snapshot keeps the price
+        and knows it is no longer live. Calling it again with the same pairs does nothing.
+        """
+        now = self._clock()
+        known = self.cascade.known
+        wanted = frozenset(pair_map.pairs)
+        for waiting in (self._asked_at, self._awaiting_live):
+            for p in [p for p in waiting if p not in wanted]:
+                del waiting[p]  # asked for, then no longer: nothing to measure
+        for p in pair_map.pairs:
+            if p not in known and p not in self._awaiting_live:
+                self._asked_at[p] = now
+                self._awaiting_live[p] = now
+        self._target = pair_map
+        self._reconcile_wake.set()
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self._reconcile_wake.wait()
+            self._reconcile_wake.clear()
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
+        """Bring the cascade and the WebSocket to the last :meth:`set_pairs`."""
+        target = self._target
+        now = self._clock()
+        added, removed = self.cascade.set_pairs(target.pairs, now)
+        if not added and not removed:
+            self.ws.set_pairs(target)
+            return
+        for p in removed:
+            self._shown.pop(p, None)
+            self._asked_at.pop(p, None)
+            self._awaiting_live.pop(p, None)
+        self.rest.pair_map = target
+        self.pairs_added += len(added)
+        self.pairs_removed += len(removed)
+        log.info(
+            "relay: pairs changed: %d added, %d removed (%d now)",
+            len(added),
+            len(removed),
+            len(target.pairs),
+        )
+        if removed:
+            ingest_ns = time.time_ns()
+            await self._publish(
+                [
+                    replace(self._last[p], source="cache", stale=True, ingest_ns=ingest_ns)
+                    for p in removed
+                    if p in self._last
+                ]
+            )
+        if added:
+            updates, error = await self._fetch_rest(added)
+            now = self._clock()
+            got = set()
+            for u in updates:
+                if u.pair in self.cascade.known:
+                    got.add(u.pair)
+                    self.cascade.rest_success(u.pair, now)
+            await self._publish([u for u in updates if u.pair in got])
+            missed = len(added) - len(got)
+            if missed:
+                self.snapshots_missed += missed
+                log.warning(
+                    "relay: no REST snapshot for %d of %d new pairs (%s); they go live anyway",
+                    missed,
+                    len(added),
+                    error or "not in the response",
+                )
+        self.ws.set_pairs(target)
+        self._wake.set()
+
+    async def _fetch_rest(self, pairs: Sequence[str]) -> tuple[list[PriceUpdate], str | None]:
+        """REST prices of ``pairs`` in requests of :data:`REST_CHUNK` symbols, at most
+        :data:`REST_PARALLEL` at a time; ``(updates, first error)``. A rate limit stops
+        the requests not yet sent (the budget or the exchange said wait)."""
+        chunks = [list(pairs[i : i + REST_CHUNK]) for i in range(0, len(pairs), REST_CHUNK)]
+        out: list[PriceUpdate] = []
+        errors: list[str] = []
+        limited = False
+        gate = asyncio.Semaphore(REST_PARALLEL)
+
+        async def one(chunk: list[str]) -> None:
+            nonlocal limited
+            async with gate:
+                if limited:
+                    return
+                try:
+                    out.extend(await self.rest.fetch_prices(chunk))
+                except RateLimitedError as exc:
+                    limited = True
+                    errors.append(str(exc))
+                except FeedError as exc:
+                    errors.append(str(exc))
+
+        if len(chunks) == 1:
+            await one(chunks[0])
+        else:
+            async with asyncio.TaskGroup() as tg:
+                for chunk in chunks:
+                    tg.create_task(one(chunk))
+        return out, (errors[0] if errors else None)
+
     # -- running -------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -204,6 +387,7 @@ class Relay:
                 tg.create_task(self._cascade_loop(), name="relay-cascade")
                 tg.create_task(self._clock_loop(), name="relay-exchange-clock")
                 tg.create_task(self._heartbeat_loop(), name="relay-heartbeat")
+                tg.create_task(self._reconcile_loop(), name="relay-pairs")
         except BaseExceptionGroup as group:
             raise _unwrap(group) from None
         finally:
@@ -261,14 +445,19 @@ class Relay:
         """Fetch every pair from REST and publish it (a takeover, or start-up); the count.
 
         A failing REST is logged and skipped (the live feed follows anyway); a
-        FencedError propagates.
+        FencedError propagates. Pairs set by :meth:`set_pairs` before are included: a
+        new leader takes the whole set at once.
         """
-        try:
-            updates = await self.rest.fetch_prices()
-        except FeedError as exc:
-            log.warning("relay: REST snapshot failed (%s); going live without it", exc)
-            return 0
+        self.cascade.set_pairs(self._target.pairs, self._clock())
+        self.rest.pair_map = self._target
+        self.ws.set_pairs(self._target)
+        updates, error = await self._fetch_rest(self.pairs)
+        if error is not None:
+            log.warning("relay: REST snapshot failed (%s); going live without it", error)
         now = self._clock()
+        updates = [u for u in updates if u.pair in self.cascade.known]
+        if not updates:
+            return 0
         for u in updates:
             self.cascade.rest_success(u.pair, now)
         await self._publish(updates)
@@ -280,7 +469,7 @@ class Relay:
         stage has a price to re-publish, marked stale, if both WS and REST fail right after
         a takeover. Values the relay already has win."""
         for u in updates:
-            if u.pair in self.cascade.pairs:
+            if u.pair in self.cascade.known:
                 self._last.setdefault(u.pair, u)
 
     async def _cascade_loop(self) -> None:
@@ -288,7 +477,7 @@ class Relay:
         while True:
             self._wake.clear()
             now = self._clock()
-            cascade.ws_state(self._ws_usable(), now)
+            cascade.ws_state(self.ws.healthy, now, self.ws.down_pairs())
             self._note_sources(now)
             due = cascade.rest_due(now)
             if due:
@@ -310,13 +499,10 @@ class Relay:
 
     # -- the three sources ---------------------------------------------------------------
 
-    def _ws_usable(self) -> bool:
-        return self.ws.connected and self.ws.healthy
-
     async def _on_ws_batch(self, updates: list[PriceUpdate]) -> None:
         now = self._clock()
-        self.cascade.ws_state(self._ws_usable(), now)
-        known = self.cascade.pairs
+        self.cascade.ws_state(self.ws.healthy, now, self.ws.down_pairs())
+        known = self.cascade.known
         limit_ms = self.cascade.stale_after * 1000.0
         wall_ms = time.time_ns() / 1e6
         offset = self.exchange_clock
@@ -336,39 +522,60 @@ class Relay:
                 continue
             self.cascade.ws_update(u.pair, now)
             batch.append(u)
-        self._note_sources(now)
+            if self._awaiting_live:
+                asked = self._awaiting_live.pop(u.pair, None)
+                if asked is not None:
+                    self.time_to_live.record(round((now - asked) * 1000))
+        # Only these pairs can have moved (to ws); the cascade loop looks at the rest.
+        self._note_sources(now, dict.fromkeys(u.pair for u in batch))
         await self._publish(batch)
 
     async def _poll_rest(self, pairs: list[str]) -> None:
         started = self._clock()
-        try:
-            updates = await self.rest.fetch_prices(pairs)
-        except RateLimitedError as exc:
-            self.cascade.rest_failure(started, retry_after=exc.retry_after)
-            self._rlog.warning("rest-limit", "relay: REST polling paused: %s", exc)
-            return
-        except FeedError as exc:
-            self.cascade.rest_failure(started)
-            self._rlog.warning(
-                "rest-fail", "relay: REST poll of %d pairs failed: %s", len(pairs), exc
-            )
-            return
+        if len(pairs) <= REST_CHUNK:
+            try:
+                updates = await self.rest.fetch_prices(pairs)
+            except RateLimitedError as exc:
+                self.cascade.rest_failure(started, retry_after=exc.retry_after)
+                self._rlog.warning("rest-limit", "relay: REST polling paused: %s", exc)
+                return
+            except FeedError as exc:
+                self.cascade.rest_failure(started)
+                self._rlog.warning(
+                    "rest-fail", "relay: REST poll of %d pairs failed: %s", len(pairs), exc
+                )
+                return
+        else:
+            updates, error = await self._fetch_rest(pairs)
+            if error is not None and not updates:
+                self.cascade.rest_failure(started)
+                self._rlog.warning(
+                    "rest-fail", "relay: REST poll of %d pairs failed: %s", len(pairs), error
+                )
+                return
         now = self._clock()
         if not updates:
             self.cascade.rest_failure(started)
             return
-        # A pair that went back to WS while the request was out keeps its live price.
-        fresh = [u for u in updates if self.cascade.source(u.pair, now) is not Source.WS]
+        # A pair that went back to WS while the request was out keeps its live price, and
+        # a pair removed meanwhile is not published.
+        known = self.cascade.known
+        fresh = [
+            u
+            for u in updates
+            if u.pair in known and self.cascade.source(u.pair, now) is not Source.WS
+        ]
         for u in fresh:
             self.cascade.rest_success(u.pair, now)
         await self._publish(fresh)
 
     async def _publish_cache(self, pairs: list[str]) -> None:
         ingest_ns = time.time_ns()
+        known = self.cascade.known
         batch = [
             replace(self._last[p], source="cache", stale=True, ingest_ns=ingest_ns)
             for p in pairs
-            if p in self._last
+            if p in self._last and p in known
         ]
         await self._publish(batch)
 
@@ -391,9 +598,15 @@ class Relay:
                 raise LeaseLost(f"renew deadline passed: {why}")
             epoch = self.fence.epoch
             stamped = self._stamper.stamp(updates, epoch)
+            asked_at = self._asked_at
             for s in stamped:
                 self._last[s.pair] = s
                 self.by_source[s.source] = self.by_source.get(s.source, 0) + 1
+                if asked_at:
+                    asked = asked_at.pop(s.pair, None)
+                    if asked is not None:
+                        ms = (self._clock() - asked) * 1000
+                        self.time_to_first_update.record(round(ms))
             try:
                 await self.bus.publish(stamped, self.fence)
             except FencedError as exc:
@@ -407,9 +620,10 @@ class Relay:
                 return
             self.published += len(stamped)
 
-    def _note_sources(self, now: float) -> None:
-        """One log line per pair whose source changed since the last look."""
-        for pair in self.pairs:
+    def _note_sources(self, now: float, pairs: Iterable[str] | None = None) -> None:
+        """One log line per pair (of ``pairs``, default all) whose source changed since
+        the last look."""
+        for pair in self.pairs if pairs is None else pairs:
             src = self.cascade.source(pair, now)
             old = self._shown.get(pair)
             if src is old:
@@ -463,6 +677,13 @@ class Relay:
             exchange_clock_offset_ms=(
                 round(self.exchange_clock.offset_ms, 1) if self.exchange_clock.known else None
             ),
+            pairs_served=len(self.pairs),
+            pairs_active=len(self.active_pairs),
+            pairs_added=self.pairs_added,
+            pairs_removed=self.pairs_removed,
+            snapshots_missed=self.snapshots_missed,
+            time_to_first_update_ms=Latency.of(self.time_to_first_update),
+            time_to_live_ms=Latency.of(self.time_to_live),
         )
 
 

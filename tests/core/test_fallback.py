@@ -248,3 +248,30 @@ def test_rest_covers_a_pair_while_its_websocket_is_down() -> None:
         c.ws_update(BTC, down + 2.5)
         c.ws_update(ETH, down + 2.5)
         assert c.sources(down + 2.5) == {BTC: Source.WS, ETH: Source.WS}
+
+
+def test_set_pairs_keeps_kept_pairs_and_forgets_removed_ones() -> None:
+    """Pairs kept keep their state; an added pair's first poll is one interval away (the
+    caller fetched its snapshot); a removed pair is unknown, and re-added starts afresh."""
+    c = _live()
+    sol = "SOL/USD"
+    assert c.set_pairs([BTC, sol], 1.0) == ([sol], [ETH])
+    assert c.pairs == (BTC, sol) and c.known == frozenset({BTC, sol})
+    assert c.source(BTC, 1.0) is Source.WS
+    assert c.rest_due(1.0) == [] and c.rest_due(3.0) == [sol]
+    with pytest.raises(KeyError):
+        c.source(ETH, 1.0)
+    assert c.set_pairs([BTC, sol], 3.5) == ([], [])
+    c.set_pairs([BTC, sol, ETH], 4.0)
+    assert c.age(ETH, 4.0) is None and c.source(ETH, 4.0) is Source.REST
+
+
+def test_a_pair_whose_own_connection_is_down_leaves_ws_at_once() -> None:
+    """Several connections share the pairs: one down takes only its pairs off WS."""
+    c = _live()
+    c.ws_state(True, 1.0, down=frozenset({ETH}))
+    assert c.source(BTC, 1.0) is Source.WS and c.source(ETH, 1.0) is Source.REST
+    assert c.rest_due(1.0) == [ETH]
+    c.ws_state(True, 2.0)
+    c.ws_update(ETH, 2.0)
+    assert c.source(ETH, 2.0) is Source.WS

@@ -17,6 +17,7 @@ from pricectl.core.backoff import BackoffPolicy
 from pricectl.core.breaker import BreakerPolicy
 from pricectl.core.fallback import FallbackPolicy
 from pricectl.core.heartbeat import HeartbeatPolicy
+from pricectl.core.pairs import PAIR_RE, PairMap, bundled_symbols
 from pricectl.core.ticks import PriceUpdate
 from pricectl.exchange.binance_ws import BatchCallback, BinanceWS
 from pricectl.simulator import Simulator
@@ -205,6 +206,9 @@ async def test_pongs_keep_the_connection_alive(start_sim: Callable[..., Awaitabl
     ws = ws_for(fast_settings(sim), got)
     async with Running(ws):
         await until(lambda: sim.stats.pongs_received >= 10, 10, "ten pings answered")
+        # Each pong we sent counts toward our own message rate.
+        (conn,) = ws.connections()
+        assert conn.pongs >= 10 and conn.messages_last_s >= 1
         assert sim.stats.cut_pong_timeout == 0
         assert ws.reconnects == 0 and sim.stats.total_connects == 1
         assert ws.connected
@@ -263,38 +267,45 @@ async def test_simulator_age_cut_is_crossed_without_gap(
         assert_consecutive(got.by_pair[pair])
 
 
-async def test_add_and_remove_pairs_on_the_live_connection(sim: Simulator):
+async def test_set_pairs_changes_the_streams_on_the_live_connection(sim: Simulator):
     """SUBSCRIBE/UNSUBSCRIBE change the streams without reconnecting."""
     got = Collector()
     settings = replace(fast_settings(sim), pairs=("BTC/USD",))
     ws = ws_for(settings, got)
     async with Running(ws):
         await until(lambda: got.count("BTC/USD") >= 2, 10, "BTC ticks")
-        assert await ws.add_pairs(["SOL/USD"]) == ["SOL/USD"]
+        assert ws.subscribed_pairs() == ("BTC/USD",)
+        ws.set_pairs(PairMap.build(["BTC/USD", "SOL/USD"], settings.quote_aliases))
         await until(lambda: got.count("SOL/USD") >= 2, 5, "SOL ticks after SUBSCRIBE")
-        assert await ws.remove_pairs(["BTC/USD"]) == ["BTC/USD"]
+        ws.set_pairs(PairMap.build(["SOL/USD"], settings.quote_aliases))
         await until(
             lambda: sim.state()["subscriptions"] == [["solusdt@ticker"]], 5, "UNSUBSCRIBE applied"
         )
-        assert ws.pairs == ("SOL/USD",)
+        assert ws.pairs == ("SOL/USD",) and ws.subscribed_pairs() == ("SOL/USD",)
         assert ws.reconnects == 0 and sim.stats.total_connects == 1
 
 
 async def test_outgoing_messages_stay_under_the_rate_limit(sim: Simulator):
-    """Ten SUBSCRIBEs in a row are paced under 5/s: the exchange never cuts us."""
+    """Ten pair changes in a row are paced under 5/s: the exchange never cuts us."""
     got = Collector()
     settings = replace(fast_settings(sim, max_messages_per_second=4.0), pairs=("BTC/USD",))
+    aliases = settings.quote_aliases
     ws = ws_for(settings, got)
     extra = ["ETH/USD", "SOL/USD", "BNB/USD", "XRP/USD", "ADA/USD"]
     async with Running(ws):
         await until(lambda: ws.connected, 10, "connected")
         started = time.monotonic()
         for pair in extra:
-            await ws.add_pairs([pair])
-            await ws.remove_pairs([pair])
+            ws.set_pairs(PairMap.build(["BTC/USD", pair], aliases))
+            await until(lambda: sim.stats.control_messages == ws.messages_sent, 5, "sent")
+            await until(lambda p=pair: ws.subscribed_pairs() == ("BTC/USD", p), 5, "added")
+            ws.set_pairs(PairMap.build(["BTC/USD"], aliases))
+            await until(lambda: ws.subscribed_pairs() == ("BTC/USD",), 5, "removed")
+        await until(lambda: sim.stats.control_messages == 10, 5, "every message received")
         took = time.monotonic() - started
         await until(lambda: got.count("BTC/USD") >= 2, 5, "still streaming")
         assert sim.stats.cut_rate_limit == 0 and ws.reconnects == 0
+        assert sim.stats.peak_messages_per_s <= 4
     assert ws.messages_sent == 10
     # 10 messages at 4 per second cannot take less than 2 full windows.
     assert took >= 2.0
@@ -333,3 +344,167 @@ async def test_connect_attempts_never_exceed_the_limit(sim: Simulator):
         await until(lambda: ws.connect_limited >= 1, 5, "the connect limit to bite")
         assert ws.connect_attempts == 4
         assert sim.stats.refused == 4
+
+
+def listed(n: int, aliases: Any) -> list[str]:
+    """``n`` display pairs of the bundled symbol list that map back to their symbol."""
+    out = []
+    for rec in bundled_symbols():
+        pair = f"{rec['baseAsset']}/{rec['quoteAsset']}"
+        if PAIR_RE.match(pair) and PairMap.build([pair], aliases).symbol_for(pair) == rec["symbol"]:
+            out.append(pair)
+    return out[:n]
+
+
+def per_connection(sim: Simulator) -> set[frozenset[str]]:
+    return {frozenset(sub) for sub in sim.state()["subscriptions"]}
+
+
+async def test_shards_unsubscribe_retire_and_come_back_with_their_own_streams(
+    start_sim: Callable[..., Awaitable[Simulator]],
+):
+    """250 pairs on connections of 100: removing pairs UNSUBSCRIBEs them (the exchange stops
+    feeding them) and closes a connection left empty; after a drop every connection comes
+    back with its own streams only."""
+    sim = await start_sim(ticker_interval=0.5, all_trading=True)
+    settings = fast_settings(sim, streams_per_connection=100)
+    settings = replace(
+        settings,
+        resilience=replace(
+            settings.resilience, heartbeat=HeartbeatPolicy(idle_timeout=3.0, stale_after=3.0)
+        ),
+    )
+    aliases = settings.quote_aliases
+    pairs = listed(250, aliases)
+    got = Collector()
+    ws = ws_for(settings, got)
+    async with Running(ws):
+        ws.set_pairs(PairMap.build(pairs, aliases))
+        await until(lambda: len(ws.subscribed_pairs()) == 250, 20, "250 subscribed")
+        assert sim.connections == 3
+        before = per_connection(sim)
+        assert sorted(len(s) for s in before) == [50, 100, 100]
+
+        # Remove the last 150: the third connection is closed, the second unsubscribes.
+        ws.set_pairs(PairMap.build(pairs[:100] + pairs[200:220], aliases))
+        await until(lambda: sim.connections == 2, 10, "the empty shard's connection closed")
+        await until(
+            lambda: (
+                len(ws.subscribed_pairs()) == 120 and not any(c.pending for c in ws.connections())
+            ),
+            10,
+            "UNSUBSCRIBE confirmed",
+        )
+        kept = {
+            PairMap.build([p], aliases).stream_for(p, "ticker")
+            for p in pairs[:100] + pairs[200:220]
+        }
+        assert {s for sub in sim.state()["subscriptions"] for s in sub} == kept
+        # The walk advances only the kept symbols (and the two it always walks).
+        symbols = {s.partition("@")[0].upper() for s in kept} | {"BTCUSDT", "ETHUSDT"}
+        assert sim.state()["walking"] == len(symbols)
+        n = got.count(pairs[120])
+
+        # A drop: each connection comes back carrying its own shard's streams.
+        before = per_connection(sim)
+        connects = sim.stats.total_connects
+        sim.set_fault(drop=True)
+        await until(
+            lambda: sim.stats.total_connects >= connects + 2 and per_connection(sim) == before,
+            10,
+            "both connections back with their streams",
+        )
+        assert ws.reconnects >= 2 and got.count(pairs[120]) == n
+        assert sim.stats.cut_rate_limit == 0 and sim.stats.control_errors == 0
+
+
+async def test_a_refused_stream_is_retried_and_does_not_hold_back_the_others(
+    start_sim: Callable[..., Awaitable[Simulator]],
+):
+    """An exchange that refuses one name (code 2): the error is logged and retried in
+    smaller requests, never assumed to have worked; the other streams go live."""
+    sim = await start_sim(refuse_unlisted=True)
+    settings = fast_settings(sim)
+    aliases = settings.quote_aliases
+    got = Collector()
+    ws = ws_for(settings, got)
+    async with Running(ws):
+        await until(lambda: ws.connected, 10, "connected")
+        ws.set_pairs(
+            PairMap.build(["BTC/USD", "ETH/USD", "SOL/USD", "NOPE/USD", "XRP/USD"], aliases)
+        )
+        await until(
+            lambda: set(ws.subscribed_pairs()) == {"BTC/USD", "ETH/USD", "SOL/USD", "XRP/USD"},
+            15,
+            "the good streams subscribed",
+        )
+        await until(lambda: got.count("XRP/USD") >= 1, 5, "XRP live")
+        assert "NOPE/USD" not in ws.subscribed_pairs()
+        assert ws.control_errors >= 2 and sim.stats.control_errors == ws.control_errors
+        status = ws.status()
+    assert status.control_errors == ws.control_errors
+    assert status.streams_subscribed == 4 and status.streams_wanted == 5
+
+
+async def test_each_connection_is_replaced_make_before_break_on_its_own(
+    start_sim: Callable[..., Awaitable[Simulator]],
+):
+    """One stream per connection: both connections cross their age limit and a
+    serverShutdown make-before-break, each carrying its own stream; no trade lost or twice."""
+    sim = await start_sim(trade_rate=40.0)
+    settings = fast_settings(sim, stream="aggTrade", max_connection_age=0.8)
+    settings = replace(settings, exchange=replace(settings.exchange, streams_per_connection=1))
+    got = Collector()
+    ws = ws_for(settings, got)
+    async with Running(ws):
+        await until(lambda: ws.reconnects >= 4, 10, "two replacements of each connection")
+        sim.server_shutdown(0.5)
+        count = got.count()
+        await until(lambda: got.count() >= count + 20, 5, "trades after the switches")
+        await until(lambda: sim.connections == 2, 5, "old connections closed")
+        assert per_connection(sim) == {
+            frozenset({"btcusdt@aggTrade"}),
+            frozenset({"ethusdt@aggTrade"}),
+        }
+        assert {c.shard for c in ws.connections()} == {0, 1}
+    assert ws.duplicates > 0
+    for pair in ("BTC/USD", "ETH/USD"):
+        assert_consecutive(got.by_pair[pair])
+
+
+async def test_an_unanswered_request_times_out_and_is_sent_again_smaller(
+    start_sim: Callable[..., Awaitable[Simulator]],
+):
+    """An exchange that drops control frames over 600 bytes unanswered (as Spot was seen
+    to past 4,096): the missing reply is a failure after reply_timeout, never assumed to
+    have worked; the streams go again in smaller messages until every one is confirmed."""
+    sim = await start_sim(ticker_interval=0.5, all_trading=True, max_control_bytes=600)
+    settings = fast_settings(sim)
+    settings = replace(
+        settings,
+        resilience=replace(
+            settings.resilience, heartbeat=HeartbeatPolicy(idle_timeout=3.0, stale_after=3.0)
+        ),
+    )
+    aliases = settings.quote_aliases
+    pairs = listed(200, aliases)
+    res = settings.resilience
+    got = Collector()
+    ws = BinanceWS(
+        settings.exchange,
+        settings.pair_map,
+        got,
+        backoff=res.backoff,
+        breaker=res.breaker,
+        idle_timeout=res.heartbeat.idle_timeout,
+        reply_timeout=0.3,
+        retry_initial=0.2,
+    )
+    async with Running(ws):
+        ws.set_pairs(PairMap.build(pairs, aliases))
+        await until(lambda: ws.control_errors >= 1, 10, "the first request to time out")
+        assert len(ws.subscribed_pairs()) < 200
+        await until(lambda: len(ws.subscribed_pairs()) == 200, 20, "every stream confirmed")
+        assert sim.stats.control_ignored >= 1 and ws.control_errors == sim.stats.control_ignored
+        assert sim.stats.cut_rate_limit == 0 and sim.connections == 1
+        assert len(sim.state()["subscriptions"][0]) == 200

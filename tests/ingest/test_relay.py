@@ -21,6 +21,7 @@ from pricectl.core.backoff import BackoffPolicy
 from pricectl.core.breaker import BreakerPolicy
 from pricectl.core.fallback import FallbackPolicy
 from pricectl.core.heartbeat import HeartbeatPolicy
+from pricectl.core.pairs import PAIR_RE, PairMap, bundled_symbols
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import FencedError, UnknownPairError
 from pricectl.ingest.relay import Relay, run_embedded
@@ -130,15 +131,16 @@ class Recorder:
 class Harness:
     """A memory bus, a recorder on it and a relay running in a task."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, watch: tuple[str, ...] = ()) -> None:
         self.settings = settings
+        self.watch = tuple(dict.fromkeys(settings.pair_map.pairs + watch))
         self.bus = MemoryBus()
         self.fence = self.bus.local_fence()
         self.relay = relay_for(settings, self.bus, self.fence)
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Harness:
-        self.rec = Recorder(self.bus, self.settings.pair_map.pairs)
+        self.rec = Recorder(self.bus, self.watch)
         self.task = asyncio.get_running_loop().create_task(self.relay.run())
         return self
 
@@ -459,3 +461,188 @@ async def test_ws_updates_older_than_stale_after_are_not_live(start_sim: StartSi
             3,
             "the pairs off live ws",
         )
+
+
+def pair_map(settings: Settings, *pairs: str) -> PairMap:
+    return PairMap.build(pairs, settings.quote_aliases)
+
+
+def sim_streams(sim: Simulator) -> set[str]:
+    return {s for conn in sim.state()["subscriptions"] for s in conn}
+
+
+async def test_set_pairs_adds_a_pair_with_a_rest_snapshot_first(start_sim: StartSim):
+    """A pair added at run time: its REST snapshot is published first, then it goes live
+    on the WebSocket by SUBSCRIBE (no new connection); the same call again changes nothing."""
+    sim = await start_sim()
+    settings = sim_settings(sim, pairs=("BTC/USD",))
+    async with Harness(settings, watch=("SOL/USD",)) as h:
+        await until(lambda: h.rec.count("ws") >= 2, 10, "BTC live")
+        assert h.relay.active_pairs == ("BTC/USD",)
+        h.relay.set_pairs(pair_map(settings, "BTC/USD", "SOL/USD"))
+        await until(lambda: any(u.source == "ws" for u in h.rec.by_pair["SOL/USD"]), 5, "SOL live")
+        first = h.rec.by_pair["SOL/USD"][0]
+        assert (first.source, first.seq, first.stale) == ("rest", 1, False)
+        assert h.relay.pairs == ("BTC/USD", "SOL/USD")
+        assert h.relay.active_pairs == ("BTC/USD", "SOL/USD")
+        assert sim_streams(sim) == {"btcusdt@ticker", "solusdt@ticker"}
+        assert sim.stats.total_connects == 1
+        status = h.relay.status()
+        assert status.pairs["SOL/USD"].source == "ws"
+        assert status.pairs_active == 2 and status.pairs_added == 1
+        assert status.time_to_first_update_ms.count == 1
+        assert status.time_to_live_ms.count == 1
+        first_ms, live_ms = status.time_to_first_update_ms.p50, status.time_to_live_ms.p50
+        assert first_ms is not None and live_ms is not None and 0 <= first_ms <= live_ms
+        controls = sim.stats.control_messages
+        h.relay.set_pairs(pair_map(settings, "BTC/USD", "SOL/USD"))
+        n = h.rec.count("ws")
+        await until(lambda: h.rec.count("ws") >= n + 4, 5, "more ticks")
+        assert sim.stats.control_messages == controls
+    assert_seq_contiguous(h.rec, h.fence.epoch)
+
+
+async def test_set_pairs_removes_a_pair_keeping_its_last_value_stale(start_sim: StartSim):
+    """A pair removed: UNSUBSCRIBEd, out of the cascade, its last value published once more
+    marked stale (source cache) and nothing after; the other pair is undisturbed."""
+    sim = await start_sim()
+    settings = sim_settings(sim)
+    async with Harness(settings) as h:
+        await until(
+            lambda: all((u := h.rec.last(p)) and u.source == "ws" for p in h.relay.pairs),
+            10,
+            "both live",
+        )
+        h.relay.set_pairs(pair_map(settings, "BTC/USD"))
+        await until(lambda: sim_streams(sim) == {"btcusdt@ticker"}, 5, "UNSUBSCRIBE applied")
+        await until(lambda: h.relay.active_pairs == ("BTC/USD",), 5, "ETH inactive")
+        eth = h.rec.by_pair["ETH/USD"]
+        assert eth[-1].source == "cache" and eth[-1].stale
+        assert eth[-1].price == eth[-2].price and eth[-2].source == "ws"
+        count, btc = len(eth), h.rec.count()
+        await until(lambda: h.rec.count() >= btc + 6, 5, "BTC goes on")
+        # REST polls, the cache and the WS all leave a removed pair alone.
+        assert len(h.rec.by_pair["ETH/USD"]) == count
+        assert h.relay.pairs == ("BTC/USD",) and "ETH/USD" not in h.relay.status().pairs
+        assert all(not u.stale for u in h.rec.by_pair["BTC/USD"])
+        snap = await h.bus.snapshot(["ETH/USD"])
+        assert snap["ETH/USD"].stale
+    assert_seq_contiguous(h.rec, h.fence.epoch)
+
+
+async def test_set_pairs_before_a_takeover_snapshots_the_whole_set(start_sim: StartSim):
+    """Pairs set before the term starts are in the takeover's REST snapshot and go live."""
+    sim = await start_sim()
+    settings = sim_settings(sim, pairs=("BTC/USD",))
+    wanted = ("BTC/USD", "ETH/USD", "SOL/USD", "BNB/USD")
+    async with Harness(settings, watch=wanted) as h:
+        h.relay.set_pairs(pair_map(settings, *wanted))
+        assert await h.relay.publish_rest_snapshot() == 4
+        await until(
+            lambda: all(any(u.source == "ws" for u in h.rec.by_pair[p]) for p in wanted),
+            10,
+            "every pair live",
+        )
+        assert [h.rec.by_pair[p][0].source for p in wanted] == ["rest"] * 4
+        assert h.relay.active_pairs == wanted
+
+
+def listed_pairs(settings: Settings, n: int) -> tuple[str, ...]:
+    """``n`` display pairs of the bundled symbol list whose symbol the aliases map back to."""
+    out: list[str] = []
+    for rec in bundled_symbols():
+        pair = f"{rec['baseAsset']}/{rec['quoteAsset']}"
+        if not PAIR_RE.match(pair):
+            continue
+        if PairMap.build([pair], settings.quote_aliases).symbol_for(pair) == rec["symbol"]:
+            out.append(pair)
+    assert len(out) >= n
+    return tuple(out[:n])
+
+
+async def test_1500_pairs_spread_over_connections_within_the_limits(start_sim: StartSim):
+    """1,500 pairs set at run time: REST snapshots first, then connections of at most
+    streams_per_connection streams each, every pair live, and the exchange saw no control
+    message over the rate, no refused URL or request, and no 1008 close."""
+    sim = await start_sim(ticker_interval=1.0, all_trading=True)
+    settings = sim_settings(sim, pairs=("BTC/USD",), streams_per_connection=300)
+    settings = replace(
+        settings,
+        resilience=replace(
+            settings.resilience, heartbeat=HeartbeatPolicy(idle_timeout=5.0, stale_after=5.0)
+        ),
+    )
+    wanted = listed_pairs(settings, 1500)
+    async with Harness(settings, watch=wanted) as h:
+        await until(lambda: h.rec.count("ws") >= 1, 10, "BTC live")
+        started = time.monotonic()
+        h.relay.set_pairs(pair_map(settings, *wanted))
+        await until(lambda: len(h.relay.active_pairs) == 1500, 30, "every pair subscribed")
+        subscribed_after = time.monotonic() - started
+        await until(
+            lambda: all(any(u.source == "ws" for u in h.rec.by_pair[p]) for p in wanted),
+            30,
+            "every pair live",
+        )
+        state = sim.state()
+        ws = h.relay.ws.status()
+    conns = state["per_connection"]
+    assert len(conns) == 5 and all(c["streams"] <= 300 for c in conns)
+    streams = [s for sub in state["subscriptions"] for s in sub]
+    assert len(streams) == len(set(streams)) == 1500
+    assert state["cut_rate_limit"] == 0 and state["peak_messages_per_s"] <= 4
+    assert state["control_errors"] == 0 and state["refused_urls"] == 0
+    assert all(c["path"] == "/stream" for c in conns)
+    # Every pair's first update is its REST snapshot.
+    assert all(h.rec.by_pair[p][0].source == "rest" for p in wanted if p != "BTC/USD")
+    assert ws.streams_subscribed == 1500 and len(ws.connections) == 5
+    assert ws.control_errors == 0 and h.relay.ws.pongs_over_limit == 0
+    assert subscribed_after < 20 * UNIT
+
+
+async def test_one_connection_lost_takes_only_its_pairs_off_ws(start_sim: StartSim):
+    """Two connections of one stream each: when one is cut, its pair goes to REST at once
+    while the other stays live, and it comes back on its own connection."""
+    sim = await start_sim()
+    settings = sim_settings(sim, streams_per_connection=1)
+    # A breaker that stays closed: the refused reconnects must not stop BTC's live feed.
+    settings = replace(
+        settings,
+        resilience=replace(
+            settings.resilience, breaker=BreakerPolicy(failure_threshold=1000, cooldown=0.5)
+        ),
+    )
+    async with Harness(settings) as h:
+        await until(
+            lambda: all((u := h.rec.last(p)) and u.source == "ws" for p in h.relay.pairs),
+            10,
+            "both live",
+        )
+        (eth,) = [c for c in h.relay.ws.connections() if c.shard != 0]
+        # Cut the socket of ETH's connection under the client, as a network failure would,
+        # and keep it from coming back for a while.
+        sim.set_fault(refuse=True)
+        shard = h.relay.ws._shards[eth.shard]
+        assert shard.active is not None
+        shard.active.ws.transport.abort()
+        n = len(h.rec.all)
+        await until(
+            lambda: any(u.pair == "ETH/USD" and u.source == "rest" for u in h.rec.all[n:]),
+            5,
+            "ETH from REST",
+        )
+        btc = len(h.rec.by_pair["BTC/USD"])
+        await until(lambda: len(h.rec.by_pair["BTC/USD"]) >= btc + 3, 5, "BTC goes on")
+        assert not any(u.pair == "BTC/USD" and u.source != "ws" for u in h.rec.all[n:])
+        sim.set_fault(refuse=False)
+        await until(
+            lambda: any(u.pair == "ETH/USD" and u.source == "ws" for u in h.rec.all[n:]),
+            5,
+            "ETH live again",
+        )
+        assert h.relay.ws.reconnects == 1 and sim.stats.refused >= 1
+        assert {frozenset(s) for s in sim.state()["subscriptions"]} == {
+            frozenset({"btcusdt@ticker"}),
+            frozenset({"ethusdt@ticker"}),
+        }
+    assert_seq_contiguous(h.rec, h.fence.epoch)

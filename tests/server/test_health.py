@@ -52,7 +52,8 @@ async def test_health_ok_degraded_down_ok():
         assert h["status"] == "degraded" and h["pairs"]["ETH/USD"]["stale"]
 
 
-#: The ``upstream`` object's keys, in order, while serve runs the relay itself.
+#: The ``upstream`` object's keys, in order, while serve runs the relay itself (as
+#: docs/protocol.md, "Health", lists them).
 UPSTREAM_KEYS = [
     "epoch",
     "ws",
@@ -64,6 +65,13 @@ UPSTREAM_KEYS = [
     "publish_errors",
     "late_updates",
     "exchange_clock_offset_ms",
+    "pairs_served",
+    "pairs_active",
+    "pairs_added",
+    "pairs_removed",
+    "snapshots_missed",
+    "time_to_first_update_ms",
+    "time_to_live_ms",
     "exchange",
     "state",
     "breaker",
@@ -83,6 +91,12 @@ WS_KEYS = [
     "last_disconnect",
     "parsed",
     "skips",
+    "streams_wanted",
+    "streams_subscribed",
+    "connections",
+    "control_messages",
+    "control_messages_per_s",
+    "control_errors",
 ]
 REST_KEYS = [
     "weight_used",
@@ -114,14 +128,21 @@ async def test_health_upstream_of_the_embedded_relay_keeps_its_wire_shape(tmp_pa
         async with s.get(serve.url("/metrics")) as resp:
             metrics = await resp.text()
     up = h["upstream"]
-    assert list(up) == UPSTREAM_KEYS
-    assert list(up["ws"]) == WS_KEYS and list(up["rest"]) == REST_KEYS
+    # Every documented key, in this order; a new field may come in between.
+    assert [k for k in up if k in UPSTREAM_KEYS] == UPSTREAM_KEYS, list(up)
+    assert list(up)[-3:] == ["state", "breaker", "last_frame_age_s"]
+    assert [k for k in up["ws"] if k in WS_KEYS] == WS_KEYS, list(up["ws"])
+    assert [k for k in up["rest"] if k in REST_KEYS] == REST_KEYS, list(up["rest"])
     assert up["exchange"] == "simulator" and up["state"] == "connected"
     assert up["breaker"] == up["ws"]["breaker"] == "closed"
     assert up["last_frame_age_s"] == up["ws"]["last_frame_age"]
     assert up["parser_skips"] == up["ws"]["skips"]
+    assert up["ws"]["streams_subscribed"] == up["ws"]["streams_wanted"] == up["pairs_active"]
+    (conn,) = up["ws"]["connections"]
+    assert conn["role"] == "active" and conn["streams"] == up["pairs_active"]
+    assert up["time_to_live_ms"] == {"count": 0, "p50": None, "p99": None, "max": None}
     for feed in up["pairs"].values():
-        assert list(feed) == ["source", "stale", "age", "seq"] and feed["source"] == "ws"
+        assert list(feed)[:4] == ["source", "stale", "age", "seq"] and feed["source"] == "ws"
     assert set(up["published_by_source"]) == {"ws", "rest", "cache"}
     assert h["leader"]["identity"] == "embedded" and h["leader"]["epoch"] == up["epoch"]
     assert h["leader"]["since"] is None and "holder" in h["leader"]
