@@ -429,6 +429,49 @@ def connect_any(url: str, *, timeout: float = 5.0) -> RedisClient:
     return client
 
 
+class _ShardReader:
+    """Every shard's messages of one cluster subscription, as they come.
+
+    redis-py's ``ClusterPubSub.get_sharded_message(timeout=t)`` asks the shards' pubsubs
+    in turn and waits up to ``t`` on each: a quiet shard delays every busy one by ``t``
+    per message, and a busy one falls behind for good. One reader task per shard instead,
+    all feeding one queue; a reader's error (its node died) is raised by :meth:`get`, so
+    the subscription reconnects as it does for one Redis.
+    """
+
+    def __init__(self, pubsub: Any, poll: float) -> None:
+        self._queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
+        self._tasks = [
+            asyncio.create_task(self._read(node, poll), name=f"redis-shard-{name}")
+            for name, node in list(pubsub.node_pubsub_mapping.items())
+        ]
+
+    async def _read(self, node: Any, poll: float) -> None:
+        try:
+            while True:
+                message = await node.get_message(ignore_subscribe_messages=True, timeout=poll)
+                if message is not None:
+                    self._queue.put_nowait(message)
+        except (RedisError, *_UNREACHABLE) as exc:
+            self._queue.put_nowait(exc)
+
+    async def get(self, timeout: float) -> dict[str, Any] | None:
+        """The next message of any shard, or None after ``timeout`` seconds of none."""
+        try:
+            async with asyncio.timeout(timeout):
+                item = await self._queue.get()
+        except TimeoutError:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 class RedisBus:
     """The bus over Redis; see the module docstring. Construct, then ``await start()``."""
 
@@ -679,6 +722,7 @@ class RedisBus:
         while not self._closed:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             self._pubsubs.add(pubsub)
+            shards: _ShardReader | None = None
             try:
                 if self._cluster:
                     # Sharded pub/sub: each channel on the shard that owns it, with a
@@ -689,6 +733,7 @@ class RedisBus:
                     else:
                         await self._client.initialize()
                     await pubsub.ssubscribe(*channels)
+                    shards = _ShardReader(pubsub, self._probe_interval)
                 else:
                     await pubsub.subscribe(*channels)
                 self._set_connected(True)
@@ -702,10 +747,8 @@ class RedisBus:
                 while not self._closed:
                     # A bounded wait so a close() that raced with a reconnect still ends us;
                     # close() also disconnects the socket, which wakes this read at once.
-                    if self._cluster:
-                        message = await pubsub.get_sharded_message(
-                            ignore_subscribe_messages=True, timeout=self._probe_interval
-                        )
+                    if shards is not None:
+                        message = await shards.get(self._probe_interval)
                     else:
                         message = await pubsub.get_message(
                             ignore_subscribe_messages=True, timeout=self._probe_interval
@@ -738,6 +781,8 @@ class RedisBus:
                 await self._pause(delay)
             finally:
                 self._pubsubs.discard(pubsub)
+                if shards is not None:
+                    await shards.close()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 

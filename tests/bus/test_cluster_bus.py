@@ -175,3 +175,39 @@ async def test_every_node_delivers_every_pair_and_a_failover_is_followed(
             for r in readers:
                 r.cancel()
             await asyncio.gather(*readers, return_exceptions=True)
+
+
+async def test_a_busy_shard_is_not_held_back_by_quiet_ones(cluster: RedisClusterNodes) -> None:
+    """Pairs on every shard subscribed, updates for the pairs of one shard only: each
+    arrives as it is published, not one per shard-turn (redis-py's round-robin read waits
+    out every quiet shard's timeout between two messages of the busy one)."""
+    owner = cluster.owner(keys.channel("", PAIRS[0]))
+    busy = [p for p in PAIRS if cluster.owner(keys.channel("", p)) == owner]
+    fence = await _lease(cluster.url)
+    async with _bus(cluster.url) as publisher, _bus(cluster.url_via(owner)) as sub_bus:
+        events: list[Update | Gap] = []
+        arrivals: list[float] = []
+
+        async def collect() -> None:
+            async for event in sub_bus.subscribe(PAIRS):
+                events.append(event)
+                arrivals.append(time.monotonic())
+
+        reader = asyncio.ensure_future(collect())
+        try:
+            await until(lambda: events, 10, "subscribed")
+            sent = 0
+            started = time.monotonic()
+            for seq in range(1, 41):  # 40 batches, 20 ms apart: 0.8 s of publishing
+                await publisher.publish([_update(p, seq, fence.epoch) for p in busy], fence)
+                sent += len(busy)
+                await until(lambda s=started, n=seq: time.monotonic() - s >= 0.02 * n, 1, "pace")
+            done = time.monotonic()
+            await until(
+                lambda: sum(isinstance(e, Update) for e in events) >= sent, 10, "every update"
+            )
+            late = max(arrivals) - done
+            assert late < 0.5, f"the last update came {late:.2f}s after it was published"
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
