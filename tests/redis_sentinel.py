@@ -25,13 +25,20 @@ __all__ = ["SERVICE", "SentinelDeployment", "sentinel_deployment"]
 SERVICE = "mymaster"
 
 
-def _command(port: int, *args: str, timeout: float = 2.0) -> bytes:
-    """One RESP command to 127.0.0.1:port; the raw reply (enough for the checks here)."""
-    payload = b"*%d\r\n" % len(args) + b"".join(
+def _resp(*args: str) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(
         b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args
     )
+
+
+def _command(port: int, *args: str, timeout: float = 2.0, password: str | None = None) -> bytes:
+    """One RESP command to 127.0.0.1:port; the raw reply (enough for the checks here)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(payload)
+        if password:
+            s.sendall(_resp("AUTH", password))
+            if not s.recv(64).startswith(b"+OK"):
+                return b"-NOAUTH"
+        s.sendall(_resp(*args))
         s.settimeout(timeout)
         chunks = [s.recv(65536)]
         # Enough for the small replies asked for here; a bulk reply may come in pieces.
@@ -42,9 +49,9 @@ def _command(port: int, *args: str, timeout: float = 2.0) -> bytes:
         return b"".join(chunks)
 
 
-def _ping(port: int) -> bool:
+def _ping(port: int, password: str | None = None) -> bool:
     try:
-        return _command(port, "PING", timeout=0.5).startswith(b"+PONG")
+        return _command(port, "PING", timeout=0.5, password=password).startswith(b"+PONG")
     except OSError:
         return False
 
@@ -53,7 +60,7 @@ class SentinelDeployment:
     """The processes of one deployment, started in ``folder``; ``url`` is the
     ``redis+sentinel://`` URL of the service."""
 
-    def __init__(self, folder: Path, sentinels: int = 3) -> None:
+    def __init__(self, folder: Path, sentinels: int = 3, password: str | None = None) -> None:
         exe = shutil.which("redis-server")
         sentinel_exe = shutil.which("redis-sentinel")
         if exe is None or sentinel_exe is None:
@@ -68,7 +75,10 @@ class SentinelDeployment:
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
-        self.url = f"redis+sentinel://{hosts}/{SERVICE}/0"
+        #: With ``password``, the data nodes require it (and replicate with it).
+        self.password = password
+        auth = f":{password}@" if password else ""
+        self.url = f"redis+sentinel://{auth}{hosts}/{SERVICE}/0"
 
     # --- processes -------------------------------------------------------------
 
@@ -85,11 +95,13 @@ class SentinelDeployment:
             "--dir", str(folder), "--daemonize", "no",
             "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
         ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password, "--masterauth", self.password]
         if replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(replica_of)]
         self._spawn(port, args, self.exe)
         deadline = time.monotonic() + 10 * UNIT
-        while not _ping(port):
+        while not _ping(port, self.password):
             if self.procs[port].poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server on {port} did not start: see {self.folder}")
             time.sleep(0.02)
@@ -105,7 +117,8 @@ class SentinelDeployment:
             conf.write_text(
                 f"port {port}\nbind 127.0.0.1\ndaemonize no\ndir {self.folder}\n"
                 f"sentinel monitor {SERVICE} 127.0.0.1 {primary} 2\n"
-                f"sentinel down-after-milliseconds {SERVICE} 1000\n"
+                + (f"sentinel auth-pass {SERVICE} {self.password}\n" if self.password else "")
+                + f"sentinel down-after-milliseconds {SERVICE} 1000\n"
                 f"sentinel failover-timeout {SERVICE} 3000\n"
                 f"sentinel parallel-syncs {SERVICE} 1\n"
             )
@@ -133,7 +146,7 @@ class SentinelDeployment:
 
     def info(self, port: int, section: str = "replication") -> dict[str, str]:
         try:
-            raw = _command(port, "INFO", section).decode(errors="replace")
+            raw = _command(port, "INFO", section, password=self.password).decode(errors="replace")
         except OSError:
             return {}
         out: dict[str, str] = {}
@@ -231,9 +244,10 @@ class SentinelDeployment:
 
 
 @contextlib.contextmanager
-def sentinel_deployment(folder: Path) -> Iterator[SentinelDeployment]:
-    """A started deployment; every process killed when the block ends."""
-    deployment = SentinelDeployment(folder)
+def sentinel_deployment(folder: Path, password: str | None = None) -> Iterator[SentinelDeployment]:
+    """A started deployment (its data nodes requiring ``password`` if given); every
+    process killed when the block ends."""
+    deployment = SentinelDeployment(folder, password=password)
     try:
         deployment.start()
         yield deployment

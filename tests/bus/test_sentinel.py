@@ -257,3 +257,16 @@ async def test_every_sentinel_gone_is_said_once_and_plainly(
         (reason,) = doc["reasons"]
         assert reason.startswith("no sentinel reachable at 127.0.0.1:"), reason
         assert len(reason) < 400 and "BoundedRedis(" not in reason, reason
+
+
+async def test_a_password_on_the_data_nodes(tmp_path: Path) -> None:
+    """Data nodes with requirepass (the sentinels without): the URL's password reaches the
+    master the sentinels name; a wrong one is "authentication failed", redacted."""
+    with sentinel_deployment(tmp_path, password="s3cret") as deployment:
+        doc = await redis_health(deployment.url, [])
+        assert doc["bus"]["connected"] and doc["bus"]["role"] == "master", doc
+        wrong = deployment.url.replace(":s3cret@", ":wrong@")
+        doc = await redis_health(wrong, [])
+        assert doc["status"] == "down"
+        (reason,) = doc["reasons"]
+        assert "authentication failed" in reason and "wrong" not in reason, reason
