@@ -19,7 +19,7 @@ from pathlib import Path
 from pricectl.loadtest.spawn import free_port
 from tests.waiting import UNIT, wait_for
 
-__all__ = ["SERVICE", "SentinelDeployment", "sentinel_deployment"]
+__all__ = ["SERVICE", "SentinelDeployment", "sentinel_command", "sentinel_deployment"]
 
 #: The Sentinel service (master) name the tests use.
 SERVICE = "mymaster"
@@ -47,6 +47,11 @@ def _command(port: int, *args: str, timeout: float = 2.0, password: str | None =
             while chunk := s.recv(65536):
                 chunks.append(chunk)
         return b"".join(chunks)
+
+
+def sentinel_command(port: int, *args: str) -> bytes:
+    """One command to the sentinel on ``port`` (CONFIG SET, ...); the raw reply."""
+    return _command(port, *args)
 
 
 def _ping(port: int, password: str | None = None) -> bool:

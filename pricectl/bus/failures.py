@@ -70,8 +70,10 @@ T = TypeVar("T")
 #: took for the master (it has disconnected, so the next connect asks the sentinels).
 _DEMOTED = "The previous master is now a slave"
 
-#: How pricectl's Sentinel manager starts its error when no sentinel answered at all.
+#: How pricectl's Sentinel manager starts its error when no sentinel answered at all,
+#: and when one refused our credentials.
 _NO_SENTINEL = "no sentinel reachable at "
+_SENTINEL_AUTH = "authentication failed at the sentinels"
 
 
 class Failure(enum.Enum):
@@ -130,9 +132,11 @@ def classify(exc: BaseException) -> Failure:
     if isinstance(exc, ReadOnlyError):
         return Failure.READONLY
     if isinstance(exc, MasterNotFoundError):
-        # pricectl's Sentinel manager says which of the two it was.
+        # pricectl's Sentinel manager says which it was.
         if str(exc).startswith(_NO_SENTINEL):
             return Failure.UNREACHABLE
+        if str(exc).startswith(_SENTINEL_AUTH):
+            return Failure.AUTH
         return Failure.NO_MASTER
     if isinstance(exc, AskError):  # MovedError is a subclass
         return Failure.REDIRECT
@@ -221,6 +225,9 @@ def explain(url: str, exc: BaseException) -> str:
         has_password = bool(parts.password) or "password=" in parts.query.lower()
     except ValueError:
         host, has_password = "", True
+    sentinel_auth = next((e for e in chain if str(e).startswith(_SENTINEL_AUTH)), None)
+    if sentinel_auth is not None:
+        return f"{_text(sentinel_auth)} ({where})"
     if Failure.AUTH in kinds or "wrongpass" in texts or "username-password" in texts:
         if not has_password:
             return (

@@ -189,6 +189,13 @@ class _Sentinels(Sentinel):
                 ip = self._force_master_ip if self._force_master_ip is not None else state["ip"]
                 return ip, state["port"]
         where = ", ".join(_address(n) for n in self.sentinels)
+        refused = [e for _, e in failed if classify(e) is Failure.AUTH]
+        if refused:
+            detail = str(refused[0]).strip() or type(refused[0]).__name__
+            raise SentinelsUnreachable(
+                f"authentication failed at the sentinels {where} ({detail}): set "
+                "sentinel_password (and sentinel_username) in the URL's query"
+            )
         if len(failed) == len(self.sentinels):
             detail = str(failed[0][1]).strip() or type(failed[0][1]).__name__
             raise SentinelsUnreachable(f"no sentinel reachable at {where} ({detail})")

@@ -24,7 +24,7 @@ from pricectl.client.health import redis_health
 from pricectl.core.lease import LeasePolicy
 from pricectl.core.ticks import PriceUpdate, decode_update
 from pricectl.errors import BusError
-from tests.redis_sentinel import SERVICE, SentinelDeployment, sentinel_deployment
+from tests.redis_sentinel import SERVICE, SentinelDeployment, sentinel_command, sentinel_deployment
 from tests.waiting import UNIT, until, wait_for
 
 pytestmark = pytest.mark.timeout(90 * UNIT)
@@ -270,3 +270,23 @@ async def test_a_password_on_the_data_nodes(tmp_path: Path) -> None:
         assert doc["status"] == "down"
         (reason,) = doc["reasons"]
         assert "authentication failed" in reason and "wrong" not in reason, reason
+
+
+async def test_sentinels_with_their_own_password(tmp_path: Path) -> None:
+    """Sentinels with requirepass: without sentinel_password, or with a wrong one, the
+    reason says the sentinels refused us and names the query option; with the right one
+    the master is found."""
+    with sentinel_deployment(tmp_path) as deployment:
+        for port in deployment.sentinel_ports:
+            reply = sentinel_command(
+                port, "ACL", "SETUSER", "default", "on", "resetpass", ">watch-pw"
+            )
+            assert reply.startswith(b"+OK"), reply
+        for url in (deployment.url, deployment.url + "?sentinel_password=bad"):
+            doc = await redis_health(url, [])
+            assert doc["status"] == "down"
+            (reason,) = doc["reasons"]
+            assert reason.startswith("authentication failed at the sentinels"), reason
+            assert "sentinel_password" in reason and "bad" not in reason, reason
+        doc = await redis_health(deployment.url + "?sentinel_password=watch-pw", [])
+        assert doc["bus"]["connected"] and doc["bus"]["role"] == "master", doc
