@@ -37,6 +37,7 @@ import yaml
 
 from pricectl.core.backoff import BackoffPolicy
 from pricectl.core.breaker import BreakerPolicy
+from pricectl.core.demand import DemandPolicy
 from pricectl.core.duration import duration as _dur
 from pricectl.core.duration import format_duration, is_duration, parse_duration
 from pricectl.core.fallback import FallbackPolicy
@@ -84,6 +85,12 @@ class ExchangeSettings:
     max_messages_per_second: float = 4.0
     max_connects_per_5m: int = 300
     streams_per_connection: int = 200
+    #: Most pairs the cluster subscribes to at once (pinned included).
+    max_pairs: int = 1500
+    #: A pair nobody has wanted for this long is unsubscribed (its snapshot kept, stale).
+    idle_grace: float = _dur(60.0)
+    #: How often ingest and serve re-read exchangeInfo (the servable pairs).
+    universe_refresh: float = _dur(3600.0)
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,9 @@ class ServerSettings:
     max_connections: int = 19900
     max_connections_per_ip: int = 0
     max_pairs_per_connection: int = 50
+    #: Inactive pairs one client address, and this whole process, may turn on per minute.
+    activations_per_ip: int = 20
+    activations: int = 200
     high_water: int = 65536
     #: SO_SNDBUF of stream sockets (bytes; 0: the same as high_water).
     send_buffer: int = 0
@@ -185,6 +195,19 @@ class Settings:
             cached = PairMap.build(self.pairs, self.quote_aliases)
             object.__setattr__(self, "_pair_map", cached)
         return cached
+
+    @property
+    def demand(self) -> DemandPolicy:
+        """The demand policy (:mod:`pricectl.core.demand`) from ``exchange`` and ``server``."""
+        e, s = self.exchange, self.server
+        return DemandPolicy(
+            idle_grace=e.idle_grace,
+            max_pairs=e.max_pairs,
+            refresh=min(5.0, e.idle_grace / 3.0),
+            per_ip=max(1, s.activations_per_ip),
+            total=max(1, s.activations),
+            window=60.0,
+        )
 
 
 # --- YAML with line numbers ----------------------------------------------------------------
@@ -407,6 +430,21 @@ def _check(s: Settings, problems: _Problems) -> None:
         problems.add("server.port", f"must be 0 to 65535, got {s.server.port}")
     if s.server.workers < 1:
         problems.add("server.workers", "must be at least 1")
+    if s.exchange.max_pairs < len(s.pairs) or s.exchange.max_pairs < 1:
+        problems.add(
+            "exchange.max_pairs",
+            f"must be at least 1 and at least the {len(s.pairs)} pinned pairs, "
+            f"got {s.exchange.max_pairs}",
+        )
+    if s.exchange.idle_grace <= 0:
+        problems.add("exchange.idle_grace", "must be above 0s")
+    if s.server.activations_per_ip < 1 or s.server.activations < 1:
+        problems.add(
+            "server.activations_per_ip"
+            if s.server.activations_per_ip < 1
+            else "server.activations",
+            "must be at least 1 (activations of inactive pairs per minute)",
+        )
     if s.server.max_pairs_per_connection < 1:
         problems.add("server.max_pairs_per_connection", "must be at least 1")
     if not 0 <= s.loadtest.min_delivery <= 1:

@@ -42,6 +42,7 @@ __all__ = [
     "Fence",
     "Gap",
     "Leadership",
+    "PairSet",
     "Subscription",
     "Update",
 ]
@@ -113,10 +114,16 @@ class EpochFilter:
         """The last seq delivered for the pair when ``update`` skips past it within the
         same epoch (updates were lost on the way), else None."""
         top = self.highest.get(update.pair)
-        if top is None or update.epoch != top:
+        last = self.seqs.get(update.pair)
+        if top is None or update.epoch != top or last is None:
             return None
-        last = self.seqs.get(update.pair, 0)
         return last if update.seq > last + 1 else None
+
+    def forget_seqs(self, pairs: Iterable[str]) -> None:
+        """Forget where ``pairs`` were in their epoch (kept: the highest epoch, for
+        fencing): a pair subscribed again starts wherever the stream is by then."""
+        for pair in pairs:
+            self.seqs.pop(pair, None)
 
     def accept(self, update: PriceUpdate, *, live: bool = True) -> bool:
         """True if ``update`` should be delivered; counts it otherwise.
@@ -147,6 +154,16 @@ class EpochFilter:
 SnapshotReader = Callable[[Iterable[str]], Awaitable[dict[str, PriceUpdate]]]
 
 
+class PairSet(Protocol):
+    """What a backend's raw event stream offers to change its pairs at run time."""
+
+    async def add(self, pairs: Sequence[str]) -> None:
+        """Start delivering ``pairs`` (live once this returns)."""
+
+    async def remove(self, pairs: Sequence[str]) -> None:
+        """Stop delivering ``pairs``."""
+
+
 class Subscription:
     """What :meth:`Bus.subscribe` returns, for every backend: an async iterator of
     :class:`BusEvent` that fences by epoch, with :meth:`resync` and :meth:`aclose`.
@@ -160,6 +177,7 @@ class Subscription:
     __slots__ = (
         "_events",
         "_on_drop",
+        "_pairset",
         "_pending",
         "_rand",
         "_retry",
@@ -178,8 +196,10 @@ class Subscription:
         on_drop: Callable[[], None] | None = None,
         retry: BackoffPolicy = RESYNC_RETRY,
         rand: Callable[[], float] = random.random,
+        pairset: PairSet | None = None,
     ) -> None:
         self.pairs: tuple[str, ...] = tuple(dict.fromkeys(pairs))
+        self._pairset = pairset
         self._events = events
         self._snapshot = snapshot
         self._on_drop = on_drop
@@ -230,6 +250,30 @@ class Subscription:
         aclose = getattr(self._events, "aclose", None)
         if aclose is not None:
             await aclose()
+
+    async def add(self, pairs: Iterable[str]) -> list[str]:
+        """Subscribe to more pairs at run time; the ones that were new. Once this returns
+        they are live, so a snapshot read after it misses nothing of them."""
+        new = [p for p in dict.fromkeys(pairs) if p not in self.pairs]
+        if new:
+            if self._pairset is None:
+                raise BusError("this subscription cannot change its pairs")
+            self.pairs = self.pairs + tuple(new)
+            # Updates while it was not subscribed are no hole of this subscription's.
+            self.epochs.forget_seqs(new)
+            await self._pairset.add(new)
+        return new
+
+    async def remove(self, pairs: Iterable[str]) -> list[str]:
+        """Unsubscribe from some pairs at run time; the ones that were subscribed."""
+        gone = [p for p in dict.fromkeys(pairs) if p in self.pairs]
+        if gone:
+            if self._pairset is None:
+                raise BusError("this subscription cannot change its pairs")
+            self.pairs = tuple(p for p in self.pairs if p not in gone)
+            self.epochs.forget_seqs(gone)
+            await self._pairset.remove(gone)
+        return gone
 
     async def resync(self, reason: str = "gap") -> dict[str, PriceUpdate]:
         """Re-read the snapshot of this subscription's pairs after a Gap, fenced by epoch.
@@ -296,5 +340,24 @@ class Bus(Protocol):
 
         The first event is ``Gap("subscribed")`` once the subscription is live. The
         iterator ends when the bus is closed; ``aclose()`` it to unsubscribe early.
+        :meth:`Subscription.add` / :meth:`Subscription.remove` change its pairs.
         """
+        ...
+
+    # --- demand (docs/protocol.md, "Pairs on demand") ------------------------------
+
+    async def want(self, pairs: Sequence[str], wall: float, *, wake: bool = False) -> None:
+        """Record ``pairs`` as wanted at wall-clock second ``wall`` (a time only ever
+        moves forward); ``wake``: tell the leader now (a pair it may not have yet).
+        Raises ``BusError`` when the bus is unreachable."""
+
+    async def wanted(self, wall: float, idle_grace: float) -> dict[str, float]:
+        """The cluster's wanted pairs, each with the wall-clock second it was last
+        wanted, leaving out (and forgetting) those older than ``idle_grace``."""
+        ...
+
+    def demand_wakeups(self) -> AsyncIterator[None]:
+        """Yields once when listening (read the whole set then), each time a serve woke
+        the leader, and after a reconnect (one may have been missed); ends when the bus
+        closes."""
         ...

@@ -21,6 +21,8 @@ __all__ = [
     "presence_channel",
     "presence_prefix",
     "slot_prefix",
+    "wanted",
+    "wanted_channel",
 ]
 
 
@@ -84,3 +86,19 @@ def heartbeat(prefix: str) -> str:
     a short expiry): a consumer that sees it move knows a leader is alive and publishing
     even while the market is quiet, and one that sees it stand still knows none is."""
     return f"{prefix}pricectl:heartbeat"
+
+
+def wanted(prefix: str) -> str:
+    """Sorted set pair -> the wall-clock ms it was last wanted by any serve (the score).
+
+    Every serve ``ZADD GT``s the pairs its clients watch every few seconds; a pair whose
+    score is older than ``exchange.idle_grace`` is nobody's any more and is removed by
+    whoever reads it next. One structure for the cluster: a new leader reads it whole.
+    """
+    return f"{prefix}pricectl:wanted"
+
+
+def wanted_channel(prefix: str) -> str:
+    """Channel on which a serve says it wants a pair that was not wanted before, so the
+    leader subscribes at once rather than at its next read of :func:`wanted`."""
+    return f"{prefix}pricectl:wanted:wake"

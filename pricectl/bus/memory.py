@@ -15,7 +15,7 @@ import os
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 from pricectl.bus.base import BusEvent, Fence, Gap, Leadership, Subscription, Update
 from pricectl.core.ticks import PriceUpdate
@@ -34,7 +34,7 @@ class MemoryQueue:
 
     def __init__(self, bus: MemoryBus, pairs: frozenset[str], bound: int) -> None:
         self._bus = bus
-        self.pairs = pairs
+        self.pairs: set[str] = set(pairs)
         self._bound = bound
         self._events: deque[BusEvent] = deque([Gap("subscribed")])
         self._waiter: asyncio.Future[None] | None = None
@@ -59,6 +59,24 @@ class MemoryQueue:
     async def aclose(self) -> None:
         """Unsubscribe; the iterator ends after the events already queued."""
         self._end()
+
+    async def add(self, pairs: Sequence[str]) -> None:
+        """Deliver ``pairs`` too, from the next publish on."""
+        if self._closed:
+            return
+        for pair in pairs:
+            if pair not in self.pairs:
+                self.pairs.add(pair)
+                self._bus._by_pair.setdefault(pair, []).append(self)
+
+    async def remove(self, pairs: Sequence[str]) -> None:
+        """Stop delivering ``pairs``."""
+        for pair in pairs:
+            if pair in self.pairs:
+                self.pairs.discard(pair)
+                subs = self._bus._by_pair.get(pair)
+                if subs and self in subs:
+                    subs.remove(self)
 
     def _deliver(self, event: Update) -> None:
         if self._closed:
@@ -99,6 +117,10 @@ class MemoryBus:
         self._by_pair: dict[str, list[MemoryQueue]] = {}
         self._fence: Fence | None = None
         self._heartbeat_at: float | None = None
+        #: Pair -> wall-clock second it was last wanted (the cluster is this process).
+        self._wanted: dict[str, float] = {}
+        self._wakers: list[asyncio.Event] = []
+        self._closed = False
 
     async def start(self) -> None:
         """Nothing to connect."""
@@ -109,6 +131,9 @@ class MemoryBus:
         for sub in subs.values():
             sub._end()
         self._fence = None
+        self._closed = True
+        for event in self._wakers:
+            event.set()
 
     def local_fence(self) -> Fence:
         """Grant the embedded relay the lease; any earlier fence is refused from now on."""
@@ -154,7 +179,41 @@ class MemoryBus:
         queue = MemoryQueue(self, frozenset(wanted), self._queue_bound)
         for pair in queue.pairs:
             self._by_pair.setdefault(pair, []).append(queue)
-        return Subscription(wanted, queue, self.snapshot, on_drop=self._count_drop)
+        return Subscription(wanted, queue, self.snapshot, on_drop=self._count_drop, pairset=queue)
+
+    # --- demand ------------------------------------------------------------------------
+
+    async def want(self, pairs: Sequence[str], wall: float, *, wake: bool = False) -> None:
+        """Record ``pairs`` wanted at ``wall``; ``wake`` the embedded relay's demand loop."""
+        for pair in pairs:
+            if self._wanted.get(pair, -1.0) < wall:
+                self._wanted[pair] = wall
+        if wake:
+            for event in self._wakers:
+                event.set()
+
+    async def wanted(self, wall: float, idle_grace: float) -> dict[str, float]:
+        """The wanted pairs newer than ``idle_grace``; older ones are forgotten."""
+        limit = wall - idle_grace
+        for pair in [p for p, t in self._wanted.items() if t <= limit]:
+            del self._wanted[pair]
+        return dict(self._wanted)
+
+    async def demand_wakeups(self) -> AsyncIterator[None]:
+        """Yields once when live, then after each ``want(..., wake=True)``; ends when the
+        bus closes."""
+        event = asyncio.Event()
+        self._wakers.append(event)
+        try:
+            yield None
+            while not self._closed:
+                await event.wait()
+                event.clear()
+                if self._closed:
+                    return
+                yield None
+        finally:
+            self._wakers.remove(event)
 
     def _count_drop(self) -> None:
         self.epoch_drops += 1

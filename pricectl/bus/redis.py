@@ -6,6 +6,8 @@ Layout (``<prefix>`` is ``bus.prefix``, see :mod:`pricectl.bus.keys`)::
     <prefix>prices:latest      hash PAIR -> latest JSON (the snapshot)
     <prefix>pricectl:leader    the lease token (PX = ttl)         see pricectl.bus.leader
     <prefix>pricectl:epoch     the current leader's epoch
+    <prefix>pricectl:wanted    sorted set PAIR -> ms last wanted (pairs on demand)
+    <prefix>pricectl:wanted:wake  channel: a serve wants a pair the leader may not have
 
 The same bus runs on a Sentinel service (``redis+sentinel://``: every connection asks
 the sentinels for the master and follows ``+switch-master``, see
@@ -448,10 +450,17 @@ class _ShardReader:
 
     def __init__(self, pubsub: Any, poll: float) -> None:
         self._queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
-        self._tasks = [
-            asyncio.create_task(self._read(node, poll), name=f"redis-shard-{name}")
-            for name, node in list(pubsub.node_pubsub_mapping.items())
-        ]
+        self._poll = poll
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.sync(pubsub)
+
+    def sync(self, pubsub: Any) -> None:
+        """Start a reader for each shard connection that has none yet."""
+        for name, node in list(pubsub.node_pubsub_mapping.items()):
+            if name not in self._tasks:
+                self._tasks[name] = asyncio.create_task(
+                    self._read(node, self._poll), name=f"redis-shard-{name}"
+                )
 
     async def _read(self, node: Any, poll: float) -> None:
         try:
@@ -474,9 +483,9 @@ class _ShardReader:
         return item
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in self._tasks.values():
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
 
 class RedisBus:
@@ -714,15 +723,19 @@ class RedisBus:
 
     def subscribe(self, pairs: Iterable[str]) -> Subscription:
         """Live updates of ``pairs``; ``Gap("subscribed")`` first, ``Gap("redis reconnect")``
-        after every reconnect. Keeps retrying while Redis is down; ends on :meth:`close`."""
+        after every reconnect. Keeps retrying while Redis is down; ends on :meth:`close`.
+        Its pairs can change at run time (SUBSCRIBE / UNSUBSCRIBE on the same connection)."""
         wanted = tuple(dict.fromkeys(pairs))
-        events = self._listen([self._channel(p) for p in wanted])
-        return Subscription(wanted, events, self.snapshot, on_drop=self._count_drop)
+        channels = _Channels(self, [self._channel(p) for p in wanted])
+        events = self._listen(channels)
+        return Subscription(
+            wanted, events, self.snapshot, on_drop=self._count_drop, pairset=channels
+        )
 
     def _count_drop(self) -> None:
         self.epoch_drops += 1
 
-    async def _listen(self, channels: list[str]) -> AsyncIterator[BusEvent]:
+    async def _listen(self, channels: _Channels) -> AsyncIterator[BusEvent]:
         backoff = Backoff(self._reconnect)
         ever_subscribed = False
         warned = False
@@ -739,10 +752,17 @@ class RedisBus:
                         await self._client.refresh()
                     else:
                         await self._client.initialize()
-                    await pubsub.ssubscribe(*channels)
+                    if channels.names:
+                        await pubsub.ssubscribe(*channels.names)
                     shards = _ShardReader(pubsub, self._probe_interval)
+                    channels.shards = shards
                 else:
-                    await pubsub.subscribe(*channels)
+                    # A placeholder keeps a subscription with no pairs (yet) a subscribed
+                    # connection, so get_message has something to read from.
+                    await pubsub.subscribe(
+                        keys.wanted_channel(self.prefix) + ":idle", *channels.names
+                    )
+                channels.pubsub = pubsub
                 self._set_connected(True)
                 backoff.connected(time.monotonic())
                 if ever_subscribed:
@@ -787,9 +807,76 @@ class RedisBus:
                 warned = True
                 await self._pause(delay)
             finally:
+                channels.pubsub = None
+                channels.shards = None
                 self._pubsubs.discard(pubsub)
                 if shards is not None:
                     await shards.close()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    # --- demand --------------------------------------------------------------------
+
+    async def want(self, pairs: Sequence[str], wall: float, *, wake: bool = False) -> None:
+        """``ZADD GT`` each pair with ``wall`` (ms) into :func:`~pricectl.bus.keys.wanted`,
+        and with ``wake`` a PUBLISH on the wake channel, in one round trip."""
+        if not pairs:
+            return
+        score = int(wall * 1000)
+        try:
+            async with asyncio.timeout(self._client.op_timeout):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pipe.zadd(keys.wanted(self.prefix), dict.fromkeys(pairs, score), gt=True)
+                    if wake:
+                        pipe.publish(keys.wanted_channel(self.prefix), "\n".join(pairs))
+                    await pipe.execute()
+        except (RedisError, *_UNREACHABLE) as exc:
+            self._failed(exc)
+            raise BusError(f"want failed: redis at {self._where} {describe(exc)}") from exc
+
+    async def wanted(self, wall: float, idle_grace: float) -> dict[str, float]:
+        """The wanted set newer than ``idle_grace`` (older entries are removed)."""
+        key = keys.wanted(self.prefix)
+        limit = int((wall - idle_grace) * 1000)
+        try:
+            async with asyncio.timeout(self._client.op_timeout):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pipe.zremrangebyscore(key, "-inf", limit)
+                    pipe.zrange(key, 0, -1, withscores=True)
+                    _, entries = await pipe.execute()
+        except (RedisError, *_UNREACHABLE) as exc:
+            self._failed(exc)
+            raise BusError(
+                f"reading wanted pairs failed: redis at {self._where} {describe(exc)}"
+            ) from exc
+        return {str(pair): float(score) / 1000.0 for pair, score in entries}
+
+    async def demand_wakeups(self) -> AsyncIterator[None]:
+        """Yields on every wake-up message, and once after each (re)subscribe (one may
+        have been missed while the connection was down); ends on :meth:`close`."""
+        backoff = Backoff(self._reconnect)
+        while not self._closed:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            self._pubsubs.add(pubsub)
+            try:
+                await pubsub.subscribe(keys.wanted_channel(self.prefix))
+                backoff.connected(time.monotonic())
+                yield None
+                while not self._closed:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=self._probe_interval
+                    )
+                    if message is not None and message["type"] == "message":
+                        yield None
+                return
+            except (RedisError, *_UNREACHABLE) as exc:
+                if self._closed:
+                    return
+                delay = backoff.next_delay(time.monotonic())
+                log.debug("redis demand wake-ups lost (%s): retrying in %.1fs", exc, delay)
+                await self._pause(delay)
+            finally:
+                self._pubsubs.discard(pubsub)
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
@@ -926,3 +1013,43 @@ class RedisBus:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await wake.wait()
+
+
+class _Channels:
+    """The channels of one subscription, changed at run time: SUBSCRIBE / UNSUBSCRIBE go
+    out on the subscription's live connection, and a reconnect subscribes to them all."""
+
+    def __init__(self, bus: RedisBus, names: Iterable[str]) -> None:
+        self._bus = bus
+        self.names: dict[str, None] = dict.fromkeys(names)
+        #: The live pub/sub connection (None while reconnecting).
+        self.pubsub: Any = None
+        #: On a cluster, the readers of each shard's connection (new shards join it).
+        self.shards: _ShardReader | None = None
+
+    async def add(self, pairs: Sequence[str]) -> None:
+        new = [self._bus._channel(p) for p in pairs]
+        new = [c for c in new if c not in self.names]
+        self.names.update(dict.fromkeys(new))
+        if new and self.pubsub is not None:
+            await self._send("ssubscribe" if self._bus._cluster else "subscribe", new)
+
+    async def remove(self, pairs: Sequence[str]) -> None:
+        gone = [c for c in (self._bus._channel(p) for p in pairs) if c in self.names]
+        for c in gone:
+            del self.names[c]
+        if gone and self.pubsub is not None:
+            await self._send("sunsubscribe" if self._bus._cluster else "unsubscribe", gone)
+
+    async def _send(self, command: str, channels: list[str]) -> None:
+        # The command only writes; the subscription's own loop reads the replies.
+        try:
+            async with asyncio.timeout(self._bus._client.op_timeout):
+                await getattr(self.pubsub, command)(*channels)
+            if self.shards is not None:
+                # A channel on a shard this subscription had no connection to yet.
+                self.shards.sync(self.pubsub)
+        except (RedisError, *_UNREACHABLE) as exc:
+            raise BusError(
+                f"{command} failed: redis at {self._bus._where} {describe(exc)}"
+            ) from exc

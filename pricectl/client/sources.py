@@ -43,23 +43,45 @@ def _price(
 
 
 async def bus_events(
-    url: str, pairs: Sequence[str], *, prefix: str = "", tracker: SequenceTracker | None = None
+    url: str,
+    pairs: Sequence[str],
+    *,
+    prefix: str = "",
+    tracker: SequenceTracker | None = None,
+    want_every: float = 5.0,
 ) -> AsyncIterator[StreamEvent]:
     """Snapshot, then live updates of ``pairs`` from the bus at ``url``.
 
     Raises :class:`~pricectl.errors.BusError` at once if the bus cannot be reached at the
     start; after that, outages are ridden out by the bus and announced as reconnects.
+
+    The pairs are recorded as wanted in the bus while this runs (every ``want_every``
+    seconds, like a serve does for its clients), so the leader subscribes to a pair no
+    serve carries.
     """
+    import asyncio
+
     from pricectl.bus import Gap, open_bus
 
     tracker = tracker if tracker is not None else SequenceTracker()
     bus = open_bus(url, prefix)
     await bus.start()
+
+    async def keep_wanting() -> None:
+        wake = True
+        while True:
+            with contextlib.suppress(BusError):
+                await bus.want(list(pairs), time.time(), wake=wake)
+                wake = False
+            await asyncio.sleep(want_every)
+
+    wanting: asyncio.Task[None] | None = None
     try:
         try:
             await bus.snapshot(pairs)  # fail fast with a clear error if unreachable
         except BusError:
             raise
+        wanting = asyncio.ensure_future(keep_wanting())
         subscription = bus.subscribe(pairs)
         reconnects = 0
         try:
@@ -77,6 +99,9 @@ async def bus_events(
         finally:
             await subscription.aclose()
     finally:
+        if wanting is not None:
+            wanting.cancel()
+            await asyncio.gather(wanting, return_exceptions=True)
         await bus.close()
 
 

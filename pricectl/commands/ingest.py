@@ -21,6 +21,10 @@ def command(ctx: click.Context) -> None:
     the leader holds the one exchange connection and publishes, the others wait warm
     and take over within a second if it dies or is stopped (within leader.ttl if it
     hangs while still connected). SIGTERM or Ctrl-C releases the lease and exits 0.
+
+    The leader subscribes to the pinned pairs (pairs:) and every pair some serve's
+    clients want (the wanted set in Redis), at most exchange.max_pairs; a pair nobody
+    has wanted for exchange.idle_grace is unsubscribed.
     """
     import asyncio
 

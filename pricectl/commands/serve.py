@@ -40,6 +40,10 @@ def command(
     --simulate runs the local exchange in-process instead of connecting to Binance (a
     first run, a demo, a machine with no network). SIGTERM drains: clients are told when
     to reconnect and streams close over server.drain_window.
+
+    Clients may ask for any spot pair the exchange lists (exchangeInfo, read at start):
+    the config's pairs are pinned, any other is turned on for the cluster while someone
+    watches it, within exchange.max_pairs and the server.activations* rates.
     """
     import asyncio
 

@@ -43,6 +43,9 @@ def command(
 ) -> int:
     """Live prices in the terminal from serve, Redis or Binance.
 
+    PAIR is any spot pair the exchange lists, in any usual spelling (BTC/USD,
+    btcusdt, ETH-BTC); a pair no config pins is turned on for as long as tail runs.
+
     A live table on a terminal, one line per update when piped (or --plain), JSON lines
     with --json. Exit 0 when done, 1 on a runtime failure (server unreachable), 2 on a
     usage error (unknown pair, wrong URL), 130 on Ctrl-C, 143 on SIGTERM.
@@ -51,27 +54,31 @@ def command(
 
     from pricectl.client.sse import local_url
     from pricectl.client.tail import TableView, TailOptions, TailResult, run_tail
-    from pricectl.core.pairs import parse_pair
+    from pricectl.core.pairs import bundled_symbols, parse_pair
+    from pricectl.core.universe import Universe, UnknownPair
     from pricectl.errors import UsageError
 
     cfg = settings(ctx)
+    # The bundled symbol list gives each pair its canonical name offline (btcusdt, BTC-USDT
+    # -> BTC/USD); serve judges a pair it does not know itself, from the live exchangeInfo.
+    universe = Universe.from_symbols(bundled_symbols(), cfg.quote_aliases)
     wanted: list[str] = []
     for arg in pairs:
         for text in arg.split(","):
             if not text.strip():
                 continue
             try:
-                base, quote = parse_pair(text)
-            except ValueError as exc:
-                raise UsageError(f"{exc}; configured pairs: {', '.join(cfg.pairs)}") from None
-            if f"{base}/{quote}" not in wanted:
-                wanted.append(f"{base}/{quote}")
-    if source != "serve":
-        unknown = [p for p in wanted if p not in cfg.pairs]
-        if unknown:
-            raise UsageError(
-                f"unknown pair {', '.join(unknown)}; configured pairs: {', '.join(cfg.pairs)}"
-            )
+                pair = universe.resolve(text)
+            except UnknownPair as exc:
+                try:
+                    base, quote = parse_pair(text)
+                except ValueError as bad:
+                    raise UsageError(f"{bad}; pinned pairs: {', '.join(cfg.pairs)}") from None
+                pair = f"{base}/{quote}"
+                if source != "serve":
+                    raise UsageError(str(exc)) from None
+            if pair not in wanted:
+                wanted.append(pair)
     if plain and as_json:
         raise UsageError("choose one of --plain and --json")
     mode = "json" if as_json else "plain" if plain or not sys.stdout.isatty() else "table"

@@ -7,7 +7,9 @@ Every instance runs the candidate loop of :class:`~pricectl.bus.leader.Leader`:
   takeover starts warm: those values seed the relay's cache stage. At start it checks
   the pairs against ``exchangeInfo`` once (one REST request), so a takeover goes
   straight to its REST snapshot: the check is the slowest request of a term's start.
-- **leader**: runs :func:`pricectl.ingest.relay.lead` under its fence: check the pairs, publish
+- **leader**: runs :func:`pricectl.ingest.demand.lead_on_demand` under its fence: take the
+  cluster's whole wanted set (pinned + wanted pairs), then :func:`pricectl.ingest.relay.lead`
+  beside the demand loop: check the pairs, publish
   a REST snapshot, then go live on the WebSocket. Every publish is the fenced script, so
   nothing is ever published unfenced, and each one first asks the lease whether the last
   renew is recent enough (:meth:`~pricectl.bus.leader.Leader.may_publish`). Whatever
@@ -46,7 +48,9 @@ from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import ConfigError, FeedError, FencedError, UsageError
 from pricectl.exchange.binance_rest import BinanceRest
 from pricectl.exchange.offline import say_if_offline
-from pricectl.ingest.relay import Relay, RelayStatus, lead
+from pricectl.exchange.universe import UniverseSource
+from pricectl.ingest.demand import lead_on_demand
+from pricectl.ingest.relay import Relay, RelayStatus
 from pricectl.ingest.stacks import log_tasks
 
 __all__ = ["STATUS_EVERY", "STOP_LIMIT", "Ingest", "IngestStatus", "check_bus", "run_ingest"]
@@ -131,6 +135,10 @@ class Ingest:
         #: One REST client for the life of the process: a takeover's snapshot request
         #: goes out on a warm session instead of opening one.
         self.rest = BinanceRest(settings.exchange, settings.pair_map)
+        #: The servable pairs (exchangeInfo, refreshed): a delisted pair is not subscribed.
+        self.universe = UniverseSource(
+            self.rest, settings.quote_aliases, settings.exchange.universe_refresh
+        )
 
     # --- running -----------------------------------------------------------------------
 
@@ -160,6 +168,7 @@ class Ingest:
                     tg.create_task(self._follow(), name="ingest-follow"),
                     tg.create_task(self._report(), name="ingest-status"),
                     tg.create_task(self._check_pairs(), name="ingest-check-pairs"),
+                    tg.create_task(self.universe.run(), name="ingest-universe"),
                     tg.create_task(
                         say_if_offline(self.settings.exchange, OFFLINE_HINT, log),
                         name="ingest-offline-check",
@@ -201,7 +210,13 @@ class Ingest:
         relay.seed(self.latest.values())
         self.relay = relay
         try:
-            await lead(relay, validate=not self._validated)
+            await lead_on_demand(
+                relay,
+                self.bus,
+                s,
+                lambda: self.universe.universe,
+                validate=not self._validated,
+            )
         except FencedError:
             self.fenced += 1
             raise

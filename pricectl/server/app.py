@@ -42,9 +42,10 @@ from aiohttp.abc import AbstractAccessLogger
 from pricectl import __version__
 from pricectl.bus.base import Bus
 from pricectl.config import Settings, redact_url
-from pricectl.core.api import STREAM_PATH
+from pricectl.core.api import PAIRS_PATH, STREAM_PATH
 from pricectl.errors import PricectlError, UsageError
 from pricectl.exchange.offline import say_if_offline
+from pricectl.exchange.universe import UniverseSource
 from pricectl.logs import escape
 from pricectl.server import descriptors, watchdog
 from pricectl.server.connections import (
@@ -54,12 +55,12 @@ from pricectl.server.connections import (
     ErrorResponse,
     ServeRunner,
 )
-from pricectl.server.errors import error_json
+from pricectl.server.errors import bad_request, error_json
 from pricectl.server.health import Upstream, UpstreamStatus, health_report
-from pricectl.server.hub import Hub
+from pricectl.server.hub import Hub, Refusal
 from pricectl.server.keys import BUS, HUB, SETTINGS, UPSTREAM
 from pricectl.server.metrics import CONTENT_TYPE, render_metrics
-from pricectl.server.stream import parse_pairs, stream_handler
+from pricectl.server.stream import activate, parse_pairs, stream_handler
 
 if TYPE_CHECKING:  # loaded only when serve runs the relay itself (memory://)
     from pricectl.ingest.relay import Relay
@@ -224,17 +225,93 @@ async def _prices(request: web.Request) -> web.Response:
     pairs = parse_pairs(hub, request)
     if isinstance(pairs, web.Response):
         return pairs
+    refused = await activate(hub, request, pairs)
+    if refused is not None:
+        return refused
     from pricectl.server.health import pair_states
 
     states = pair_states(hub)
     out = []
+    pending = []
     for pair in hub.pairs:
+        if pair not in pairs:
+            continue
         raw = hub.latest_raw.get(pair)
-        if pair in pairs and raw is not None:
-            obj = json.loads(raw)
-            obj["stale"] = bool(obj.get("stale") or states[pair]["stale"])
-            out.append(obj)
-    return _no_store(web.json_response({"prices": out, "position": f"{hub.epoch}-{hub.gseq}"}))
+        if raw is None:
+            pending.append(pair)
+            continue
+        obj = json.loads(raw)
+        state = states.get(pair)
+        obj["stale"] = bool(obj.get("stale") or (state is not None and state["stale"]))
+        out.append(obj)
+    body: dict[str, Any] = {"prices": out, "position": f"{hub.epoch}-{hub.gseq}"}
+    if pending:
+        # Just turned on: the leader is fetching them; ask again in a moment.
+        body["pending"] = pending
+    return _no_store(web.json_response(body))
+
+
+async def _pairs(request: web.Request) -> web.Response:
+    """``GET /api/market-data/pairs``: what can be asked for, and what is on now.
+
+    ``?q=`` searches (the dashboard's picker): at most ``limit`` (default 20) names,
+    those starting with the text first; ``?pairs=A,B`` describes exactly those (unknown
+    ones left out). Without either, every servable pair is listed.
+    Each entry: ``pair``, ``symbol``, ``tick_size``, ``decimals`` and whether it is
+    ``pinned``, ``wanted`` (by some serve of the cluster) or ``active`` (heard here).
+    """
+    hub = request.app[HUB]
+    universe = hub.universe()
+    q = request.query.get("q")
+    try:
+        limit = int(request.query.get("limit", "20" if q is not None else "100000"))
+    except ValueError:
+        return bad_request("malformed_limit", "limit must be a whole number")
+    limit = max(1, min(limit, 100_000))
+    asked = request.query.get("pairs")
+    if asked is not None:
+        # Exactly these (the dashboard's saved set): the known ones, canonical, in order.
+        names = []
+        for text in asked.split(",")[: hub.settings.server.max_pairs_per_connection]:
+            if not text.strip():
+                continue
+            try:
+                names += [p for p in hub.resolve([text]) if p not in names]
+            except Refusal:
+                continue
+    elif universe is None:
+        names = list(hub.pinned)
+    elif q is not None:
+        names = universe.search(q, limit, prefer=hub.pinned)
+    else:
+        names = universe.search("", limit, prefer=hub.pinned)
+    wanted = hub.demand.wanted
+    heard = set(hub.pairs)
+    entries = []
+    for name in names:
+        entry: dict[str, Any] = {"pair": name}
+        if universe is not None and name in universe:
+            m = universe.market(name)
+            entry.update(symbol=m.symbol, tick_size=m.tick_size, decimals=m.decimals)
+        else:
+            entry["symbol"] = hub.settings.pair_map.symbol_for(name)
+        entry["pinned"] = name in hub.pinned
+        entry["wanted"] = name in wanted
+        entry["active"] = name in heard
+        entries.append(entry)
+    return _no_store(
+        web.json_response(
+            {
+                "pairs": entries,
+                "count": len(universe) if universe is not None else len(hub.pinned),
+                "pinned": list(hub.pinned),
+                "active": list(hub.pairs),
+                "wanted": sorted(wanted),
+                "max_pairs": hub.settings.exchange.max_pairs,
+                "universe_loaded": universe is not None,
+            }
+        )
+    )
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -280,6 +357,7 @@ def create_app(
     app.router.add_get("/api/market-data/prices", _prices)
     app.router.add_get("/api/market-data/health", _health)
     app.router.add_get("/api/market-data/config", _config)
+    app.router.add_get(PAIRS_PATH, _pairs)
     app.router.add_get("/metrics", _metrics)
     app.router.add_static("/static/", STATIC, append_version=False)
     app.on_response_prepare.append(_on_prepare)
@@ -396,6 +474,10 @@ async def serve_forever(
         holder = _RelayStatus(simulated=simulate) if embedded else None
         app = create_app(settings, bus, holder, simulated=simulate)
         hub = app[HUB]
+        source = await _start_universe(settings, stack)
+        hub.universe = lambda: source.universe
+        if holder is not None:
+            holder.universe = hub.universe
         runner, bound = await _listen(app, host, port, reuse_port=reuse_port, budget=plan.waiting)
         stack.push_async_callback(runner.cleanup)
         # Everything made so far (modules, settings, the app) lives as long as the process:
@@ -500,6 +582,26 @@ def listen_error(host: str, port: int, exc: BaseException) -> PricectlError:
     return PricectlError(f"cannot listen on {where}: {reason}")
 
 
+async def _start_universe(settings: Settings, stack: contextlib.AsyncExitStack) -> UniverseSource:
+    """Fetch exchangeInfo now and every ``exchange.universe_refresh`` (in the background):
+    the pairs clients may ask for. Waits up to the REST timeout for the first answer."""
+    from pricectl.exchange.binance_rest import BinanceRest
+
+    rest = BinanceRest(settings.exchange, settings.pair_map)
+    stack.push_async_callback(rest.close)
+    source = UniverseSource(rest, settings.quote_aliases, settings.exchange.universe_refresh)
+    task = asyncio.create_task(source.run(), name="pricectl-universe")
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
+    await source.ready(min(settings.exchange.rest_timeout, 3.0))
+    return source
+
+
 async def _start_simulator(settings: Settings, stack: contextlib.AsyncExitStack) -> Settings:
     """Start the local exchange for ``--simulate``; the settings that point the relay at it."""
     from pricectl.simulator import Simulator, SimulatorConfig, symbols_for_pairs
@@ -521,13 +623,14 @@ OFFLINE_HINT = "no network? `pricectl serve --simulate` runs a local exchange"
 async def _embedded_relay(
     settings: Settings, bus: Bus, holder: _RelayStatus, simulate: bool
 ) -> None:
-    """The in-process relay for memory:// (``pricectl.ingest.relay.run_embedded``), and
+    """The in-process relay for memory://, following this process's demand
+    (``pricectl.ingest.demand.run_embedded_on_demand``), and
     beside it the one-time check that the exchange resolves.
 
     The relay's coroutine is made here, where it is awaited at once: made before the
     server listens, a failed listen would leave it never awaited (a RuntimeWarning).
     """
-    from pricectl.ingest.relay import run_embedded
+    from pricectl.ingest.demand import run_embedded_on_demand
 
     async with asyncio.TaskGroup() as tg:
         if not simulate:
@@ -535,7 +638,11 @@ async def _embedded_relay(
                 say_if_offline(settings.exchange, OFFLINE_HINT, log),
                 name="pricectl-offline-check",
             )
-        tg.create_task(_guard_relay(run_embedded(settings, bus, on_relay=holder.set)))
+        tg.create_task(
+            _guard_relay(
+                run_embedded_on_demand(settings, bus, holder.universe, on_relay=holder.set)
+            )
+        )
 
 
 class _RelayStatus:
@@ -544,6 +651,8 @@ class _RelayStatus:
     def __init__(self, simulated: bool = False) -> None:
         self.relay: Relay | None = None
         self.simulated = simulated
+        #: The servable pairs, for the embedded relay (set by serve_forever).
+        self.universe: Callable[[], Any] = lambda: None
 
     def set(self, relay: Relay) -> None:
         self.relay = relay

@@ -440,6 +440,10 @@ class Fanout:
 
     # --- streams -------------------------------------------------------------------------
 
+    def watched(self) -> list[str]:
+        """Every pair some open stream watches."""
+        return list(self._by_pair)
+
     def connections_from(self, ip: str) -> int:
         """Open streams from the address ``ip``."""
         return self._per_ip.get(ip, 0)

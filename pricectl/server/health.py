@@ -106,8 +106,10 @@ def health_report(
     lead = bus.leadership()
     mono = time.monotonic()
     message_age = None if hub.last_message_at is None else mono - hub.last_message_at
+    # The pinned pairs decide the status: a pair a client just asked for has no price
+    # yet, and one nobody watches any more is stale on purpose.
     status, reasons = judge(
-        pairs,
+        {p: pairs[p] for p in hub.pinned if p in pairs},
         bus_connected=bus.connected,
         bus_responsive=bus.responsive,
         bus_role=getattr(bus, "role", None),
@@ -132,10 +134,29 @@ def health_report(
         leader["heartbeat_age_s"] = (
             None if lead.heartbeat_age is None else round(lead.heartbeat_age, 3)
         )
+    first = hub.first_price_ms
+    demand = {
+        "pinned": list(hub.pinned),
+        "active": list(hub.pairs),
+        "wanted": sorted(hub.demand.wanted),
+        "max_pairs": hub.settings.exchange.max_pairs,
+        "universe": None if (u := hub.universe()) is None else len(u),
+        "activated": hub.activated,
+        "deactivated": hub.deactivated,
+        "waiting_first_price": sorted(hub.waiting_since),
+        "first_price_ms": {
+            "count": first.count,
+            "p50": first.quantile(0.5) if first.count else None,
+            "p99": first.quantile(0.99) if first.count else None,
+            "max": first.max if first.count else None,
+        },
+        "refused": dict(sorted(hub.activations.refused.items())),
+    }
     return {
         "status": status,
         "reasons": reasons,
         "pairs": pairs,
+        "demand": demand,
         "leader": leader,
         "upstream": up,
         "bus": {

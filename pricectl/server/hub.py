@@ -36,22 +36,51 @@ import contextlib
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 
-from pricectl.bus.base import Bus, Gap, Update
+from pricectl.bus.base import Bus, Gap, Subscription, Update
 from pricectl.config import Settings
+from pricectl.core.demand import Activations, Demand
+from pricectl.core.histogram import Histogram
 from pricectl.core.history import HistoryRing, parse_event_id
 from pricectl.core.sse import encode_comment, encode_event
 from pricectl.core.ticks import PriceUpdate
+from pricectl.core.universe import Universe, UnknownPair
+from pricectl.errors import BusError
 from pricectl.server.fanout import Fanout
 
-__all__ = ["STALE_CHECK", "Hub", "clock_event", "stale_event"]
+__all__ = ["STALE_CHECK", "Hub", "Refusal", "clock_event", "stale_event"]
 
 log = logging.getLogger("pricectl.server.hub")
 
 #: Seconds between two looks for pairs gone quiet: a Stale marker is at most this late.
 STALE_CHECK = 0.1
+
+
+#: What a pair typed by a client may look like: one asset code, or two with a separator.
+_PAIR_INPUT = re.compile(r"^[A-Za-z0-9]{2,24}([/\-_: ][A-Za-z0-9]{2,12})?$")
+
+
+class Refusal(Exception):
+    """A request for pairs that cannot be served now: ``status`` (400, 429, 503), a short
+    ``code`` for the JSON error, the sentence, and what else the client may use."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        suggestions: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+        self.suggestions = suggestions
 
 
 def clock_event(now_ms: int) -> bytes:
@@ -92,7 +121,27 @@ class Hub:
     ) -> None:
         self.settings = settings
         self.bus = bus
-        self.pairs: tuple[str, ...] = settings.pair_map.pairs
+        #: The pinned pairs (``pairs:`` in the config), always subscribed.
+        self.pinned: tuple[str, ...] = settings.pair_map.pairs
+        #: Every pair this process hears from the bus now: pinned, then those its clients
+        #: asked for, in the order they came (snapshot events follow this order).
+        self.pairs: tuple[str, ...] = self.pinned
+        #: The servable pairs (set by serve from exchangeInfo); None: pinned pairs only.
+        self.universe: Callable[[], Universe | None] = lambda: None
+        #: The cluster's wanted set as last read from the bus, and this process's pace.
+        self.demand = Demand(self.pinned, settings.demand)
+        self.activations = Activations(settings.demand)
+        #: Non-pinned pairs held here -> wall time a client last wanted them.
+        self.held: dict[str, float] = {}
+        #: Pairs turned on here and waiting for their first fresh price -> clock() then.
+        self.waiting_since: dict[str, float] = {}
+        #: Milliseconds from a pair's activation to its first fresh price here.
+        self.first_price_ms = Histogram()
+        #: Pairs turned on by this process, and turned off again.
+        self.activated = 0
+        self.deactivated = 0
+        self._sub: Subscription | None = None
+        self._sub_ready = asyncio.Event()
         self._rand = rand
         self._clock = clock
         s = settings.server
@@ -142,15 +191,19 @@ class Hub:
         try:
             async with asyncio.TaskGroup() as tg:
                 watcher = tg.create_task(self._watch_quiet(), name="hub-stale-watch")
+                demand = tg.create_task(self._refresh_demand(), name="hub-demand")
                 try:
                     await self._consume()
                 finally:
                     watcher.cancel()  # the bus closed: the hub's work is over
+                    demand.cancel()
         finally:
             self.fanout.stop()
 
     async def _consume(self) -> None:
         sub = self.bus.subscribe(self.pairs)
+        self._sub = sub
+        self._sub_ready.set()
         try:
             async for event in sub:
                 if isinstance(event, Update):
@@ -158,6 +211,8 @@ class Hub:
                 elif isinstance(event, Gap):
                     self.apply_snapshot(await sub.resync(event.reason), event.reason)
         finally:
+            self._sub = None
+            self._sub_ready.clear()
             with contextlib.suppress(Exception):
                 await sub.aclose()
 
@@ -220,6 +275,9 @@ class Hub:
         self.latest_raw[pair] = raw
         self.received_at[pair] = time.time()
         self._heard(update)
+        if self.waiting_since and pair in self.waiting_since and not update.stale:
+            started = self.waiting_since.pop(pair)
+            self.first_price_ms.record(int((self._clock() - started) * 1000))
         gseq = update.gseq
         if epoch > self.epoch or (epoch == self.epoch and gseq > self.gseq):
             self.epoch, self.gseq = epoch, gseq
@@ -233,6 +291,207 @@ class Hub:
             # An older epoch still current for this pair: the ring cannot vouch for order.
             self.ring.reset()
         self.fanout.publish(pair, payload)
+
+    # --- pairs on demand -----------------------------------------------------------------
+
+    def resolve(self, texts: list[str]) -> list[str]:
+        """Canonical names of what a client typed, in order, duplicates dropped.
+
+        Raises :class:`Refusal` (400 ``unknown_pair``) naming every pair that does not
+        exist, with the nearest names. Before exchangeInfo has answered, only the pinned
+        pairs are known.
+        """
+        universe = self.universe()
+        bad = [t for t in texts if _PAIR_INPUT.match(t.strip()) is None]
+        if bad:
+            raise Refusal(
+                400,
+                "malformed_pair",
+                f"malformed pair {bad[0].strip()!r}: expected BASE/QUOTE such as BTC/USD "
+                "(BTC-USD, btcusdt and BTCUSDT are accepted too)",
+            )
+        out: list[str] = []
+        unknown: list[str] = []
+        suggestions: list[str] = []
+        for text in texts:
+            pair: str | None = None
+            if universe is not None:
+                try:
+                    pair = universe.resolve(text)
+                except UnknownPair as exc:
+                    unknown.append(exc.text)
+                    suggestions += [s for s in exc.suggestions if s not in suggestions]
+                    continue
+            else:
+                pair = self._resolve_pinned(text)
+                if pair is None:
+                    unknown.append(text.strip())
+                    continue
+            if pair not in out:
+                out.append(pair)
+        if unknown:
+            names = ", ".join(repr(u) for u in unknown)
+            hint = f"; did you mean {', '.join(suggestions[:5])}?" if suggestions else ""
+            if universe is None:
+                hint = (
+                    f"; the exchange's list of pairs is not loaded yet, so only the pinned "
+                    f"pairs can be served: {', '.join(self.pinned)}"
+                )
+            raise Refusal(
+                400,
+                "unknown_pair",
+                f"unknown pair {names}: the exchange lists no such spot pair{hint}",
+                suggestions=tuple(suggestions[:5]) if universe is not None else self.pinned,
+            )
+        return out
+
+    def _resolve_pinned(self, text: str) -> str | None:
+        raw = text.strip().upper().replace("-", "/").replace("_", "/")
+        aliases = self.settings.quote_aliases
+        for pair in self.pinned:
+            base, _, quote = pair.partition("/")
+            if raw in (
+                pair,
+                f"{base}/{aliases.get(quote, quote)}",
+                base + aliases.get(quote, quote),
+            ):
+                return pair
+        return None
+
+    async def activate(self, pairs: Iterable[str], ip: str) -> list[str]:
+        """Make sure this process hears ``pairs`` (canonical names) and that the cluster
+        wants them; the pairs that were new here.
+
+        A pair not heard yet is checked against the cap (:meth:`Demand.admit`, 503
+        ``max_pairs``) and the activation rate of ``ip`` and of this process (429
+        ``too_many_activations``), both raised as :class:`Refusal` before anything
+        changes. Then it is subscribed on the bus (live before this returns), its last
+        snapshot read, and the leader woken. Pairs already heard only count as wanted.
+        """
+        wanted = [p for p in pairs if p not in self.pinned]
+        wall = time.time()
+        for p in wanted:
+            self.held[p] = max(self.held.get(p, 0.0), wall)
+        new = [p for p in wanted if p not in self.pairs]
+        if not new:
+            return []
+        # The cap is the cluster's: judge it on the wanted set as the bus has it now, not
+        # as of the last refresh (another serve may have filled the slots since).
+        with contextlib.suppress(BusError):
+            self.demand.replace(await self.bus.wanted(wall, self.demand.policy.idle_grace))
+        for p in new:
+            why = self.demand.admit(p, wall)
+            if why is not None:
+                for q in new:
+                    self.held.pop(q, None)
+                raise Refusal(
+                    503, "max_pairs", why, retry_after=self.settings.server.overload_retry
+                )
+        why = self.activations.allow(ip, len(new), self._clock())
+        if why is not None:
+            for q in new:
+                self.held.pop(q, None)
+            raise Refusal(
+                429,
+                "too_many_activations",
+                why,
+                retry_after=max(1.0, self.activations.retry_after(ip, self._clock())),
+            )
+        sub = self._sub
+        if sub is None:
+            try:
+                async with asyncio.timeout(5.0):
+                    await self._sub_ready.wait()
+            except TimeoutError:
+                raise Refusal(503, "bus_down", "the bus is not connected; try again") from None
+            sub = self._sub
+            assert sub is not None
+        now = self._clock()
+        try:
+            # Live first, then the snapshot: nothing published in between is missed.
+            added = await sub.add(new)
+            self.pairs = self.pairs + tuple(p for p in added if p not in self.pairs)
+            snap = await self._snapshot_of(sub, added)
+            await self.bus.want(new, wall, wake=True)
+        except BusError as exc:
+            raise Refusal(503, "bus_down", f"cannot subscribe to {', '.join(new)}: {exc}") from None
+        self.demand.want(new, wall)
+        for p in added:
+            self.activated += 1
+            if p not in snap or snap[p].stale:
+                self.waiting_since[p] = now
+        log.info(
+            "pairs on demand: %s now heard here (%d in all)", ", ".join(added), len(self.pairs)
+        )
+        return added
+
+    async def _snapshot_of(self, sub: Subscription, pairs: list[str]) -> dict[str, PriceUpdate]:
+        """The bus's last update of each of ``pairs``, fenced, taken in as ``latest``."""
+        snap = await self.bus.snapshot(pairs)
+        out: dict[str, PriceUpdate] = {}
+        for pair, update in snap.items():
+            if not sub.epochs.accept(update, live=False):
+                continue
+            out[pair] = update
+            current = self.latest.get(pair)
+            if current is not None and (current.epoch, current.seq) >= (update.epoch, update.seq):
+                continue
+            self.latest[pair] = update
+            self.latest_raw[pair] = update.to_json()
+            self.received_at[pair] = time.time()
+            age = max(0.0, time.time() - update.ingest_ns / 1e9) if update.ingest_ns else 0.0
+            self._heard(update, age)
+        return out
+
+    async def _refresh_demand(self) -> None:
+        """Every ``refresh``: re-record the pairs watched here, read the cluster's set, and
+        stop hearing pairs nobody here has wanted for ``idle_grace``."""
+        policy = self.demand.policy
+        while True:
+            await asyncio.sleep(policy.refresh)
+            try:
+                await self.refresh_demand()
+            except BusError:
+                pass  # the bus reconnects by itself; the next round renews the wants
+            except Exception:
+                # Never let a surprise here end the hub (and with it every stream).
+                log.exception("pairs on demand: refreshing the wanted pairs failed")
+
+    async def refresh_demand(self) -> None:
+        """One round of :meth:`_refresh_demand` (raises BusError if the bus fails)."""
+        policy = self.demand.policy
+        wall = time.time()
+        for p in self.fanout.watched():
+            if p not in self.pinned:
+                self.held[p] = wall
+        fresh = [p for p, t in self.held.items() if t > wall - policy.busy_window]
+        if fresh:
+            await self.bus.want(fresh, wall)
+        self.demand.replace(await self.bus.wanted(wall, policy.idle_grace))
+        gone = [p for p, t in self.held.items() if t <= wall - policy.idle_grace]
+        if gone:
+            await self.deactivate(gone)
+
+    async def deactivate(self, pairs: list[str]) -> None:
+        """Stop hearing ``pairs`` (not pinned, not watched here)."""
+        watched = set(self.fanout.watched())
+        gone = [p for p in pairs if p not in self.pinned and p not in watched]
+        for p in gone:
+            self.held.pop(p, None)
+            self.waiting_since.pop(p, None)
+            self.latest.pop(p, None)
+            self.latest_raw.pop(p, None)
+            self.received_at.pop(p, None)
+            self.fresh_at.pop(p, None)
+            self.quiet.discard(p)
+        if not gone:
+            return
+        self.pairs = tuple(p for p in self.pairs if p not in gone)
+        self.deactivated += len(gone)
+        sub = self._sub
+        if sub is not None:
+            await sub.remove(gone)
+        log.info("pairs on demand: %s no longer wanted here", ", ".join(gone))
 
     # --- new streams ---------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ nothing for metrics: a scrape reads them.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from pricectl import __version__
 from pricectl.server.health import UpstreamStatus, health_report
@@ -52,6 +53,40 @@ def render_metrics(hub: Hub, upstream: UpstreamStatus | None = None) -> str:
         [({"status": s}, 1 if report["status"] == s else 0) for s in ("ok", "degraded", "down")],
     )
     o.metric("pricectl_clients", "gauge", "Open SSE streams.", [({}, fanout.clients)])
+    o.metric(
+        "pricectl_pairs",
+        "gauge",
+        "Pairs by kind: pinned (always on), active (heard by this serve), wanted (by the "
+        "cluster, as last read from the bus).",
+        [
+            ({"kind": "pinned"}, len(hub.pinned)),
+            ({"kind": "active"}, len(hub.pairs)),
+            ({"kind": "wanted"}, len(hub.demand.wanted)),
+        ],
+    )
+    o.metric(
+        "pricectl_pair_activations_total",
+        "counter",
+        "Pairs this serve started hearing on demand, and stopped hearing again.",
+        [({"kind": "on"}, hub.activated), ({"kind": "off"}, hub.deactivated)],
+    )
+    first = hub.first_price_ms
+    o.metric(
+        "pricectl_first_price_ms",
+        "gauge",
+        "Milliseconds from a pair's activation here to its first fresh price, by quantile.",
+        [
+            ({"quantile": q}, float(first.quantile(float(q))) if first.count else 0.0)
+            for q in ("0.5", "0.99")
+        ]
+        + [({"quantile": "1"}, float(first.max))],
+    )
+    o.metric(
+        "pricectl_first_price_count",
+        "counter",
+        "Pairs whose first price after activation arrived.",
+        [({}, first.count)],
+    )
     o.metric(
         "pricectl_clients_peak", "gauge", "Most streams open at once.", [({}, fanout.peak_clients)]
     )
@@ -189,4 +224,63 @@ def render_metrics(hub: Hub, upstream: UpstreamStatus | None = None) -> str:
                 "Seconds since the last exchange frame.",
                 [({}, float(age))],
             )
+        _exchange_metrics(o, up)
     return "\n".join(o.lines) + "\n"
+
+
+def _exchange_metrics(o: _Out, up: dict[str, Any]) -> None:
+    """The embedded relay's exchange connections (memory://): streams per connection,
+    control messages, and the time from a new pair to its first and first live update."""
+    ws = up.get("ws")
+    if not isinstance(ws, dict) or "connections" not in ws:
+        return
+    conns = [c for c in ws.get("connections") or () if isinstance(c, dict)]
+    o.metric(
+        "pricectl_exchange_connections",
+        "gauge",
+        "Exchange WebSocket connections open.",
+        [({}, float(len(conns)))],
+    )
+    o.metric(
+        "pricectl_exchange_streams",
+        "gauge",
+        "Streams the exchange confirmed, per connection.",
+        [
+            (
+                {"connection": str(c.get("id")), "role": str(c.get("role"))},
+                float(c.get("streams", 0)),
+            )
+            for c in conns
+        ]
+        or [({"connection": "none", "role": "none"}, 0.0)],
+    )
+    o.metric(
+        "pricectl_exchange_control_messages_per_second",
+        "gauge",
+        "SUBSCRIBE/UNSUBSCRIBE messages sent per second (over the last 10 s).",
+        [({}, float(ws.get("control_messages_per_s") or 0.0))],
+    )
+    o.metric(
+        "pricectl_exchange_control_messages_total",
+        "counter",
+        "Control messages sent, and those that failed.",
+        [
+            ({"result": "sent"}, float(ws.get("control_messages") or 0)),
+            ({"result": "error"}, float(ws.get("control_errors") or 0)),
+        ],
+    )
+    for key, name, what in (
+        ("time_to_first_update_ms", "pricectl_relay_first_update_ms", "first update"),
+        ("time_to_live_ms", "pricectl_relay_first_live_ms", "first live WebSocket update"),
+    ):
+        lat = up.get(key)
+        if isinstance(lat, dict):
+            o.metric(
+                name,
+                "gauge",
+                f"Milliseconds from the relay taking a new pair to its {what}, by quantile.",
+                [
+                    ({"quantile": q}, float(lat.get(k) or 0))
+                    for q, k in (("0.5", "p50"), ("0.99", "p99"), ("1", "max"))
+                ],
+            )

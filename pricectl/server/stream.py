@@ -20,13 +20,12 @@ from aiohttp import web
 from aiohttp.http import HttpVersion11
 
 from pricectl.core.history import parse_event_id
-from pricectl.core.pairs import parse_pair_list
 from pricectl.server.errors import bad_request
-from pricectl.server.hub import Hub
+from pricectl.server.hub import Hub, Refusal
 from pricectl.server.keys import HUB
 from pricectl.server.sockets import bound_send_buffer, send_buffer_size
 
-__all__ = ["parse_pairs", "stream_handler"]
+__all__ = ["activate", "parse_pairs", "refusal_response", "stream_handler"]
 
 #: Longest ``pairs=`` query value accepted (50 pairs of up to 25 characters).
 _MAX_PAIRS_PARAM = 1300
@@ -39,33 +38,51 @@ SSE_HEADERS = {
 
 
 def parse_pairs(hub: Hub, request: web.Request) -> frozenset[str] | web.Response:
-    """The requested pairs (all configured pairs when ``pairs`` is absent), or a 400."""
+    """The requested pairs as canonical names (the pinned pairs when ``pairs`` is
+    absent), or a 400: too many, malformed, or unknown (named, with the nearest names).
+
+    Any TRADING spot pair of the exchange is accepted, in any usual spelling
+    (``btcusdt``, ``BTC-USDT``, ``btc/usd``); :meth:`Hub.activate` then makes the
+    inactive ones heard.
+    """
     text = request.query.get("pairs")
-    if text is None or not text.strip():
-        pairs = list(hub.pairs)
-    else:
-        if len(text) > _MAX_PAIRS_PARAM:
-            return bad_request(
-                "too_many_pairs",
-                f"at most {hub.settings.server.max_pairs_per_connection} pairs per connection",
-            )
-        try:
-            pairs = parse_pair_list(text)
-        except ValueError as exc:
-            return bad_request("malformed_pair", str(exc), allowed=list(hub.pairs))
-        unknown = [p for p in pairs if p not in hub.pairs]
-        if unknown:
-            return bad_request(
-                "unknown_pair",
-                f"unknown pair {', '.join(unknown)}; allowed: {', '.join(hub.pairs)}",
-                allowed=list(hub.pairs),
-            )
     limit = hub.settings.server.max_pairs_per_connection
-    if len(pairs) > limit:
+    if text is None or not text.strip():
+        return frozenset(hub.pinned)
+    if len(text) > _MAX_PAIRS_PARAM:
+        return bad_request("too_many_pairs", f"at most {limit} pairs per connection")
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if len(parts) > limit:
         return bad_request(
-            "too_many_pairs", f"{len(pairs)} pairs requested; at most {limit} per connection"
+            "too_many_pairs", f"{len(parts)} pairs requested; at most {limit} per connection"
         )
+    try:
+        pairs = hub.resolve(parts)
+    except Refusal as exc:
+        return refusal_response(exc)
     return frozenset(pairs)
+
+
+def refusal_response(exc: Refusal) -> web.Response:
+    """The JSON error of a :class:`Refusal` (``Retry-After`` when it says when)."""
+    body: dict[str, object] = {"error": exc.code, "detail": str(exc)}
+    if exc.code == "unknown_pair":
+        body["suggestions"] = list(exc.suggestions)
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return web.json_response(body, status=exc.status, headers=headers)
+
+
+async def activate(hub: Hub, request: web.Request, pairs: frozenset[str]) -> web.Response | None:
+    """Make the requested pairs heard and wanted; the error response if refused."""
+    try:
+        await hub.activate(sorted(pairs), request.remote or "?")
+    except Refusal as exc:
+        if exc.status != 400:
+            hub.count_rejected(exc.code)
+        return refusal_response(exc)
+    return None
 
 
 def _wants_event_stream(request: web.Request) -> bool:
@@ -105,6 +122,9 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     reason = hub.admit(ip, len(pairs))
     if reason is not None:
         return await _turn_away(hub, request, reason)
+    refused = await activate(hub, request, pairs)
+    if refused is not None:
+        return refused
 
     s = hub.settings.server
     if request.transport is not None:

@@ -211,3 +211,50 @@ async def test_a_busy_shard_is_not_held_back_by_quiet_ones(cluster: RedisCluster
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+
+
+async def test_pairs_added_at_run_time_on_any_shard(cluster: RedisClusterNodes) -> None:
+    """A subscription that starts with one pair and adds the others at run time (on
+    shards it had no connection to) gets their updates; a removed pair's stop."""
+    fence = await _lease(cluster.url)
+    first = PAIRS[0]
+    owner = cluster.owner(keys.channel("", first))
+    others = [p for p in PAIRS if cluster.owner(keys.channel("", p)) != owner][:3]
+    async with _bus(cluster.url) as publisher, _bus(cluster.url_via(owner)) as sub_bus:
+        sub = sub_bus.subscribe([first])
+        events: list[Update | Gap] = []
+        reader = asyncio.ensure_future(_collect(sub, events))
+        try:
+            await until(lambda: events, 10, "subscribed")
+            added = await sub.add(others)
+            assert added == others
+            seq = 0
+
+            async def step(want: set[str]) -> bool:
+                nonlocal seq
+                seq += 1
+                await publisher.publish([_update(p, seq, fence.epoch) for p in PAIRS], fence)
+                got = {e.update.pair for e in events if isinstance(e, Update)}
+                return want <= got
+
+            await until(lambda: step({first, *others}), 10, "updates of the added pairs")
+            assert await sub.remove([first]) == [first]
+            mark = len(events)
+            removed_at = seq
+
+            async def more() -> bool:
+                await step(set(others))
+                return len(events) > mark + 4 * len(others)
+
+            await until(more, 10, "more updates")
+            # Two publishes on, the UNSUBSCRIBE sent on the other connection has long
+            # been processed.
+            later = {
+                e.update.pair
+                for e in events
+                if isinstance(e, Update) and e.update.seq > removed_at + 2
+            }
+            assert first not in later and set(others) <= later
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)

@@ -201,13 +201,13 @@ async def test_reconnects_after_server_restart_with_no_duplicate(tmp_path: Path)
 
 
 async def test_unknown_pair_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    """A pair serve does not carry: one error line naming the allowed pairs, exit 2."""
+    """A pair serve cannot serve: one error line naming it and what can be, exit 2."""
     cfg = write_config(tmp_path)
     async with running() as r:
-        code, out, err = await run_cli("--config", str(cfg), "tail", "DOGE/USD", "--url", r.url(""))
+        code, out, err = await run_cli("--config", str(cfg), "tail", "FOO/BAR", "--url", r.url(""))
     assert code == 2 and out == ""
     assert err.count("\n") == 1
-    assert "unknown pair DOGE/USD" in err and "allowed: BTC/USD, ETH/USD, SOL/USD" in err
+    assert "unknown pair 'FOO/BAR'" in err and "BTC/USD, ETH/USD, SOL/USD" in err
 
 
 async def test_malformed_pair_is_a_usage_error(tmp_path: Path) -> None:

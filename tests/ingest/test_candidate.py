@@ -349,6 +349,17 @@ async def test_sigkill_new_epoch_within_three_seconds(
     async with system(tmp_path, redis_server) as s:
         old = await s.leader()
         await s.flowing(20)
+        # Every standby has seen the holder (a slow start could otherwise make its first
+        # attempt after the kill, and it would find the lease free, not taken over).
+        await until(
+            lambda: all(
+                "standby: the lease is held by" in s.cluster.log(p)
+                for p in s.cluster.procs
+                if p is not old
+            ),
+            15,
+            "every standby to see the leader",
+        )
         old_epoch = s.consumer.newest_epoch()
         t0 = time.monotonic()
         old.kill()

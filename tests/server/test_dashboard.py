@@ -249,3 +249,62 @@ async def test_serve_marks_a_pair_stale_when_updates_stop(browser):
         assert r.hub.stale_marked == 1
         await r.publish_pairs("ETH/USD", price="2001.00")
         await row(page, "ETH/USD", "stale").wait_for(state="hidden")
+
+
+async def test_pair_picker_adds_and_removes_with_one_event_source(browser):
+    """Pick a pair no config names from the suggestions: it shows live, to its tick size;
+    remove it: the row goes, the URL and localStorage follow, and the page still holds
+    exactly one EventSource (re-created only when the set changed)."""
+    from pricectl.core.pairs import bundled_symbols
+    from pricectl.core.universe import Universe
+
+    universe = Universe.from_symbols(bundled_symbols(), {"USD": "USDT"})
+    async with running(make_settings(update_debounce_ms=50)) as r:
+        r.hub.universe = lambda: universe
+        await r.publish_pairs("BTC/USD", price="1.00")
+        page = await open_dashboard(browser, r, "?shared=0&pairs=BTC/USD")
+        await row(page, "BTC/USD", "price").filter(has_text="1.00").wait_for()
+        await page.fill("#pair-search", "ethb")
+        await page.wait_for_function("(window.pricectl.suggestions || []).indexOf('ETH/BTC') >= 0")
+        await page.fill("#pair-search", "eth-btc")
+        await page.click("#picker button[type=submit]")
+        await row(page, "ETH/BTC", "price").wait_for()
+        await until(lambda: "ETH/BTC" in r.hub.pairs, 10, "serve hears ETH/BTC")
+        await until(lambda: r.fanout.clients == 1, 10, "one stream for the new set")
+        await r.publish_pairs("ETH/BTC", price="0.05343100")
+        # ETH/BTC's tick size is 0.000001: six decimals
+        await row(page, "ETH/BTC", "price").filter(has_text="0.053431").wait_for()
+        assert await row(page, "ETH/BTC", "price").text_content() == "0.053431"
+        assert await row(page, "ETH/BTC", "badge").text_content() == "Live"
+        assert "pairs=BTC/USD,ETH/BTC" in page.url
+        assert await page.evaluate("localStorage.getItem('pricectl.pairs')") == "BTC/USD,ETH/BTC"
+        await page.click('tr[data-pair="ETH/BTC"] .remove')
+        await page.locator('tr[data-pair="ETH/BTC"]').wait_for(state="detached")
+        assert "ETH/BTC" not in page.url
+        await until(
+            lambda: r.fanout.clients == 1 and r.fanout.connections_total == 3,
+            10,
+            "the stream re-created once more for the smaller set",
+        )
+        stats = await _page_stats(page)
+        assert stats["open"] == 1 and stats["created"] == 3, stats
+        await r.publish_pairs("BTC/USD", price="2.00")
+        await row(page, "BTC/USD", "price").filter(has_text="2.00").wait_for()
+        # an unknown pair is refused in the page, with suggestions
+        await page.fill("#pair-search", "BTC/USX")
+        await page.click("#picker button[type=submit]")
+        await page.locator("#picker-error").filter(has_text="Unknown pair BTC/USX").wait_for()
+        assert await page.locator("tr[data-pair]").count() == 1
+        # a pair serve refuses to turn on (here: this address's rate of new pairs) is
+        # said in the page, and the stream of the others is left alone
+        r.hub.activations.policy = replace(r.hub.activations.policy, per_ip=1)
+        from pricectl.core.demand import Activations
+
+        r.hub.activations = Activations(r.hub.activations.policy)
+        r.hub.activations.allow("127.0.0.1", 1, r.hub._clock())
+        before = r.fanout.connections_total
+        await page.fill("#pair-search", "LTC/BTC")
+        await page.click("#picker button[type=submit]")
+        await page.locator("#picker-error").filter(has_text="Cannot add LTC/BTC").wait_for()
+        assert await page.locator("tr[data-pair]").count() == 1
+        assert r.fanout.connections_total == before and r.fanout.clients == 1

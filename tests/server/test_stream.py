@@ -49,7 +49,7 @@ async def test_snapshot_then_live():
 
 
 async def test_bad_requests_are_400_json():
-    """Unknown pair (with the allowed list), malformed pair, too many pairs, malformed id: 400."""
+    """Unknown pair (with suggestions), malformed pair, too many pairs, malformed id: 400."""
     async with running(make_settings(max_pairs_per_connection=2)) as r:
         async with aiohttp.ClientSession() as s:
 
@@ -59,9 +59,10 @@ async def test_bad_requests_are_400_json():
 
             st, body = await get("?pairs=DOGE/USD")
             assert st == 400 and body["error"] == "unknown_pair"
-            assert body["allowed"] == ["BTC/USD", "ETH/USD", "SOL/USD"]
-            assert "BTC/USD" in body["detail"]
-            st, body = await get("?pairs=BTC-USD")
+            # No exchangeInfo in this harness: only the pinned pairs are known, and named.
+            assert body["suggestions"] == ["BTC/USD", "ETH/USD", "SOL/USD"]
+            assert "'DOGE/USD'" in body["detail"] and "BTC/USD" in body["detail"]
+            st, body = await get("?pairs=BTC/USD/EUR")
             assert st == 400 and body["error"] == "malformed_pair"
             st, body = await get("?pairs=BTC/USD,ETH/USD,SOL/USD")
             assert st == 400 and body["error"] == "too_many_pairs"

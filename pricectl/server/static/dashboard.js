@@ -10,6 +10,11 @@
  * being down) are shown as Cached. Ages are computed on the server's clock: the stream
  * sends it (`event: clock`) and the page keeps the offset, so a machine whose clock is a
  * minute behind still shows the right age and turns Stale on time.
+ *
+ * The pair picker: any pair the exchange lists can be added (suggestions come from
+ * /api/market-data/pairs?q=) and any row removed, without a reload. The set is kept in
+ * the URL (?pairs=) and in localStorage; changing it re-creates the one stream for the
+ * new set (and only then). Prices are shown to the pair's tick size.
  */
 (function () {
   "use strict";
@@ -23,6 +28,11 @@
   var pending = {};
   var statsSeq = 0;
   var clockOffset = 0; // server clock - Date.now(), from the stream's clock events
+  var decimals = {}; // pair -> decimals of its tick size (from /api/market-data/pairs)
+  var pairs = []; // the pairs shown, in order
+  var STORE = "pricectl.pairs";
+  var PAIRS_API = "/api/market-data/pairs";
+  var PRICES_API = "/api/market-data/prices";
   window.pricectl = { renders: 0, mode: null, stats: null, pairs: [], clockOffset: 0 };
 
   function now() { return Date.now() + clockOffset; }
@@ -34,11 +44,28 @@
     return e;
   }
 
-  function buildTable(pairs) {
+  /* "43250.12000000" with 2 decimals -> "43250.12"; unknown decimals: as sent. */
+  function fmtPrice(pair, text) {
+    var n = decimals[pair];
+    if (text == null || n == null || typeof text !== "string" || !/^-?\d+(\.\d*)?$/.test(text)) {
+      return text == null ? "" : text;
+    }
+    var parts = text.split(".");
+    if (n === 0) return parts[0];
+    var frac = ((parts[1] || "") + "0".repeat(n)).slice(0, n);
+    return parts[0] + "." + frac;
+  }
+
+  function buildTable(list) {
     var body = document.querySelector("#prices tbody");
     body.textContent = "";
     rows = {};
-    pairs.forEach(function (pair) {
+    list.forEach(addRow);
+  }
+
+  function addRow(pair) {
+    var body = document.querySelector("#prices tbody");
+    (function () {
       var tr = el("tr");
       tr.dataset.pair = pair;
       var cells = {
@@ -51,12 +78,19 @@
       cells.stale.hidden = true;
       cells.source.appendChild(cells.badge);
       cells.source.appendChild(cells.stale);
-      ["pair", "price", "change", "bid", "ask", "age", "source"].forEach(function (k) {
+      cells.remove = el("td", "actions");
+      var btn = el("button", "remove", "×");
+      btn.type = "button";
+      btn.title = "Remove " + pair;
+      btn.setAttribute("aria-label", "Remove " + pair);
+      btn.addEventListener("click", function () { removePair(pair); });
+      cells.remove.appendChild(btn);
+      ["pair", "price", "change", "bid", "ask", "age", "source", "remove"].forEach(function (k) {
         tr.appendChild(cells[k]);
       });
       body.appendChild(tr);
       rows[pair] = { tr: tr, cells: cells, data: null, via: null, marked: false };
-    });
+    })();
   }
 
   function stampMs(d) {
@@ -81,12 +115,12 @@
     var d = row.data;
     var c = row.cells;
     if (!d) return;
-    c.price.textContent = d.price;
+    c.price.textContent = fmtPrice(d.pair, d.price);
     var pct = d.change_pct;
     c.change.textContent = pct == null ? "" : (pct.charAt(0) === "-" ? pct : "+" + pct) + "%";
     c.change.className = "num change " + (pct == null ? "" : pct.charAt(0) === "-" ? "down" : "up");
-    c.bid.textContent = d.bid == null ? "" : d.bid;
-    c.ask.textContent = d.ask == null ? "" : d.ask;
+    c.bid.textContent = fmtPrice(d.pair, d.bid);
+    c.ask.textContent = fmtPrice(d.pair, d.ask);
     var label = row.via === "rest" ? "Cached" : SOURCE[d.source] || d.source;
     c.badge.textContent = label;
     c.badge.dataset.source = label;
@@ -165,6 +199,9 @@
     port.postMessage({ type: "subscribe", pairs: pairs, failoverMs: cfg.failover_ms });
     return {
       mode: "shared",
+      setPairs: function (next) {
+        port.postMessage({ type: "subscribe", pairs: next, failoverMs: cfg.failover_ms });
+      },
       close: function () { port.postMessage({ type: "close" }); },
       refresh: function () { port.postMessage({ type: "stats", id: ++statsSeq }); },
     };
@@ -175,6 +212,7 @@
     f.setPairs(pairs);
     return {
       mode: "direct",
+      setPairs: function (next) { f.setPairs(next); },
       close: function () { f.close(); },
       refresh: function () {
         var st = f.stats();
@@ -185,27 +223,141 @@
     };
   }
 
-  function start() {
+  function savedPairs() {
     var q = new URLSearchParams(location.search);
-    var pairs = cfg.pairs;
-    if (q.get("pairs")) {
-      pairs = q.get("pairs").split(",").map(function (p) { return p.trim().toUpperCase(); })
-        .filter(function (p) { return cfg.pairs.indexOf(p) >= 0; });
+    var text = q.get("pairs");
+    if (!text) {
+      try { text = localStorage.getItem(STORE); } catch (e) { text = null; }
     }
-    window.pricectl.pairs = pairs;
-    buildTable(pairs);
-    var shared = typeof SharedWorker === "function" && q.get("shared") !== "0";
-    try {
-      feed = shared ? connectShared(pairs) : connectDirect(pairs);
-    } catch (err) {
-      feed = connectDirect(pairs);
-    }
-    window.pricectl.mode = feed.mode;
-    window.pricectl.refreshStats = function () { feed.refresh(); };
-    setInterval(function () {
-      Object.keys(rows).forEach(function (p) { renderAge(rows[p]); });
-    }, 1000);
+    if (!text) return null;
+    return text.split(",").map(function (p) { return p.trim(); }).filter(Boolean);
   }
+
+  function keep() {
+    var q = new URLSearchParams(location.search);
+    q.set("pairs", pairs.join(","));
+    history.replaceState(null, "", location.pathname + "?" + q.toString().replace(/%2F/g, "/")
+      .replace(/%2C/g, ","));
+    try { localStorage.setItem(STORE, pairs.join(",")); } catch (e) { /* private mode */ }
+    window.pricectl.pairs = pairs.slice();
+  }
+
+  function describe(list) {
+    // Canonical names, tick sizes; unknown names are left out by the server.
+    return fetch(PAIRS_API + "?pairs=" + encodeURIComponent(list.join(",")), { cache: "no-store" })
+      .then(function (r) { return r.json(); })
+      .then(function (doc) {
+        (doc.pairs || []).forEach(function (e) {
+          if (e.decimals != null) decimals[e.pair] = e.decimals;
+        });
+        return (doc.pairs || []).map(function (e) { return e.pair; });
+      });
+  }
+
+  function showError(text) {
+    var e = document.getElementById("picker-error");
+    e.textContent = text || "";
+    e.hidden = !text;
+  }
+
+  function setPairs(next) {
+    pairs = next;
+    keep();
+    if (feed) feed.setPairs(pairs);
+  }
+
+  function addPair(text) {
+    showError("");
+    return describe([text]).then(function (found) {
+      if (!found.length) {
+        return fetch(PAIRS_API + "?q=" + encodeURIComponent(text) + "&limit=5")
+          .then(function (r) { return r.json(); })
+          .then(function (doc) {
+            var near = (doc.pairs || []).map(function (e) { return e.pair; });
+            showError("Unknown pair " + text + (near.length ? ": did you mean " + near.join(", ") + "?" : ""));
+          });
+      }
+      var pair = found[0];
+      if (pairs.indexOf(pair) >= 0) return;
+      // Turn it on first (a REST request): a refusal (the cluster's cap, the rate of new
+      // pairs) is shown here and the stream of the other pairs is left as it is.
+      return fetch(PRICES_API + "?pairs=" + encodeURIComponent(pair), { cache: "no-store" })
+        .then(function (r) {
+          if (r.ok) {
+            addRow(pair);
+            setPairs(pairs.concat([pair]));
+            return;
+          }
+          return r.json().then(function (doc) {
+            showError("Cannot add " + pair + ": " + (doc.detail || doc.error || r.status));
+          });
+        });
+    });
+  }
+
+  function removePair(pair) {
+    var row = rows[pair];
+    if (!row) return;
+    row.tr.remove();
+    delete rows[pair];
+    delete pending[pair];
+    setPairs(pairs.filter(function (p) { return p !== pair; }));
+  }
+
+  function picker() {
+    var form = document.getElementById("picker");
+    var input = document.getElementById("pair-search");
+    var list = document.getElementById("pair-suggestions");
+    var timer = null;
+    input.addEventListener("input", function () {
+      clearTimeout(timer);
+      timer = setTimeout(function () {
+        var q = input.value.trim();
+        if (!q) return;
+        fetch(PAIRS_API + "?q=" + encodeURIComponent(q) + "&limit=10", { cache: "no-store" })
+          .then(function (r) { return r.json(); })
+          .then(function (doc) {
+            list.textContent = "";
+            (doc.pairs || []).forEach(function (e) {
+              var o = document.createElement("option");
+              o.value = e.pair;
+              list.appendChild(o);
+            });
+            window.pricectl.suggestions = (doc.pairs || []).map(function (e) { return e.pair; });
+          });
+      }, 150);
+    });
+    form.addEventListener("submit", function (e) {
+      e.preventDefault();
+      var text = input.value.trim();
+      if (!text) return;
+      addPair(text).then(function () { input.value = ""; });
+    });
+    window.pricectl.addPair = addPair;
+    window.pricectl.removePair = removePair;
+  }
+
+  function start() {
+    var wanted = savedPairs() || cfg.pairs;
+    describe(wanted).then(function (found) {
+      pairs = found.length ? found : cfg.pairs.slice();
+      keep();
+      buildTable(pairs);
+      var q = new URLSearchParams(location.search);
+      var shared = typeof SharedWorker === "function" && q.get("shared") !== "0";
+      try {
+        feed = shared ? connectShared(pairs) : connectDirect(pairs);
+      } catch (err) {
+        feed = connectDirect(pairs);
+      }
+      window.pricectl.mode = feed.mode;
+      window.pricectl.refreshStats = function () { feed.refresh(); };
+    });
+  }
+
+  setInterval(function () {
+    Object.keys(rows).forEach(function (p) { renderAge(rows[p]); });
+  }, 1000);
 
   window.addEventListener("pagehide", function () {
     if (feed) feed.close();
@@ -221,6 +373,7 @@
       cfg = c;
       cfg.failover_ms = cfg.failover_ms || 3000;
       document.getElementById("simulated").hidden = !cfg.simulated;
+      picker();
       start();
     });
 })();

@@ -1,0 +1,59 @@
+"""Pairs on demand in one `pricectl serve --simulate` process (memory://, the relay
+embedded): a pair no config names is turned on by a stream, reported by health and
+/metrics, and turned off again after idle_grace."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import aiohttp
+
+from tests.server.harness import SSEConn
+from tests.server.serve_process import serve_process
+from tests.waiting import until
+
+
+async def test_embedded_relay_follows_demand_and_reports_it(tmp_path: Path) -> None:
+    """ETH/BTC asked for: a price then live ones, health's demand object and /metrics say
+    it is active with one first price measured; nobody watching, it goes after idle_grace."""
+    env = {"PRICECTL_EXCHANGE__IDLE_GRACE": "2s", "PRICECTL_PAIRS": "BTC/USD"}
+    async with (
+        serve_process(tmp_path / "serve.log", "--simulate", env=env) as serve,
+        aiohttp.ClientSession() as http,
+    ):
+        await until(lambda: serve.log.count("exchangeInfo:") > 0, 10, "exchangeInfo read")
+        conn = await SSEConn.open(serve.port, "/api/market-data/stream?pairs=ethbtc")
+        try:
+            assert conn.status == 200
+            events = await conn.wait_events(2, timeout=10)
+            first = json.loads(events[0].data)
+            assert first["pair"] == "ETH/BTC" and first["source"] == "rest"
+            await until(
+                lambda: any(json.loads(e.data)["source"] == "ws" for e in conn.events),
+                10,
+                "a live ETH/BTC price",
+            )
+            async with http.get(serve.url("/api/market-data/health")) as resp:
+                health = await resp.json()
+            demand = health["demand"]
+            assert demand["pinned"] == ["BTC/USD"] and "ETH/BTC" in demand["active"]
+            assert demand["first_price_ms"]["count"] == 1
+            assert demand["universe"] and demand["universe"] > 1000
+            assert health["status"] in ("ok", "degraded"), health["reasons"]
+            async with http.get(serve.url("/metrics")) as resp:
+                metrics = await resp.text()
+            assert 'pricectl_pairs{kind="active"} 2' in metrics
+            assert "pricectl_first_price_count 1" in metrics
+            assert "pricectl_exchange_connections 1" in metrics
+            assert "pricectl_exchange_control_messages_per_second" in metrics
+        finally:
+            conn.close()
+
+        async def gone() -> bool:
+            async with http.get(serve.url("/api/market-data/health")) as resp:
+                doc = await resp.json()
+            return doc["demand"]["active"] == ["BTC/USD"] and doc["demand"]["wanted"] == []
+
+        await until(gone, 10, "ETH/BTC turned off after idle_grace")
+        assert "ETH/BTC no longer wanted here" in serve.log
