@@ -74,6 +74,7 @@ _DEMOTED = "The previous master is now a slave"
 #: and when one refused our credentials.
 _NO_SENTINEL = "no sentinel reachable at "
 _SENTINEL_AUTH = "authentication failed at the sentinels"
+_DATA_NODE = "data node, not a sentinel"
 
 
 class Failure(enum.Enum):
@@ -137,6 +138,8 @@ def classify(exc: BaseException) -> Failure:
             return Failure.UNREACHABLE
         if str(exc).startswith(_SENTINEL_AUTH):
             return Failure.AUTH
+        if _DATA_NODE in str(exc):
+            return Failure.NOT_REDIS
         return Failure.NO_MASTER
     if isinstance(exc, AskError):  # MovedError is a subclass
         return Failure.REDIRECT
@@ -225,9 +228,12 @@ def explain(url: str, exc: BaseException) -> str:
         has_password = bool(parts.password) or "password=" in parts.query.lower()
     except ValueError:
         host, has_password = "", True
+    data_node = next((e for e in chain if _DATA_NODE in str(e)), None)
+    if data_node is not None:
+        return _text(data_node)
     sentinel_auth = next((e for e in chain if str(e).startswith(_SENTINEL_AUTH)), None)
     if sentinel_auth is not None:
-        return f"{_text(sentinel_auth)} ({where})"
+        return _text(sentinel_auth)
     if Failure.AUTH in kinds or "wrongpass" in texts or "username-password" in texts:
         if not has_password:
             return (

@@ -191,12 +191,20 @@ class _Sentinels(Sentinel):
                 ip = self._force_master_ip if self._force_master_ip is not None else state["ip"]
                 return ip, state["port"]
         where = ", ".join(_address(n) for n in self.sentinels)
+        data = [a for a, e in failed if classify(e) is Failure.NOT_REDIS]
+        if data:
+            # Only a data node answers SENTINEL with "unknown command".
+            raise SentinelsUnreachable(
+                f"{', '.join(data)}: a Redis data node, not a sentinel: list the "
+                "sentinels' ports (usually 26379) in the URL"
+            )
         refused = [e for _, e in failed if classify(e) is Failure.AUTH]
         if refused:
             detail = str(refused[0]).strip() or type(refused[0]).__name__
             raise SentinelsUnreachable(
                 f"authentication failed at the sentinels {where} ({detail}): set "
-                "sentinel_password (and sentinel_username) in the URL's query"
+                "sentinel_password (and sentinel_username) in the URL's query, or, if "
+                "that is a data node's port, list the sentinels' instead"
             )
         if len(failed) == len(self.sentinels):
             detail = str(failed[0][1]).strip() or type(failed[0][1]).__name__

@@ -54,6 +54,7 @@ class World:
             plain_tls=self.plain_redis.replace("redis://", "rediss://"),
             auth=self.auth_redis,
             auth_port=self.auth_redis.rsplit(":", 1)[1].split("/")[0],
+            plain_port=self.plain_redis.rsplit(":", 1)[1].split("/")[0],
             free=free_port(),
             sentinel=self.sentinel_port,
         )
@@ -176,6 +177,16 @@ CASES: dict[str, Case] = {
         2,
         ("bus.url:", "port 'x' is not a number"),
         {"REDIS_URL": "redis+sentinel://:pw@h1:26379,h2:x/mymaster/0"},
+    ),
+    "a data node's port as a sentinel": Case(
+        ("health", "--redis", "redis+sentinel://127.0.0.1:{plain_port}/mymaster/0"),
+        2,
+        ("a Redis data node, not a sentinel", "sentinels' ports"),
+    ),
+    "a password-protected data node's port as a sentinel": Case(
+        ("health", "--redis", "redis+sentinel://:pw@127.0.0.1:{auth_port}/mymaster/0"),
+        2,
+        ("authentication failed at the sentinels", "a data node's port"),
     ),
     "every sentinel down": Case(
         ("health", "--redis", "redis+sentinel://:pw@127.0.0.1:{free},127.0.0.1:{taken}/mymaster/0"),
