@@ -182,6 +182,12 @@ class RedisClusterNodes:
             if "master" in str(info["flags"]) and "fail" not in str(info["flags"]) and info["slots"]
         )
 
+    def replicas_of(self, primary: int) -> list[int]:
+        """Ports of the replicas of the primary on ``primary``."""
+        nodes = self._nodes(self._live())
+        node_id = nodes[primary]["node_id"]
+        return [port for port, info in nodes.items() if info["master_id"] == node_id]
+
     def owner(self, key: str, via: int | None = None) -> int:
         """The port of the live primary that owns ``key``'s slot."""
         port = via if via is not None else self._live()

@@ -356,6 +356,21 @@ class BoundedCluster(RedisCluster):
         """Re-read the slot map (after a node failed, before subscribing again)."""
         await self.nodes_manager.initialize()
 
+    async def cluster_state(self) -> str | None:
+        """``cluster_state`` (``ok``, ``fail``) as the first node that answers says it,
+        within one second; None if none does."""
+        try:
+            async with asyncio.timeout(1.0):
+                for node in list(self.get_nodes()):
+                    try:
+                        info = await self.cluster_info(target_nodes=node)
+                    except (RedisError, RedisClusterException, OSError):
+                        continue
+                    return str(info.get("cluster_state")) if info else None
+        except TimeoutError:
+            return None
+        return None
+
 
 #: A client of any URL form (:func:`connect_any`).
 RedisClient = BoundedRedis | BoundedCluster
@@ -827,12 +842,22 @@ class RedisBus:
 
     async def want(self, pairs: Sequence[str], wall: float, *, wake: bool = False) -> None:
         """``ZADD GT`` each pair with ``wall`` (ms) into :func:`~pricectl.bus.keys.wanted`,
-        and with ``wake`` a PUBLISH on the wake channel, in one round trip."""
+        and with ``wake`` a PUBLISH on the wake channel, in one round trip (two on a
+        cluster, whose pipelines refuse PUBLISH: it goes to every node anyway)."""
         if not pairs:
             return
         score = int(wall * 1000)
         try:
             async with asyncio.timeout(self._client.op_timeout):
+                if self._cluster:
+                    await self._client.zadd(
+                        keys.wanted(self.prefix), dict.fromkeys(pairs, score), gt=True
+                    )
+                    if wake:
+                        await self._client.publish(
+                            keys.wanted_channel(self.prefix), "\n".join(pairs)
+                        )
+                    return
                 async with self._client.pipeline(transaction=False) as pipe:
                     pipe.zadd(keys.wanted(self.prefix), dict.fromkeys(pairs, score), gt=True)
                     if wake:
@@ -867,6 +892,13 @@ class RedisBus:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             self._pubsubs.add(pubsub)
             try:
+                if self._cluster:
+                    # The slot map first (fresh after a failure): a cluster's pubsub
+                    # picks its node from it, and classic pub/sub reaches every node.
+                    if backoff.attempt:
+                        await self._client.refresh()
+                    else:
+                        await self._client.initialize()
                 await pubsub.subscribe(keys.wanted_channel(self.prefix))
                 backoff.connected(time.monotonic())
                 yield None
@@ -951,6 +983,9 @@ class RedisBus:
                     holder, beat, role = await retry_once(self._probe_once)
             except (RedisError, *_UNREACHABLE) as exc:
                 self.responsive = False
+                if self._cluster:
+                    # The lease's shard did not answer: what does the rest say?
+                    self.cluster_state = await self._client.cluster_state()
                 self._set_connected(False, exc, first=True)
                 delay = min(self._probe_interval, backoff.next_delay(time.monotonic()))
                 await self._pause(delay)

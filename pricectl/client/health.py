@@ -243,10 +243,22 @@ async def redis_health(
         else:
             master = client.master_address()
     except (BusError, RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+        reason = explain(url, exc)
+        extra: dict[str, Any] = {}
+        if cluster:
+            # The lease's shard did not answer; the nodes that do say why.
+            state = await client.cluster_state()
+            extra["cluster_state"] = state
+            if state is not None and state != "ok":
+                detail = str(exc).strip() or type(exc).__name__
+                reason = (
+                    f"the Redis Cluster at {where} is down (cluster_state {state}): the "
+                    f"primary of the lease's slot and its replicas are gone ({detail})"
+                )
         doc.update(
             status="down",
-            reasons=[explain(url, exc)],
-            bus={"url": where, "connected": False, **_target(client, None, None)},
+            reasons=[reason],
+            bus={"url": where, "connected": False, **_target(client, None, None), **extra},
         )
         return doc
     finally:

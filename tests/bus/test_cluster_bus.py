@@ -258,3 +258,46 @@ async def test_pairs_added_at_run_time_on_any_shard(cluster: RedisClusterNodes) 
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+
+
+async def test_a_wanted_pair_wakes_the_leader_on_a_cluster(cluster: RedisClusterNodes) -> None:
+    """serve's ``want`` (ZADD GT and the wake-up PUBLISH) works on a cluster, and a
+    listener of the wake-up channel connected through another node hears it."""
+    first, last = cluster.primaries()[0], cluster.primaries()[-1]
+    async with _bus(cluster.url_via(first)) as serve_bus, _bus(cluster.url_via(last)) as leader:
+        wakes = 0
+
+        async def listen() -> None:
+            nonlocal wakes
+            async for _ in leader.demand_wakeups():
+                wakes += 1
+
+        listener = asyncio.ensure_future(listen())
+        try:
+            await until(lambda: wakes >= 1, 10, "the listener subscribed")
+            now = time.time()
+            await serve_bus.want(["ZEC/BTC"], now, wake=True)
+            await until(lambda: wakes >= 2, 5, "the wake-up")
+            wanted = await leader.wanted(now, 60.0)
+            assert set(wanted) == {"ZEC/BTC"}
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+
+
+async def test_a_shard_gone_whole_is_named_cluster_down(cluster: RedisClusterNodes) -> None:
+    """The lease's primary and its replica both SIGKILLed (the other nodes answer):
+    health --redis says the cluster is down with its cluster_state, not "nothing listens",
+    and a bus reports cluster_state fail."""
+    owner = cluster.owner(keys.leader(keys.slot_prefix("")))
+    seed = next(p for p in cluster.primaries() if p != owner)
+    async with _bus(cluster.url_via(seed)) as bus:
+        await until(lambda: bus.cluster_state == "ok", 10, "the bus's probe")
+        for port in [owner, *cluster.replicas_of(owner)]:
+            cluster.kill(port)
+        await until(lambda: bus.cluster_state == "fail", 15, "cluster_state fail at the bus")
+        assert not bus.connected
+        doc = await redis_health(cluster.url_via(seed), [])
+        assert doc["status"] == "down" and doc["bus"]["cluster_state"] == "fail", doc
+        (reason,) = doc["reasons"]
+        assert "is down (cluster_state fail)" in reason, reason
