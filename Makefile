@@ -6,9 +6,9 @@ PY        ?= python3
 VENV      := .venv
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
-# System packages the test suite needs (real Redis processes, a real headless browser,
-# a real terminal for `tail`'s live table).
-SYSTEM_PACKAGES := redis-server chromium tmux
+# System packages the test suite needs (real Redis processes and sentinels, a real
+# headless browser, a real terminal for `tail`'s live table).
+SYSTEM_PACKAGES := redis-server redis-sentinel chromium tmux
 
 .PHONY: run demo test lint typecheck pytest bench clean system-packages venv
 
@@ -32,6 +32,7 @@ demo: $(STAMP)
 system-packages:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v redis-sentinel >/dev/null 2>&1 || missing="$$missing redis-sentinel"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v tmux >/dev/null 2>&1 || missing="$$missing tmux"; \
 	if [ -n "$$missing" ]; then \

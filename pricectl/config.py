@@ -46,6 +46,7 @@ from pricectl.core.lease import LeasePolicy
 from pricectl.core.pairs import PairMap, known_symbols, parse_pair
 from pricectl.core.policy import PolicyError
 from pricectl.core.redaction import redact
+from pricectl.core.redis_url import CLUSTER_FORM, SENTINEL_FORM, parse_redis_url
 from pricectl.errors import ConfigError
 
 __all__ = [
@@ -581,15 +582,22 @@ def check_redis_url(url: str, *, allow_memory: bool = False) -> str | None:
     """What is wrong with the Redis URL ``url`` (one sentence, the URL redacted), or None.
 
     The rule of ``bus.url``, ``--redis`` and ``REDIS_URL`` alike, checked before anything
-    connects: a scheme redis-py takes (``redis://``, ``rediss://`` for TLS, ``unix://``),
-    a host, a port that is a number from 1 to 65535, a database that is a number.
+    connects: a scheme pricectl takes (``redis://``, ``rediss://`` for TLS, ``unix://``,
+    ``redis+sentinel://`` / ``rediss+sentinel://`` for a Sentinel service,
+    ``redis+cluster://`` / ``rediss+cluster://`` for a Redis Cluster), a host, a port
+    that is a number from 1 to 65535, a database that is a number
+    (:func:`pricectl.core.redis_url.parse_redis_url` for the Sentinel and Cluster forms).
     """
     shown = redact(url)
-    schemes = (
-        "memory://, redis://, rediss:// or unix://"
-        if allow_memory
-        else ("redis://, rediss:// or unix://")
-    )
+    schemes = "redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
+    if allow_memory:
+        schemes = "memory://, " + schemes
+    try:
+        target = parse_redis_url(url)
+    except ValueError as exc:
+        return str(exc)
+    if target.kind != "standalone":
+        return None
     try:
         parts = urlsplit(url)
     except ValueError as exc:
@@ -601,6 +609,16 @@ def check_redis_url(url: str, *, allow_memory: bool = False) -> str | None:
             return f"expected unix:///path/to/redis.sock, got {shown!r}"
         return None
     hostinfo = parts.netloc.rpartition("@")[2]
+    if "," in hostinfo:
+        return (
+            f"several hosts in {shown!r}: for Sentinel use {SENTINEL_FORM}, "
+            f"for a Redis Cluster {CLUSTER_FORM}"
+        )
+    if "sentinel" in parts.query.lower():
+        return (
+            f"a Sentinel service is named in the URL's path, not in its query ({shown!r}): "
+            f"expected {SENTINEL_FORM}"
+        )
     if hostinfo.startswith("["):
         host, _, rest = hostinfo[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else ""

@@ -188,7 +188,8 @@ def test_rules_follow_the_type_errors_in_schema_order(tmp_path: Path) -> None:
         f"{f}:7: resilience.heartbeat.idle_timeout: must be greater than 0",
         f"{f}:8: resilience.heartbeat.stale_after: must be greater than 0",
         f"{f}:5: resilience.fallback.rest_poll_interval: must be greater than 0",
-        f"{f}:15: bus.url: expected memory://, redis://, rediss:// or unix://, got 'kafka://x'",
+        f"{f}:15: bus.url: expected memory://, redis://, rediss://, unix://, "
+        "redis+sentinel:// or redis+cluster://, got 'kafka://x'",
     ]
 
 
@@ -220,9 +221,31 @@ def test_bad_bus_url_and_pairs(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(f, env={})
     text = "\n".join(err.value.problems)
-    assert "bus.url: expected memory://, redis://, rediss:// or unix://" in text
+    assert (
+        "bus.url: expected memory://, redis://, rediss://, unix://, redis+sentinel:// or "
+        "redis+cluster://" in text
+    )
     assert "pairs[1]: duplicate pair BTC/USD" in text
     assert "pairs[2]: malformed pair 'BTCUSD'" in text
+
+
+def test_sentinel_and_cluster_urls(tmp_path: Path) -> None:
+    """Sentinel and Cluster URLs are taken; a wrong one is refused at its file:line with
+    a sentence that names the problem, the password redacted."""
+    f = tmp_path / "c.yaml"
+    good = "redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379,10.0.0.3/mymaster/1"
+    f.write_text(f"bus:\n  url: {good}\n")
+    assert load_settings(f, env={}).bus.url == good
+    f.write_text("bus:\n  url: redis+cluster://10.0.0.1:7000,10.0.0.2:7000\n")
+    assert load_settings(f, env={}).bus.url.startswith("redis+cluster://")
+    f.write_text("pairs: [BTC/USD]\nbus:\n  url: redis+sentinel://:pw@h1:26379,h2:26379\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(f, env={})
+    assert err.value.problems == [
+        f"{f}:3: bus.url: no service name in 'redis+sentinel://:***@h1:26379,h2:26379': "
+        "expected redis+sentinel://[[user]:password@]host1:port1,host2:port2,.../service[/db] "
+        "(the name given to `sentinel monitor`)"
+    ]
 
 
 def test_settings_are_frozen() -> None:

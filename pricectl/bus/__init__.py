@@ -1,7 +1,8 @@
 """The bus between ingest and serve (DESIGN 3.3): one interface, two backends.
 
 ``memory://`` runs in-process (the embedded default: ``serve`` runs the relay
-itself). ``redis://``, ``rediss://`` and ``unix://`` use Redis: per-pair channel
+itself). ``redis://``, ``rediss://`` and ``unix://`` use Redis, ``redis+sentinel://``
+a Sentinel service and ``redis+cluster://`` a Redis Cluster: per-pair channel
 ``<prefix>prices:<PAIR>``, latest snapshot in hash ``<prefix>prices:latest``, and
 a publish that Redis itself refuses unless the caller holds the lease.
 

@@ -11,6 +11,10 @@ update whose epoch is below the highest seen for its pair is dropped and counted
 re-read snapshot goes through the same filter, so a deposed leader's last write can
 never overwrite the new leader's price, live or on resync.
 
+A live update that skips seqs of its pair within its epoch (updates lost on the way,
+e.g. written to a master that a failover was demoting) is held back behind a ``Gap``,
+so the consumer's resync marks the hole with a snapshot before anything else arrives.
+
 The first event of every subscription is ``Gap("subscribed")``: from then on the
 subscription is live, so a snapshot read after it misses nothing (reading the
 snapshot *before* subscribing would race with publishes in between).
@@ -106,6 +110,21 @@ class EpochFilter:
         #: Live updates dropped because their (epoch, seq) had already been delivered.
         self.duplicates = 0
 
+    def hole(self, update: PriceUpdate) -> int | None:
+        """The last seq delivered for the pair when ``update`` skips past it within the
+        same epoch (updates were lost on the way), else None."""
+        top = self.highest.get(update.pair)
+        last = self.seqs.get(update.pair)
+        if top is None or update.epoch != top or last is None:
+            return None
+        return last if update.seq > last + 1 else None
+
+    def forget_seqs(self, pairs: Iterable[str]) -> None:
+        """Forget where ``pairs`` were in their epoch (kept: the highest epoch, for
+        fencing): a pair subscribed again starts wherever the stream is by then."""
+        for pair in pairs:
+            self.seqs.pop(pair, None)
+
     def accept(self, update: PriceUpdate, *, live: bool = True) -> bool:
         """True if ``update`` should be delivered; counts it otherwise.
 
@@ -159,10 +178,12 @@ class Subscription:
         "_events",
         "_on_drop",
         "_pairset",
+        "_pending",
         "_rand",
         "_retry",
         "_snapshot",
         "epochs",
+        "holes",
         "pairs",
     )
 
@@ -186,21 +207,43 @@ class Subscription:
         self._rand = rand
         #: The highest epoch seen per pair, live or in a snapshot.
         self.epochs = EpochFilter()
+        #: Live updates that skipped seqs of their epoch (each was preceded by a Gap).
+        self.holes = 0
+        self._pending: Update | None = None
 
     def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> BusEvent:
         epochs = self.epochs
+        pending, self._pending = self._pending, None
+        if pending is not None and self._accept(pending):
+            return pending
         async for event in self._events:
             if type(event) is Update:
-                dropped = epochs.drops
-                if not epochs.accept(event.update):
-                    if epochs.drops != dropped and self._on_drop is not None:
-                        self._on_drop()
+                last = epochs.hole(event.update)
+                if last is not None:
+                    # Updates of this epoch were lost on the way (written to a master
+                    # that was being demoted, a publish that failed): resync first, so
+                    # the hole is marked by a snapshot, then deliver this one if the
+                    # snapshot did not already carry it.
+                    self.holes += 1
+                    self._pending = event
+                    u = event.update
+                    return Gap(f"lost updates of {u.pair}: seq {last} then {u.seq}")
+                if not self._accept(event):
                     continue
             return event
         raise StopAsyncIteration
+
+    def _accept(self, event: Update) -> bool:
+        epochs = self.epochs
+        dropped = epochs.drops
+        if epochs.accept(event.update):
+            return True
+        if epochs.drops != dropped and self._on_drop is not None:
+            self._on_drop()
+        return False
 
     async def aclose(self) -> None:
         """Unsubscribe; the iterator ends."""
@@ -216,6 +259,8 @@ class Subscription:
             if self._pairset is None:
                 raise BusError("this subscription cannot change its pairs")
             self.pairs = self.pairs + tuple(new)
+            # Updates while it was not subscribed are no hole of this subscription's.
+            self.epochs.forget_seqs(new)
             await self._pairset.add(new)
         return new
 
@@ -226,6 +271,7 @@ class Subscription:
             if self._pairset is None:
                 raise BusError("this subscription cannot change its pairs")
             self.pairs = tuple(p for p in self.pairs if p not in gone)
+            self.epochs.forget_seqs(gone)
             await self._pairset.remove(gone)
         return gone
 

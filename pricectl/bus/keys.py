@@ -1,8 +1,12 @@
 """Redis key and channel names (DESIGN 3.3, 3.4), all behind the configurable prefix.
 
 The prefix lets several deployments share one Redis (``bus.prefix: "staging:"``).
-On Redis Cluster, put a hash tag in the prefix (``"{pricectl}:"``) so the lease keys
-and the snapshot hash land in one slot: the fenced-publish script touches all three.
+
+On a Redis Cluster the lease, the epoch, the heartbeat, the snapshot hash and the
+lease's channels must share one hash slot (the fenced scripts touch them together), so
+the bus names them after :func:`slot_prefix`, which puts a hash tag in whatever the
+prefix is; the price channels keep the plain prefix, so each pair's channel lives on
+the shard its own name hashes to (sharded pub/sub spreads them over the cluster).
 """
 
 from __future__ import annotations
@@ -16,9 +20,20 @@ __all__ = [
     "lease_channel",
     "presence_channel",
     "presence_prefix",
+    "slot_prefix",
     "wanted",
     "wanted_channel",
 ]
+
+
+def slot_prefix(prefix: str) -> str:
+    """``prefix`` with a hash tag, for the keys that must share a cluster slot: kept as it
+    is when it already holds one (``{pricectl}:``), else ``{staging}:`` for ``staging:``
+    and ``{pricectl}:`` for no prefix. Only a Redis Cluster URL uses it."""
+    start = prefix.find("{")
+    if start >= 0 and prefix.find("}", start + 2) > start:
+        return prefix
+    return "{" + (prefix.rstrip(":") or "pricectl") + "}:"
 
 
 def channel(prefix: str, pair: str) -> str:

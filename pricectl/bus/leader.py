@@ -44,12 +44,12 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from pricectl.bus import keys
 from pricectl.bus.base import Fence
 from pricectl.bus.failures import classify, describe, retry_once
-from pricectl.bus.redis import connect_redis
+from pricectl.bus.redis import connect_any, key_prefix
 from pricectl.config import redact_url
 from pricectl.core.backoff import Backoff, BackoffPolicy
 from pricectl.core.lease import LeaseClock, LeasePolicy
@@ -57,6 +57,7 @@ from pricectl.errors import FencedError, LeaseLost
 
 __all__ = [
     "ACQUIRE_SCRIPT",
+    "PRESENCE_GRACE",
     "RELEASE_SCRIPT",
     "RENEW_SCRIPT",
     "TERM_BACKOFF",
@@ -71,7 +72,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: KEYS: leader, epoch. ARGV: token, ttl_ms, and optionally the presence channel prefix.
+#: KEYS: leader, epoch. ARGV: token, ttl_ms, and optionally the presence channel prefix
+#: and how to count its subscribers (``NUMSUB``; ``SHARDNUMSUB`` on a cluster, where the
+#: presence channel is a shard channel in the lease's slot).
 #: Returns the new epoch, or the holder's token if a live process holds the lease (0 when
 #: it is held and no presence prefix was given). A key still holding our own token (we
 #: stepped down but it has not expired) counts as free: we start a new term with a new
@@ -83,7 +86,7 @@ ACQUIRE_SCRIPT = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then
   if not ARGV[3] then return 0 end
-  local alive = redis.call('PUBSUB', 'NUMSUB', ARGV[3] .. holder)
+  local alive = redis.call('PUBSUB', ARGV[4] or 'NUMSUB', ARGV[3] .. holder)
   if tonumber(alive[2]) > 0 then return holder end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -106,15 +109,21 @@ end
 return 0
 """
 
-#: KEYS: leader. ARGV: token, lease channel. 1 if we held it and deleted it, else 0.
+#: KEYS: leader. ARGV: token, lease channel, and optionally how to publish (``PUBLISH``;
+#: ``SPUBLISH`` on a cluster). 1 if we held it and deleted it, else 0.
 RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], 'released')
+  redis.call(ARGV[3] or 'PUBLISH', ARGV[2], 'released')
   return 1
 end
 return 0
 """
+
+#: Seconds after a Sentinel failover during which a standby takes only a free lease, not
+#: one whose holder's presence is missing: the holder needs that long to subscribe to
+#: its presence channel again on the new master.
+PRESENCE_GRACE = 1.0
 
 #: Seconds a term's work gets to stop after it is cancelled before its exchange
 #: connection is cut from outside; and the bound on the whole stop.
@@ -159,6 +168,8 @@ class LeaderStatus:
     holder: str | None
     #: True while the presence subscription is live.
     present: bool
+    #: Sentinel failovers followed (``+switch-master`` messages acted on).
+    failovers: int = 0
 
 
 @dataclass(frozen=True)
@@ -214,14 +225,21 @@ class Leader:
         self.holder: str | None = None
         #: True while the presence subscription is live (we compete only then).
         self.present = False
+        #: Sentinel failovers followed (``+switch-master`` messages acted on).
+        self.failovers = 0
+        # Until then (monotonic), a held lease is not taken over (see _switched).
+        self._presence_grace_until = 0.0
         self._clock = LeaseClock(self.policy)
         self._rand = rand
         self._on_stuck = on_stuck
-        self._redis = connect_redis(redis_url, timeout=max(0.5, self.policy.renew_deadline))
+        self._redis: Any = connect_any(redis_url, timeout=max(0.5, self.policy.renew_deadline))
+        self._cluster = self._redis.target.kind == "cluster"
+        # On a cluster the lease keys and both channels share one slot (keys.slot_prefix).
+        self._kp = kp = key_prefix(self._redis, prefix)
         self._acquire = self._redis.register_script(ACQUIRE_SCRIPT)
         self._renew = self._redis.register_script(RENEW_SCRIPT)
         self._release = self._redis.register_script(RELEASE_SCRIPT)
-        self._lease_keys = [keys.leader(prefix), keys.epoch(prefix)]
+        self._lease_keys = [keys.leader(kp), keys.epoch(kp)]
         self._lost: asyncio.Event | None = None
         self._lost_reason = "fenced"
         self._wake: asyncio.Event | None = None
@@ -247,6 +265,7 @@ class Leader:
             last_step_down=self.last_step_down,
             holder=self.holder,
             present=self.present,
+            failovers=self.failovers,
         )
 
     def may_publish(self) -> str | None:
@@ -280,6 +299,10 @@ class Leader:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._presence(), name="lease-presence")
+                if self._redis.sentinel_manager is not None:
+                    tg.create_task(
+                        self._redis.follow_failovers(self._switched), name="lease-failovers"
+                    )
                 await self._compete(on_elected)
         finally:
             for task in list(self._stragglers):
@@ -287,6 +310,18 @@ class Leader:
             if self.epoch is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self.release())
+
+    def _switched(self, address: str) -> None:
+        """A Sentinel failover: every connection was dropped; a standby competes at once
+        on the new master, where the lease may have been replicated, or be gone. For
+        :data:`PRESENCE_GRACE` it does not take over a lease that is held: pub/sub is not
+        replicated, so the holder's presence channel on the new master is empty until it
+        subscribes again (a fraction of a second), and reading that as a crash would
+        change leaders, and open a second exchange connection, for nothing."""
+        self.failovers += 1
+        self._presence_grace_until = time.monotonic() + PRESENCE_GRACE
+        if self._wake is not None:
+            self._wake.set()
 
     async def release(self) -> bool:
         """Compare-and-delete the lease if we hold it, announcing it to standbys.
@@ -298,11 +333,15 @@ class Leader:
             async with asyncio.timeout(self.policy.retry):
                 held = await retry_once(
                     lambda: self._release(
-                        keys=[keys.leader(self.prefix)],
-                        args=[self.identity, keys.lease_channel(self.prefix)],
+                        keys=[keys.leader(self._kp)],
+                        args=[
+                            self.identity,
+                            keys.lease_channel(self._kp),
+                            *(["SPUBLISH"] if self._cluster else []),
+                        ],
                     )
                 )
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             log.warning("could not release the lease: redis at %s %s", self._where, describe(exc))
             return False
         if held:
@@ -352,15 +391,16 @@ class Leader:
     async def _try_acquire(self) -> tuple[int, str] | None:
         """One acquire attempt: ``(epoch, holder we last saw)``, ``(0, holder)`` if a live
         process holds the lease, or None if Redis failed (logged on each change)."""
+        args: list[str | int] = [self.identity, self.policy.ttl_ms]
+        if time.monotonic() >= self._presence_grace_until:
+            # Take over from a holder whose presence channel is empty (it is gone).
+            args.append(keys.presence_prefix(self._kp))
+            if self._cluster:
+                args.append("SHARDNUMSUB")
         try:
             async with asyncio.timeout(self.policy.retry):
-                result = await retry_once(
-                    lambda: self._acquire(
-                        keys=self._lease_keys,
-                        args=[self.identity, self.policy.ttl_ms, keys.presence_prefix(self.prefix)],
-                    )
-                )
-        except (RedisError, OSError, TimeoutError) as exc:
+                result = await retry_once(lambda: self._acquire(keys=self._lease_keys, args=args))
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             self._standby_failed(exc)
             return None
         if isinstance(result, str):
@@ -406,38 +446,44 @@ class Leader:
         standby loop when a leader announces a release. Reconnects by itself."""
         assert self._wake is not None and self._present_event is not None
         channels = (
-            keys.presence_channel(self.prefix, self.identity),
-            keys.lease_channel(self.prefix),
+            keys.presence_channel(self._kp, self.identity),
+            keys.lease_channel(self._kp),
         )
         backoff = Backoff(BackoffPolicy(initial=0.1, max=self.policy.retry, reset_after=10.0))
         while True:
             pubsub = self._redis.pubsub()
             try:
-                await pubsub.subscribe(*channels)
+                if self._cluster:
+                    # Shard channels in the lease's slot, so the acquire script's
+                    # SHARDNUMSUB on that node sees this subscription.
+                    await self._redis.initialize()
+                    await pubsub.ssubscribe(*channels)
+                    read = pubsub.get_sharded_message
+                else:
+                    await pubsub.subscribe(*channels)
+                    read = pubsub.get_message
                 # The subscribe is only sent; its confirmation arrives as a message.
                 confirmed = 0
                 while confirmed < len(channels):
-                    message = await pubsub.get_message(timeout=self.policy.retry)
+                    message = await read(timeout=self.policy.retry)
                     if message is None:
                         raise TimeoutError("no subscribe confirmation")
-                    if message["type"] == "subscribe":
+                    if message["type"] in ("subscribe", "ssubscribe"):
                         confirmed += 1
                 self.present = True
                 self._present_event.set()
                 backoff.connected(time.monotonic())
                 while True:
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=self.policy.retry
-                    )
-                    if message is not None and message["type"] == "message":
+                    message = await read(ignore_subscribe_messages=True, timeout=self.policy.retry)
+                    if message is not None and message["type"] in ("message", "smessage"):
                         self._wake.set()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
                 self._standby_failed(exc)
             finally:
                 self.present = False
                 self._present_event.clear()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
             await asyncio.sleep(backoff.next_delay(time.monotonic()))
 
     # --- leader --------------------------------------------------------------------
@@ -550,7 +596,7 @@ class Leader:
                             keys=self._lease_keys, args=[self.identity, epoch, self.policy.ttl_ms]
                         )
                     )
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
                 clock.renew_failed(now)
                 self.renew_failures += 1
                 where, why = self._where, describe(exc)
@@ -586,14 +632,15 @@ async def read_leader(redis_url: str, prefix: str = "") -> LeaseHolder | None:
     """
     from pricectl.errors import BusError
 
-    client = connect_redis(redis_url, timeout=2.0)
+    client = connect_any(redis_url, timeout=2.0)
+    kp = key_prefix(client, prefix)
     try:
         async with asyncio.timeout(2.0), client.pipeline(transaction=True) as pipe:
-            pipe.get(keys.leader(prefix))
-            pipe.get(keys.epoch(prefix))
-            pipe.pttl(keys.leader(prefix))
+            pipe.get(keys.leader(kp))
+            pipe.get(keys.epoch(kp))
+            pipe.pttl(keys.leader(kp))
             token, epoch, ttl_ms = await pipe.execute()
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
         raise BusError(f"redis at {redact_url(redis_url)} {describe(exc)}") from exc
     finally:
         with contextlib.suppress(Exception):

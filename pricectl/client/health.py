@@ -48,9 +48,8 @@ from pricectl.client.sse import (
     describe_error,
     stream_url,
 )
-from pricectl.core.health import judge, pair_state
+from pricectl.core.health import QUIET_LIMIT, judge, pair_state
 from pricectl.core.sse import SSEDecoder
-from pricectl.core.status import to_json
 from pricectl.core.ticks import PriceUpdate, decode_update
 from pricectl.errors import BusError, PricectlError
 
@@ -199,34 +198,84 @@ async def redis_health(
     stale_after: float = 30.0,
     now: float | None = None,
 ) -> dict[str, Any]:
-    """The health document from Redis alone; ``status`` is ``down`` if Redis is unreachable."""
-    from redis.exceptions import RedisError
+    """The health document from Redis alone; ``status`` is ``down`` if Redis is unreachable
+    or is a replica (no writable master).
+
+    One round trip reads the lease (holder, epoch, time left), the leader's heartbeat key
+    (its age from the key's own expiry, on Redis's clock: rewritten every second with a
+    5 s expiry, so a leader that holds the lease but has stopped beating shows), the
+    node's ROLE and the snapshot of ``pairs``. For a Sentinel URL the document also names
+    the service and the master the sentinels gave.
+    """
+    from redis.exceptions import RedisClusterException, RedisError
 
     from pricectl.bus import keys
-    from pricectl.bus.diagnosis import explain
-    from pricectl.bus.leader import read_leader
-    from pricectl.bus.redis import connect_redis
+    from pricectl.bus.failures import explain
+    from pricectl.bus.redis import HEARTBEAT_TTL_MS, connect_any, key_prefix
     from pricectl.config import redact_url
 
     wanted = list(pairs)
     where = redact_url(url)
     doc: dict[str, Any] = {"origin": where, "version": __version__}
     try:
-        leader = await read_leader(url, prefix)
-        client = connect_redis(url, timeout=2.0)
-        try:
-            raw = await client.hmget(keys.latest(prefix), wanted) if wanted else []
-            epoch = await client.get(keys.epoch(prefix))
-        finally:
-            with contextlib.suppress(Exception):
-                await client.aclose()
-    except (BusError, RedisError, OSError, TimeoutError) as exc:
+        client: Any = connect_any(url, timeout=2.0)
+    except BusError as exc:
+        doc.update(status="down", reasons=[str(exc)], bus={"url": where, "connected": False})
+        return doc
+    cluster = client.target.kind == "cluster"
+    kp = key_prefix(client, prefix)
+    try:
+        async with asyncio.timeout(2.0), client.pipeline(transaction=False) as pipe:
+            pipe.get(keys.leader(kp))
+            pipe.get(keys.epoch(kp))
+            pipe.pttl(keys.leader(kp))
+            pipe.get(keys.heartbeat(kp))
+            pipe.pttl(keys.heartbeat(kp))
+            if not cluster:  # a cluster client talks to the primaries only
+                pipe.execute_command("ROLE")
+            if wanted:
+                pipe.hmget(keys.latest(kp), wanted)
+            replies = list(await pipe.execute())
+        if cluster:
+            replies.insert(5, ["master"])
+            info = await client.cluster_info()
+            master = client.master_address(keys.leader(kp))
+        else:
+            master = client.master_address()
+    except (BusError, RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+        reason = explain(url, exc)
+        extra: dict[str, Any] = {}
+        if cluster:
+            # The lease's shard did not answer; the nodes that do say why.
+            state = await client.cluster_state()
+            extra["cluster_state"] = state
+            if state is not None and state != "ok":
+                detail = str(exc).strip() or type(exc).__name__
+                reason = (
+                    f"the Redis Cluster at {where} is down (cluster_state {state}): the "
+                    f"primary of the lease's slot and its replicas are gone ({detail})"
+                )
         doc.update(
             status="down",
-            reasons=[explain(url, exc)],
-            bus={"url": where, "connected": False},
+            reasons=[reason],
+            bus={"url": where, "connected": False, **_target(client, None, None), **extra},
         )
         return doc
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()
+    token, epoch, ttl_ms, beat, beat_ttl, role_reply = replies[:6]
+    raw = replies[6] if wanted else []
+    role = "replica" if role_reply and role_reply[0] == "slave" else str(role_reply[0])
+    node = None
+    if role == "replica" and len(role_reply) > 2:
+        # A plain URL to a replica: the master is the one it follows, from its ROLE.
+        node, master = master, f"{role_reply[1]}:{role_reply[2]}"
+    heartbeat_age = (
+        max(0.0, (HEARTBEAT_TTL_MS - int(beat_ttl)) / 1000.0)
+        if beat is not None and int(beat_ttl) > 0
+        else None
+    )
     latest: dict[str, PriceUpdate | None] = {}
     bad: list[str] = []
     for pair, text in zip(wanted, raw, strict=True):
@@ -236,22 +285,53 @@ async def redis_health(
             latest[pair] = None
             bad.append(pair)
     states = pair_states(latest, stale_after, time.time() if now is None else now)
+    holder = token is not None
     # The DESIGN 3.6 rule, the same one serve's health endpoint applies.
-    status, reasons = judge(states, bus_connected=True, leader=leader is not None)
+    status, reasons = judge(states, bus_connected=True, bus_role=role, leader=holder)
+    if holder and (heartbeat_age is None or heartbeat_age > QUIET_LIMIT):
+        reasons.append(
+            f"the leader holds the lease but its heartbeat has not moved for {QUIET_LIMIT:g}s"
+            " (frozen, or cut off from Redis?)"
+        )
+        if status == "ok":
+            status = "degraded"
     reasons.extend(f"{p}: unreadable snapshot entry" for p in bad)
+    epoch_value = int(epoch) if epoch else None
+    if holder:
+        leader: dict[str, Any] = {
+            "identity": token,
+            "epoch": epoch_value,
+            "ttl_ms": int(ttl_ms),
+            "heartbeat_age_s": None if heartbeat_age is None else round(heartbeat_age, 3),
+        }
+    else:
+        leader = {"identity": None, "epoch": epoch_value, "heartbeat_age_s": None}
     doc.update(
         status=status,
         reasons=reasons,
         pairs=states,
-        leader=(
-            to_json(leader)
-            if leader is not None
-            else {"identity": None, "epoch": int(epoch) if epoch else None}
-        ),
-        bus={"url": where, "connected": True, "epoch": int(epoch) if epoch else None},
+        leader=leader,
+        bus={
+            "url": where,
+            "connected": True,
+            "epoch": epoch_value,
+            **_target(client, role, master),
+            **({"node": node} if node is not None else {}),
+            **({"cluster_state": info.get("cluster_state")} if cluster else {}),
+        },
         stale_after_s=stale_after,
     )
     return doc
+
+
+def _target(client: Any, role: str | None, master: str | None) -> dict[str, Any]:
+    """mode, role, master, and for Sentinel the service name and the sentinels."""
+    target = client.target
+    out: dict[str, Any] = {"mode": target.kind, "role": role, "master": master}
+    if target.kind == "sentinel":
+        out["service"] = target.service
+        out["sentinels"] = [f"{h}:{p}" for h, p in target.hosts]
+    return out
 
 
 @dataclass

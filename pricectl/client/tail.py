@@ -212,7 +212,7 @@ async def run_tail(
     except (asyncio.CancelledError, KeyboardInterrupt):
         raise
     except BusError as exc:
-        from pricectl.bus.diagnosis import explain
+        from pricectl.bus.failures import explain
 
         raise PricectlError(explain(opts.redis_url or "", exc)) from None
     except UsageError:

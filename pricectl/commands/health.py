@@ -17,7 +17,12 @@ __all__ = ["command"]
 
 @click.command(name="health")
 @click.option("--url", help="serve address to ask (default: http://server.host:server.port).")
-@click.option("--redis", "redis_url", help="Ask Redis directly instead: leader, epoch, snapshot.")
+@click.option(
+    "--redis",
+    "redis_url",
+    help="Ask Redis directly instead (redis://, rediss://, unix://, redis+sentinel:// or "
+    "redis+cluster://): leader, heartbeat, epoch, role, snapshot.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the health document as JSON.")
 @click.option(
     "--through",

@@ -15,7 +15,9 @@ __all__ = ["command"]
 def command(ctx: click.Context) -> None:
     """Relay the exchange into Redis: leader-elected, run as many as you like.
 
-    Every instance competes for the lease in Redis (bus.url / REDIS_URL, redis://...);
+    Every instance competes for the lease in Redis (bus.url / REDIS_URL, redis://...
+    or redis+sentinel://h1:26379,h2:26379/SERVICE to follow Sentinel failovers, or
+    redis+cluster://h1:7000,h2:7000 for a Redis Cluster);
     the leader holds the one exchange connection and publishes, the others wait warm
     and take over within a second if it dies or is stopped (within leader.ttl if it
     hangs while still connected). SIGTERM or Ctrl-C releases the lease and exits 0.

@@ -1,7 +1,8 @@
 """The health rule of DESIGN 3.6, shared by serve's endpoint and ``pricectl health --redis``.
 
 ``down``: the bus is unreachable, or it did not answer a PING within
-:data:`PING_LIMIT` seconds, or no pair has fresh data. ``degraded``: some pair is stale
+:data:`PING_LIMIT` seconds, or it is a replica (no writable master reachable), or no
+pair has fresh data. ``degraded``: some pair is stale
 or served from REST or cache, or no ingest leader holds the lease, or neither a bus
 message nor a leader heartbeat arrived for :data:`QUIET_LIMIT` seconds (a leader that
 holds the lease but publishes nothing, a frozen one). ``ok`` otherwise. Pure: wall-clock
@@ -60,6 +61,8 @@ def judge(
     bus_connected: bool,
     leader: bool = True,
     bus_responsive: bool = True,
+    bus_role: str | None = None,
+    bus_problem: str | None = None,
     message_age: float | None = None,
     heartbeat_age: float | None = None,
     quiet_limit: float = QUIET_LIMIT,
@@ -68,14 +71,21 @@ def judge(
 
     ``message_age`` (seconds since the last bus message) and ``heartbeat_age`` (since
     the leader's heartbeat last moved) are checked together when either is given:
-    ``None`` for one of them means never.
+    ``None`` for one of them means never. ``bus_role`` is what the bus's node says it is
+    (``master``, ``replica``; None: not known): anything but a master is ``down``, for no
+    update can be published through it. ``bus_problem`` says why the bus is not
+    connected (``authentication failed (...)``); plain "unreachable" when not given or
+    when that is the problem.
     """
     fresh = [p for p, st in pairs.items() if not st["stale"]]
     reasons: list[str] = []
     if not bus_connected:
-        reasons.append("bus unreachable")
+        named = bus_problem is not None and not bus_problem.startswith("unreachable")
+        reasons.append(f"bus {bus_problem}" if named else "bus unreachable")
     elif not bus_responsive:
         reasons.append(f"bus did not answer a PING within {PING_LIMIT:g}s")
+    elif bus_role is not None and bus_role != "master":
+        reasons.append(f"bus is a {bus_role}, not a writable master: no writable master reachable")
     if not fresh:
         reasons.append("no fresh data")
     if reasons:

@@ -3,7 +3,8 @@
 ``status`` is decided from what serve itself holds, not from what ingest claims
 (the rule is :func:`pricectl.core.health.judge`):
 
-* ``down``: the bus is unreachable or did not answer a PING within 1 s, or no pair
+* ``down``: the bus is unreachable or did not answer a PING within 1 s, or is a
+  replica (no writable master reachable: every Sentinel failover passes through it), or no pair
   has fresh data (every pair is missing, marked stale by ingest, older than
   ``stale_after``, or quiet at serve for ``stale_after``);
 * ``degraded``: some pair is stale or missing, or served from REST or the cache, or no
@@ -86,6 +87,15 @@ def pair_states(hub: Hub, now: float | None = None) -> dict[str, dict[str, Any]]
     }
 
 
+def _topology(bus: object) -> dict[str, Any]:
+    """The Redis bus's mode, role and master (Sentinel: the service and its sentinels)."""
+    topology = getattr(bus, "topology", None)
+    if topology is None:
+        return {"mode": "memory"}
+    out: dict[str, Any] = topology()
+    return out
+
+
 def health_report(
     hub: Hub, upstream: UpstreamStatus | None = None, now: float | None = None
 ) -> dict[str, Any]:
@@ -102,6 +112,8 @@ def health_report(
         {p: pairs[p] for p in hub.pinned if p in pairs},
         bus_connected=bus.connected,
         bus_responsive=bus.responsive,
+        bus_role=getattr(bus, "role", None),
+        bus_problem=getattr(bus, "problem", None),
         leader=lead is None or lead.holder is not None,
         message_age=message_age if lead is not None else None,
         heartbeat_age=lead.heartbeat_age if lead is not None else None,
@@ -160,6 +172,7 @@ def health_report(
             "resubscribes": getattr(bus, "reconnects", 0),
             "resyncs": hub.resyncs,
             "epoch_drops": bus.epoch_drops,
+            **_topology(bus),
         },
         "clients": {
             "connected": fanout.clients,

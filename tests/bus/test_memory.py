@@ -114,3 +114,33 @@ async def test_close_ends_open_subscriptions() -> None:
     await bus.close()
     with pytest.raises(StopAsyncIteration):
         await next_event(sub)
+
+
+async def test_a_hole_in_the_seqs_is_a_gap_before_the_update() -> None:
+    """Updates of an epoch lost on the way (seq 2 never arrives): the subscription yields a
+    Gap naming the hole before seq 3, and seq 3 after it (not carried by a resync here);
+    a new epoch starting anywhere is no hole."""
+    bus = MemoryBus()
+    fence = bus.local_fence()
+    sub = bus.subscribe(["BTC/USD"])
+    assert await next_event(sub) == Gap("subscribed")
+    await bus.publish([tick("BTC/USD", "1", fence.epoch, 1)], fence)
+    assert isinstance(await next_event(sub), Update)
+    await bus.publish([tick("BTC/USD", "3", fence.epoch, 3)], fence)
+    gap = await next_event(sub)
+    assert gap == Gap("lost updates of BTC/USD: seq 1 then 3") and sub.holes == 1
+    event = await next_event(sub)
+    assert isinstance(event, Update) and event.update.seq == 3
+    # Resynced first: the snapshot carries seq 5, so the held-back live seq 5 is dropped.
+    await bus.publish([tick("BTC/USD", "5", fence.epoch, 5)], fence)
+    assert isinstance(await next_event(sub), Gap)
+    snap = await sub.resync()
+    assert snap["BTC/USD"].seq == 5
+    await bus.publish([tick("BTC/USD", "6", fence.epoch, 6)], fence)
+    event = await next_event(sub)
+    assert isinstance(event, Update) and event.update.seq == 6
+    newer = bus.local_fence()
+    assert newer.epoch > fence.epoch
+    await bus.publish([tick("BTC/USD", "7", newer.epoch, 40)], newer)
+    event = await next_event(sub)
+    assert isinstance(event, Update) and event.update.seq == 40 and sub.holes == 2

@@ -8,6 +8,7 @@ is never awaited would print its RuntimeWarning), against real sockets and a rea
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 
 from pricectl.loadtest.spawn import free_port
 from tests.redis_server import RedisServer
+from tests.waiting import wait_for
 
 PASSWORD = "s3cret-for-tests"
 
@@ -42,6 +44,7 @@ class World:
     taken_port: int
     plain_redis: str
     auth_redis: str
+    sentinel_port: int
 
     def fill(self, text: str) -> str:
         return text.format(
@@ -51,7 +54,9 @@ class World:
             plain_tls=self.plain_redis.replace("redis://", "rediss://"),
             auth=self.auth_redis,
             auth_port=self.auth_redis.rsplit(":", 1)[1].split("/")[0],
+            plain_port=self.plain_redis.rsplit(":", 1)[1].split("/")[0],
             free=free_port(),
+            sentinel=self.sentinel_port,
         )
 
 
@@ -104,7 +109,7 @@ CASES: dict[str, Case] = {
     "health redis url not redis": Case(
         ("health", "--redis", "http://127.0.0.1:{free}/"),
         2,
-        ("--redis: expected redis://, rediss:// or unix://",),
+        ("--redis: expected redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://",),
     ),
     "tail redis url port not a number": Case(
         ("tail", "BTC/USD", "--from", "redis", "--redis", "redis://127.0.0.1:x/0"),
@@ -128,17 +133,65 @@ CASES: dict[str, Case] = {
     "wrong password": Case(
         ("health", "--redis", "redis://:wrong@127.0.0.1:{auth_port}/0"),
         2,
-        ("refused the password", "check the password"),
+        ("authentication failed", "check the user and password"),
     ),
     "no password for a redis that wants one": Case(
         ("health", "--redis", "redis://127.0.0.1:{auth_port}/0"),
         2,
-        ("requires a password", "redis://:PASSWORD@host"),
+        ("authentication failed", "requires a password", "redis://:PASSWORD@host"),
     ),
     "wrong password in tail": Case(
         ("tail", "BTC/USD", "--from", "redis", "--redis", "redis://:wrong@127.0.0.1:{auth_port}/0"),
         1,
-        ("refused the password",),
+        ("authentication failed",),
+    ),
+    "a sentinel port given as a plain redis url": Case(
+        ("health", "--redis", "redis://127.0.0.1:{sentinel}/0"),
+        2,
+        ("this is not a Redis server, perhaps a sentinel port", "redis+sentinel://"),
+    ),
+    "a sentinel url naming no service the sentinels know": Case(
+        ("health", "--redis", "redis+sentinel://127.0.0.1:{sentinel}/nosuch"),
+        2,
+        ("name no master for 'nosuch'", "sentinel monitor"),
+    ),
+    "a sentinel url without a service": Case(
+        ("health", "--redis", "redis+sentinel://127.0.0.1:{sentinel}"),
+        2,
+        ("--redis: no service name in", "redis+sentinel://"),
+    ),
+    "a sentinel service in the query": Case(
+        ("config", "check"),
+        2,
+        ("bus.url:", "named in the URL's path, not in its query"),
+        {"REDIS_URL": "redis://127.0.0.1:26379/0?sentinel=mymaster"},
+    ),
+    "several hosts in a plain url": Case(
+        ("config", "check"),
+        2,
+        ("bus.url:", "several hosts in", "redis+sentinel://"),
+        {"REDIS_URL": "redis://h1:26379,h2:26379/0"},
+    ),
+    "a sentinel port that is not a number": Case(
+        ("config", "check"),
+        2,
+        ("bus.url:", "port 'x' is not a number"),
+        {"REDIS_URL": "redis+sentinel://:pw@h1:26379,h2:x/mymaster/0"},
+    ),
+    "a data node's port as a sentinel": Case(
+        ("health", "--redis", "redis+sentinel://127.0.0.1:{plain_port}/mymaster/0"),
+        2,
+        ("a Redis data node, not a sentinel", "sentinels' ports"),
+    ),
+    "a password-protected data node's port as a sentinel": Case(
+        ("health", "--redis", "redis+sentinel://:pw@127.0.0.1:{auth_port}/mymaster/0"),
+        2,
+        ("authentication failed at the sentinels", "a data node's port"),
+    ),
+    "every sentinel down": Case(
+        ("health", "--redis", "redis+sentinel://:pw@127.0.0.1:{free},127.0.0.1:{taken}/mymaster/0"),
+        2,
+        ("no sentinel reachable at 127.0.0.1:", "are the sentinels running", ":***@"),
     ),
     "serve not running": Case(
         ("health", "--url", "http://127.0.0.1:{free}"),
@@ -166,12 +219,31 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     auth = RedisServer(tmp_path_factory.mktemp("redis-auth"), password=PASSWORD)
     plain.start()
     auth.start()
+    # A sentinel that monitors nothing: a port that answers, but not as a data node.
+    sentinel_port = free_port()
+    conf = tmp / "sentinel.conf"
+    conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp}\n")
+    exe = shutil.which("redis-sentinel")
+    assert exe is not None, "redis-sentinel is not installed: run `make test`, which installs it"
+    sentinel = subprocess.Popen([exe, str(conf)], stdout=subprocess.DEVNULL)
     try:
-        yield World(tmp, taken.getsockname()[1], plain.url, auth.url)
+        wait_for(lambda: _answers(sentinel_port), 10, "the sentinel")
+        yield World(tmp, taken.getsockname()[1], plain.url, auth.url, sentinel_port)
     finally:
+        sentinel.kill()
+        sentinel.wait(timeout=10)
         plain.kill()
         auth.kill()
         taken.close()
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def _run(world: World, case: Case) -> subprocess.CompletedProcess[str]:
@@ -224,3 +296,11 @@ def test_empty_prefix_variable_is_an_empty_prefix(world: World) -> None:
     result = _run(world, Case(("config", "show"), 0, (), {"PRICECTL_BUS__PREFIX": ""}))
     assert result.returncode == 0, result.stderr
     assert "prefix: ''" in result.stdout
+
+
+def test_every_sentinel_down_is_one_short_line(world: World) -> None:
+    """No sentinel answers: one line naming the sentinels, no redis-py object reprs."""
+    case = CASES["every sentinel down"]
+    err = _run(world, case).stderr
+    assert "BoundedRedis(" not in err and "ConnectionPool" not in err, err
+    assert len(err.strip().splitlines()[-1]) < 400, err

@@ -68,7 +68,8 @@ async def test_no_data_or_no_server_is_down_exit_2(tmp_path: Path) -> None:
 async def test_redis_health_leader_snapshot_and_outage(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    """--redis: fresh snapshot + leader is ok (0); a missing pair degraded (1); Redis down (2)."""
+    """--redis: fresh snapshot + a leader whose heartbeat moves is ok (0); a missing pair,
+    or a lease holder with no heartbeat, degraded (1); Redis down (2)."""
     import redis.asyncio as aioredis
 
     from pricectl.bus import keys
@@ -92,8 +93,17 @@ async def test_redis_health_leader_snapshot_and_outage(
         assert doc["leader"]["identity"] == "host-1-abc" and doc["leader"]["epoch"] == 9
         assert doc["pairs"]["SOL/USD"]["stale"] and not doc["pairs"]["BTC/USD"]["stale"]
         await bus.publish([ticker("SOL/USD")], Fence("host-1-abc", 9))
+        # Every pair fresh, but the lease holder has never beaten: not a live leader.
+        code, out, _ = await run_cli(
+            "--config", cfg, "health", "--redis", redis_server.url, "--json"
+        )
+        doc = json.loads(out)
+        assert code == 1 and doc["leader"]["heartbeat_age_s"] is None
+        assert any("heartbeat has not moved" in r for r in doc["reasons"]), doc
+        await bus.heartbeat(Fence("host-1-abc", 9))
         code, out, _ = await run_cli("--config", cfg, "health", "--redis", redis_server.url)
         assert code == 0 and "OK" in out and "host-1-abc" in out
+        assert "role" in out and "master" in out
     finally:
         await bus.close()
     redis_server.kill()

@@ -26,6 +26,18 @@ SECRET = "hunter2"
             "redis+sentinel://:hunter2@h1:26379,h2:26379,h3:26379/mymaster/0",
             "redis+sentinel://:***@h1:26379,h2:26379,h3:26379/mymaster/0",
         ),
+        (
+            "rediss+sentinel://app:hunter2@h1,h2:26380/svc?sentinel_password=hunter2",
+            "rediss+sentinel://app:***@h1,h2:26380/svc?sentinel_password=***",
+        ),
+        (
+            "redis+sentinel://h1:26379,[::1]:26379/mymaster/0?sentinel_password=hunter2",
+            "redis+sentinel://h1:26379,[::1]:26379/mymaster/0?sentinel_password=***",
+        ),
+        (
+            "redis+cluster://:hunter2@h1:7000,h2:7001",
+            "redis+cluster://:***@h1:7000,h2:7001",
+        ),
         ("redis://:hunter2@h:notaport/0", "redis://:***@h:notaport/0"),
         ("redis://:hun/ter#2@h/0", "redis://:***@h/0"),
         ("memory://", "memory://"),

@@ -28,7 +28,7 @@ import pytest
 
 from pricectl.bus import keys
 from pricectl.bus.base import Gap
-from pricectl.bus.redis import RedisBus, connect_redis
+from pricectl.bus.redis import RedisBus, connect_any, connect_redis, key_prefix
 from pricectl.config import BusSettings
 from pricectl.core.status import to_json
 from pricectl.core.ticks import PriceUpdate
@@ -162,9 +162,9 @@ class Cluster:
 
     async def leader(self, url: str) -> subprocess.Popen[bytes] | None:
         """The process whose pid is in the lease token (``host-pid-random``)."""
-        client = connect_redis(url, timeout=1.0)
+        client = connect_any(url, timeout=1.0)
         try:
-            token = await client.get(keys.leader(""))
+            token = await client.get(keys.leader(key_prefix(client, "")))
         except Exception:
             return None
         finally:

@@ -119,7 +119,8 @@ class Watcher:
 
 @dataclass
 class Stack:
-    redis: RedisServer
+    #: A redis-server, or a Sentinel deployment (tests/redis_sentinel.py): both have ``url``.
+    redis: Any
     sim: Simulator
     ingest: Cluster
     serves: list[subprocess.Popen[bytes]]
@@ -202,8 +203,19 @@ def _serve(folder: Path, env: dict[str, str], i: int) -> tuple[subprocess.Popen[
 
 @contextlib.asynccontextmanager
 async def stack(
-    tmp_path: Path, redis: RedisServer, stale_after: float = STALE_AFTER, **extra: str
+    tmp_path: Path,
+    redis: Any,
+    stale_after: float = STALE_AFTER,
+    *,
+    ingests: int = 3,
+    servers: int = 2,
+    serve_urls: list[str] | None = None,
+    **extra: str,
 ) -> AsyncIterator[Stack]:
+    """The simulator, ``ingests`` ingest and ``servers`` serve processes on ``redis`` (a
+    :class:`RedisServer` or anything with its ``url``), one recording client per serve;
+    yields once every serve is ok and every client gets every pair. ``serve_urls`` gives
+    each serve its own bus URL (a cluster node each)."""
     sim = Simulator(symbols=("BTCUSDT", "ETHUSDT"), trade_rate=20.0)
     await sim.start()
     env = child_env(
@@ -225,10 +237,11 @@ async def stack(
     http = aiohttp.ClientSession()
     s: Stack | None = None
     try:
-        ingest.start(3)
+        ingest.start(ingests)
         ports = []
-        for i in range(2):
-            proc, port = await asyncio.to_thread(_serve, tmp_path, env, i)
+        for i in range(servers):
+            own = env if serve_urls is None else {**env, "REDIS_URL": serve_urls[i]}
+            proc, port = await asyncio.to_thread(_serve, tmp_path, own, i)
             serves.append(proc)
             ports.append(port)
         watchers = [Watcher(p) for p in ports]
@@ -242,7 +255,8 @@ async def stack(
             print(s.dump())
         raise
     finally:
-        redis.thaw()
+        if isinstance(redis, RedisServer):
+            redis.thaw()
         for w in watchers:
             await w.stop()
         await http.close()
