@@ -37,7 +37,7 @@ import yaml
 
 from pricectl.core.backoff import BackoffPolicy
 from pricectl.core.breaker import BreakerPolicy
-from pricectl.core.demand import DemandPolicy
+from pricectl.core.demand import MIN_IDLE_GRACE, DemandPolicy
 from pricectl.core.duration import duration as _dur
 from pricectl.core.duration import format_duration, is_duration, parse_duration
 from pricectl.core.fallback import FallbackPolicy
@@ -46,6 +46,7 @@ from pricectl.core.lease import LeasePolicy
 from pricectl.core.pairs import PairMap, known_symbols, parse_pair
 from pricectl.core.policy import PolicyError
 from pricectl.core.redaction import redact
+from pricectl.core.universe import MIN_UNIVERSE_REFRESH
 from pricectl.errors import ConfigError
 
 __all__ = [
@@ -435,8 +436,22 @@ def _check(s: Settings, problems: _Problems) -> None:
             f"must be at least 1 and at least the {len(s.pairs)} pinned pairs, "
             f"got {s.exchange.max_pairs}",
         )
-    if s.exchange.idle_grace <= 0:
-        problems.add("exchange.idle_grace", "must be above 0s")
+    if not s.exchange.idle_grace >= MIN_IDLE_GRACE:
+        problems.add(
+            "exchange.idle_grace",
+            f"must be at least {format_duration(MIN_IDLE_GRACE)}, got "
+            f"{format_duration(s.exchange.idle_grace)}: serves renew the pairs their clients "
+            "watch every idle_grace/3 (at most 5s), so a shorter grace only spends bus "
+            "round trips",
+        )
+    if not s.exchange.universe_refresh >= MIN_UNIVERSE_REFRESH:
+        problems.add(
+            "exchange.universe_refresh",
+            f"must be at least {format_duration(MIN_UNIVERSE_REFRESH)}, got "
+            f"{format_duration(s.exchange.universe_refresh)}: each exchangeInfo read costs "
+            "20 of the 1200 REST weight a minute allows, which the REST snapshots of new "
+            "pairs need",
+        )
     if s.server.activations_per_ip < 1 or s.server.activations < 1:
         problems.add(
             "server.activations_per_ip"

@@ -378,7 +378,7 @@ class Hub:
         # The cap is the cluster's: judge it on the wanted set as the bus has it now, not
         # as of the last refresh (another serve may have filled the slots since).
         with contextlib.suppress(BusError):
-            self.demand.replace(await self.bus.wanted(wall, self.demand.policy.idle_grace))
+            self.demand.replace(await self.bus.wanted(wall, self.demand.policy.expiry))
         for p in new:
             why = self.demand.admit(p, wall)
             if why is not None:
@@ -467,7 +467,7 @@ class Hub:
         fresh = [p for p, t in self.held.items() if t > wall - policy.busy_window]
         if fresh:
             await self.bus.want(fresh, wall)
-        self.demand.replace(await self.bus.wanted(wall, policy.idle_grace))
+        self.demand.replace(await self.bus.wanted(wall, policy.expiry))
         gone = [p for p, t in self.held.items() if t <= wall - policy.idle_grace]
         if gone:
             await self.deactivate(gone)
