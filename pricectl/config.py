@@ -18,11 +18,13 @@ Environment overrides (applied after the file): ``BINANCE_WS_URL``,
 ``PRICE_STREAM_UPDATE_DEBOUNCE_MS``, ``PRICECTL_<SECTION>__<KEY>`` for any
 setting (``PRICECTL_LEADER__TTL=20s``, ``PRICECTL_RESILIENCE__BACKOFF__MAX=30s``),
 and ``PRICECTL_PAIRS`` / ``PRICECTL_QUOTE_ALIASES`` for the two top-level keys.
-Values from the environment are read as YAML scalars (``true``, ``5``, ``[a, b]``).
+Values from the environment are read as YAML scalars (``true``, ``5``, ``[a, b]``),
+except for a string setting, whose value is taken literally (``PRICECTL_BUS__PREFIX=staging:``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import types
@@ -524,8 +526,38 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, Any]]:
             name.startswith("PRICECTL_") and "__" in name
         ):
             path = name[len("PRICECTL_") :].lower().replace("__", ".")
-            out.append((name, path, _scalar(env[name])))
+            text = env[name]
+            out.append((name, path, _literal(text) if _is_text(path) else _scalar(text)))
     return out
+
+
+def _literal(text: str) -> str:
+    """A string setting's value: the text itself, or what is inside YAML quotes
+    (``'"staging:"'`` stays ``staging:``, as it always read)."""
+    if text[:1] in ("'", '"'):
+        with contextlib.suppress(yaml.YAMLError):
+            value = yaml.safe_load(text)
+            if isinstance(value, str):
+                return value
+    return text
+
+
+def _is_text(path: str) -> bool:
+    """Whether the setting at ``path`` is a string (or one of some strings): its value
+    from the environment is then taken literally, so ``PRICECTL_BUS__PREFIX=staging:``
+    is the prefix ``staging:``, not a YAML mapping."""
+    cls: Any = Settings
+    tp: Any = None
+    for key in path.split("."):
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            return False
+        tp = typing.get_type_hints(cls).get(key)
+        if tp is None:
+            return False
+        cls = tp
+    if tp is str:
+        return True
+    return typing.get_origin(tp) is Literal and all(isinstance(a, str) for a in typing.get_args(tp))
 
 
 def _scalar(text: str) -> Any:

@@ -281,3 +281,27 @@ def test_idle_grace_and_universe_refresh_have_floors() -> None:
         env={"PRICECTL_EXCHANGE__IDLE_GRACE": "1s", "PRICECTL_EXCHANGE__UNIVERSE_REFRESH": "1m"},
     )
     assert s.exchange.idle_grace == 1.0 and s.exchange.universe_refresh == 60.0
+
+
+def test_string_settings_from_the_environment_are_taken_literally() -> None:
+    """PRICECTL_BUS__PREFIX=staging: (a YAML mapping if parsed) is the prefix "staging:";
+    string-like values that YAML would turn into other types stay strings too; typed
+    settings are still parsed."""
+    s = load_settings(
+        None,
+        env={
+            "PRICECTL_BUS__PREFIX": "staging:",
+            "PRICECTL_SERVER__HOST": "0.0.0.0",
+            "PRICECTL_LOGGING__LEVEL": "warning",
+            "PRICECTL_SERVER__PORT": "8123",
+            "PRICECTL_EXCHANGE__CHECK_SYMBOLS": "false",
+            "PRICECTL_PAIRS": "[BTC/USD, ETH/USD]",
+        },
+    )
+    assert s.bus.prefix == "staging:"
+    assert s.server.host == "0.0.0.0"
+    assert s.logging.level == "warning"
+    assert s.server.port == 8123 and s.exchange.check_symbols is False
+    assert s.pairs == ("BTC/USD", "ETH/USD")
+    assert load_settings(None, env={"PRICECTL_BUS__PREFIX": '"staging:"'}).bus.prefix == "staging:"
+    assert load_settings(None, env={"PRICECTL_BUS__PREFIX": "true"}).bus.prefix == "true"
