@@ -45,7 +45,7 @@ from pricectl.core.duration import format_duration, is_duration, parse_duration
 from pricectl.core.fallback import FallbackPolicy
 from pricectl.core.heartbeat import HeartbeatPolicy
 from pricectl.core.lease import LeasePolicy
-from pricectl.core.pairs import PairMap, known_symbols, parse_pair
+from pricectl.core.pairs import PairMap, canonical_pair, known_symbols, parse_pair
 from pricectl.core.policy import PolicyError
 from pricectl.core.redaction import redact
 from pricectl.core.universe import MIN_UNIVERSE_REFRESH
@@ -194,7 +194,11 @@ class Settings:
         """The configured pairs with their exchange symbols."""
         cached: PairMap | None = self.__dict__.get("_pair_map")
         if cached is None:
-            cached = PairMap.build(self.pairs, self.quote_aliases)
+            # Canonical names (VET/USDT -> VET/USD with USD: USDT), as requests resolve
+            # them through the exchange's list: a pinned pair is then known as pinned.
+            cached = PairMap.build(
+                [canonical_pair(p, self.quote_aliases) for p in self.pairs], self.quote_aliases
+            )
             object.__setattr__(self, "_pair_map", cached)
         return cached
 
@@ -483,11 +487,12 @@ def _check_pairs(s: Settings, problems: _Problems) -> None:
         except ValueError as exc:
             problems.add(path, str(exc))
             continue
-        pair = f"{base}/{quote}"
+        pair = canonical_pair(text, s.quote_aliases)
         if pair in seen:
             problems.add(path, f"duplicate pair {pair}")
             continue
         seen.add(pair)
+        quote = pair.partition("/")[2]
         symbol = base + s.quote_aliases.get(quote, quote)
         if universe and symbol not in universe:
             problems.add(

@@ -84,3 +84,21 @@ async def test_a_watched_pair_is_never_dropped_at_the_shortest_idle_grace(tmp_pa
             assert "no longer wanted" not in serve.log
         finally:
             conn.close()
+
+
+async def test_pinned_pairs_in_the_exchanges_quote_are_known_as_pinned(tmp_path: Path) -> None:
+    """pairs: VET/USDT, ADA/USDT with USD: USDT are pinned as VET/USD, ADA/USD (the names
+    requests resolve to): asking for them turns nothing on, so no activation limit."""
+    env = {"PRICECTL_PAIRS": "VET/USDT,ADA/USDT", "PRICECTL_SERVER__ACTIVATIONS_PER_IP": "1"}
+    async with (
+        serve_process(tmp_path / "serve.log", "--simulate", env=env) as serve,
+        aiohttp.ClientSession() as http,
+    ):
+        await until(lambda: serve.log.count("exchangeInfo:") > 0, 10, "exchangeInfo read")
+        for asked in ("VET/USDT,ADA/USDT", "vet-usd,adausdt"):
+            async with http.get(serve.url(f"/api/market-data/prices?pairs={asked}")) as resp:
+                assert resp.status == 200, await resp.text()
+        async with http.get(serve.url("/api/market-data/health")) as resp:
+            demand = (await resp.json())["demand"]
+        assert demand["pinned"] == ["VET/USD", "ADA/USD"]
+        assert demand["activated"] == 0 and demand["wanted"] == []
