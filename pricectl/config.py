@@ -18,11 +18,13 @@ Environment overrides (applied after the file): ``BINANCE_WS_URL``,
 ``PRICE_STREAM_UPDATE_DEBOUNCE_MS``, ``PRICECTL_<SECTION>__<KEY>`` for any
 setting (``PRICECTL_LEADER__TTL=20s``, ``PRICECTL_RESILIENCE__BACKOFF__MAX=30s``),
 and ``PRICECTL_PAIRS`` / ``PRICECTL_QUOTE_ALIASES`` for the two top-level keys.
-Values from the environment are read as YAML scalars (``true``, ``5``, ``[a, b]``).
+Values from the environment are read as YAML scalars (``true``, ``5``, ``[a, b]``),
+except for a string setting, whose value is taken literally (``PRICECTL_BUS__PREFIX=staging:``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import types
@@ -37,16 +39,17 @@ import yaml
 
 from pricectl.core.backoff import BackoffPolicy
 from pricectl.core.breaker import BreakerPolicy
-from pricectl.core.demand import DemandPolicy
+from pricectl.core.demand import MIN_IDLE_GRACE, DemandPolicy
 from pricectl.core.duration import duration as _dur
 from pricectl.core.duration import format_duration, is_duration, parse_duration
 from pricectl.core.fallback import FallbackPolicy
 from pricectl.core.heartbeat import HeartbeatPolicy
 from pricectl.core.lease import LeasePolicy
-from pricectl.core.pairs import PairMap, known_symbols, parse_pair
+from pricectl.core.pairs import PairMap, canonical_pair, known_symbols, parse_pair
 from pricectl.core.policy import PolicyError
 from pricectl.core.redaction import redact
 from pricectl.core.redis_url import CLUSTER_FORM, SENTINEL_FORM, parse_redis_url
+from pricectl.core.universe import MIN_UNIVERSE_REFRESH
 from pricectl.errors import ConfigError
 
 __all__ = [
@@ -192,7 +195,11 @@ class Settings:
         """The configured pairs with their exchange symbols."""
         cached: PairMap | None = self.__dict__.get("_pair_map")
         if cached is None:
-            cached = PairMap.build(self.pairs, self.quote_aliases)
+            # Canonical names (VET/USDT -> VET/USD with USD: USDT), as requests resolve
+            # them through the exchange's list: a pinned pair is then known as pinned.
+            cached = PairMap.build(
+                [canonical_pair(p, self.quote_aliases) for p in self.pairs], self.quote_aliases
+            )
             object.__setattr__(self, "_pair_map", cached)
         return cached
 
@@ -436,8 +443,22 @@ def _check(s: Settings, problems: _Problems) -> None:
             f"must be at least 1 and at least the {len(s.pairs)} pinned pairs, "
             f"got {s.exchange.max_pairs}",
         )
-    if s.exchange.idle_grace <= 0:
-        problems.add("exchange.idle_grace", "must be above 0s")
+    if not s.exchange.idle_grace >= MIN_IDLE_GRACE:
+        problems.add(
+            "exchange.idle_grace",
+            f"must be at least {format_duration(MIN_IDLE_GRACE)}, got "
+            f"{format_duration(s.exchange.idle_grace)}: serves renew the pairs their clients "
+            "watch every idle_grace/3 (at most 5s), so a shorter grace only spends bus "
+            "round trips",
+        )
+    if not s.exchange.universe_refresh >= MIN_UNIVERSE_REFRESH:
+        problems.add(
+            "exchange.universe_refresh",
+            f"must be at least {format_duration(MIN_UNIVERSE_REFRESH)}, got "
+            f"{format_duration(s.exchange.universe_refresh)}: each exchangeInfo read costs "
+            "20 of the 1200 REST weight a minute allows, which the REST snapshots of new "
+            "pairs need",
+        )
     if s.server.activations_per_ip < 1 or s.server.activations < 1:
         problems.add(
             "server.activations_per_ip"
@@ -467,11 +488,12 @@ def _check_pairs(s: Settings, problems: _Problems) -> None:
         except ValueError as exc:
             problems.add(path, str(exc))
             continue
-        pair = f"{base}/{quote}"
+        pair = canonical_pair(text, s.quote_aliases)
         if pair in seen:
             problems.add(path, f"duplicate pair {pair}")
             continue
         seen.add(pair)
+        quote = pair.partition("/")[2]
         symbol = base + s.quote_aliases.get(quote, quote)
         if universe and symbol not in universe:
             problems.add(
@@ -510,8 +532,38 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, Any]]:
             name.startswith("PRICECTL_") and "__" in name
         ):
             path = name[len("PRICECTL_") :].lower().replace("__", ".")
-            out.append((name, path, _scalar(env[name])))
+            text = env[name]
+            out.append((name, path, _literal(text) if _is_text(path) else _scalar(text)))
     return out
+
+
+def _literal(text: str) -> str:
+    """A string setting's value: the text itself, or what is inside YAML quotes
+    (``'"staging:"'`` stays ``staging:``, as it always read)."""
+    if text[:1] in ("'", '"'):
+        with contextlib.suppress(yaml.YAMLError):
+            value = yaml.safe_load(text)
+            if isinstance(value, str):
+                return value
+    return text
+
+
+def _is_text(path: str) -> bool:
+    """Whether the setting at ``path`` is a string (or one of some strings): its value
+    from the environment is then taken literally, so ``PRICECTL_BUS__PREFIX=staging:``
+    is the prefix ``staging:``, not a YAML mapping."""
+    cls: Any = Settings
+    tp: Any = None
+    for key in path.split("."):
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            return False
+        tp = typing.get_type_hints(cls).get(key)
+        if tp is None:
+            return False
+        cls = tp
+    if tp is str:
+        return True
+    return typing.get_origin(tp) is Literal and all(isinstance(a, str) for a in typing.get_args(tp))
 
 
 def _scalar(text: str) -> Any:

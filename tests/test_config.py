@@ -276,3 +276,55 @@ def test_streams_per_connection_is_at_most_binances_1024(tmp_path: Path) -> None
     ]
     f.write_text("exchange:\n  streams_per_connection: 1024\n")
     assert load_settings(f, env={}).exchange.streams_per_connection == 1024
+
+
+def test_idle_grace_and_universe_refresh_have_floors() -> None:
+    """An idle_grace below 1s (a renewal round) or a universe_refresh below a minute (REST
+    weight) is refused, naming the variable and the key; the floors themselves pass."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(
+            None,
+            env={
+                "PRICECTL_EXCHANGE__IDLE_GRACE": "10ms",
+                "PRICECTL_EXCHANGE__UNIVERSE_REFRESH": "0s",
+            },
+        )
+    problems = err.value.problems
+    assert len(problems) == 2
+    assert problems[0].startswith(
+        "environment PRICECTL_EXCHANGE__IDLE_GRACE: exchange.idle_grace: must be at least 1s, "
+        "got 10ms"
+    )
+    assert problems[1].startswith(
+        "environment PRICECTL_EXCHANGE__UNIVERSE_REFRESH: exchange.universe_refresh: must be "
+        "at least 1m, got 0ms"
+    )
+    s = load_settings(
+        None,
+        env={"PRICECTL_EXCHANGE__IDLE_GRACE": "1s", "PRICECTL_EXCHANGE__UNIVERSE_REFRESH": "1m"},
+    )
+    assert s.exchange.idle_grace == 1.0 and s.exchange.universe_refresh == 60.0
+
+
+def test_string_settings_from_the_environment_are_taken_literally() -> None:
+    """PRICECTL_BUS__PREFIX=staging: (a YAML mapping if parsed) is the prefix "staging:";
+    string-like values that YAML would turn into other types stay strings too; typed
+    settings are still parsed."""
+    s = load_settings(
+        None,
+        env={
+            "PRICECTL_BUS__PREFIX": "staging:",
+            "PRICECTL_SERVER__HOST": "0.0.0.0",
+            "PRICECTL_LOGGING__LEVEL": "warning",
+            "PRICECTL_SERVER__PORT": "8123",
+            "PRICECTL_EXCHANGE__CHECK_SYMBOLS": "false",
+            "PRICECTL_PAIRS": "[BTC/USD, ETH/USD]",
+        },
+    )
+    assert s.bus.prefix == "staging:"
+    assert s.server.host == "0.0.0.0"
+    assert s.logging.level == "warning"
+    assert s.server.port == 8123 and s.exchange.check_symbols is False
+    assert s.pairs == ("BTC/USD", "ETH/USD")
+    assert load_settings(None, env={"PRICECTL_BUS__PREFIX": '"staging:"'}).bus.prefix == "staging:"
+    assert load_settings(None, env={"PRICECTL_BUS__PREFIX": "true"}).bus.prefix == "true"

@@ -273,8 +273,10 @@ class SSEClient:
             return
         body = (await resp.content.read(4096)).decode("utf-8", "replace")
         if status in _RETRYABLE_STATUS:
+            detail = f": {_error_text(body)}" if body.strip() else ""
             raise _Retry(
-                f"HTTP {status} from the server", _retry_after(resp.headers.get("Retry-After"))
+                f"HTTP {status} from the server{detail}",
+                _retry_after(resp.headers.get("Retry-After")),
             )
         if status == 400:
             raise StreamRefused(f"{_error_text(body)} (refused by {self.url})", status)

@@ -6,7 +6,10 @@ for the whole cluster (docs/protocol.md, "Pairs on demand"). The leader subscrib
 :meth:`Demand.active`: the pinned pairs (``pairs:`` in the config, always on) and the
 most recently wanted others, at most ``max_pairs`` in all. A pair nobody has wanted for
 ``idle_grace`` seconds drops out (:meth:`Demand.expire`); when more are wanted than the
-cap allows, the least recently wanted go first (eviction).
+cap allows, the least recently wanted go first (eviction). A pair wanted within
+``busy_window`` (a serve renews what its clients watch every ``refresh``) is being
+watched now and never drops out, however short ``idle_grace`` is:
+:attr:`DemandPolicy.expiry` is the longer of the two.
 
 A new pair is only let in when it would not push out a pair someone is watching
 *now* (wanted within ``busy_window``): :meth:`Demand.admit` says why not otherwise,
@@ -26,7 +29,11 @@ from dataclasses import dataclass
 
 from pricectl.core.ratelimit import SlidingWindow
 
-__all__ = ["Activations", "Demand", "DemandPolicy"]
+__all__ = ["MIN_IDLE_GRACE", "Activations", "Demand", "DemandPolicy"]
+
+#: The shortest ``exchange.idle_grace`` the config accepts (seconds): three wanted-set
+#: renewals (``refresh`` is a third of the grace) of at least a third of a second each.
+MIN_IDLE_GRACE = 1.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,12 @@ class DemandPolicy:
         """Wanted within this many seconds: somebody watches it now (two refreshes)."""
         return 2.0 * self.refresh + 1.0
 
+    @property
+    def expiry(self) -> float:
+        """Seconds after its last want that a pair is forgotten: ``idle_grace``, but never
+        less than ``busy_window``, so a pair a serve still renews is never dropped."""
+        return max(self.idle_grace, self.busy_window)
+
 
 class Demand:
     """Pinned pairs plus wanted pairs with their last-wanted wall time; see the module."""
@@ -96,8 +109,8 @@ class Demand:
         self.wanted = {p: t for p, t in wanted.items() if p not in self.pinned}
 
     def expire(self, now: float) -> list[str]:
-        """Forget pairs not wanted for ``idle_grace``; those forgotten."""
-        limit = now - self.policy.idle_grace
+        """Forget pairs not wanted for :attr:`~DemandPolicy.expiry`; those forgotten."""
+        limit = now - self.policy.expiry
         gone = [p for p, t in self.wanted.items() if t <= limit]
         for p in gone:
             del self.wanted[p]
@@ -105,9 +118,9 @@ class Demand:
 
     def active(self, now: float) -> tuple[str, ...]:
         """What to subscribe to: pinned, then the most recently wanted (within
-        ``idle_grace``) up to ``max_pairs`` in all; ties broken by name."""
+        :attr:`~DemandPolicy.expiry`) up to ``max_pairs`` in all; ties broken by name."""
         room = max(0, self.policy.max_pairs - len(self.pinned))
-        limit = now - self.policy.idle_grace
+        limit = now - self.policy.expiry
         live = [(t, p) for p, t in self.wanted.items() if t > limit]
         live.sort(key=lambda tp: (-tp[0], tp[1]))
         chosen = sorted(p for _, p in live[:room])

@@ -66,8 +66,12 @@ def judge(
     message_age: float | None = None,
     heartbeat_age: float | None = None,
     quiet_limit: float = QUIET_LIMIT,
+    universe_missing: str | None = None,
 ) -> tuple[str, list[str]]:
     """``(status, reasons)`` for the per-pair states of :func:`pair_state`.
+
+    ``universe_missing`` says why the exchange's list of pairs is not known yet (only the
+    pinned pairs can be served meanwhile): degraded, with that reason.
 
     ``message_age`` (seconds since the last bus message) and ``heartbeat_age`` (since
     the leader's heartbeat last moved) are checked together when either is given:
@@ -102,4 +106,6 @@ def judge(
         quiet = [a for a in (message_age, heartbeat_age) if a is None or a > quiet_limit]
         if len(quiet) == 2:
             reasons.append(f"no bus message and no leader heartbeat for {quiet_limit:g}s")
+    if universe_missing is not None:
+        reasons.append(universe_missing)
     return ("degraded" if reasons else "ok"), reasons

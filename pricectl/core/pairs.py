@@ -17,6 +17,7 @@ __all__ = [
     "PAIR_RE",
     "PairMap",
     "bundled_symbols",
+    "canonical_pair",
     "known_symbols",
     "parse_pair",
     "parse_pair_list",
@@ -127,3 +128,15 @@ def bundled_symbols() -> list[dict[str, str]]:
 def known_symbols() -> dict[str, tuple[str, str, str]]:
     """Binance spot symbols in the bundled snapshot: ``{"BTCUSDT": ("BTC", "USDT", "TRADING")}``."""
     return {s["symbol"]: (s["baseAsset"], s["quoteAsset"], s["status"]) for s in bundled_symbols()}
+
+
+def canonical_pair(text: str, aliases: Mapping[str, str]) -> str:
+    """The one display name of a pair, as the exchange's list gives it: a quote that an
+    alias stands for is shown as the alias (``VET/USDT`` -> ``VET/USD`` with
+    ``USD: USDT``); ``ValueError`` if malformed."""
+    base, quote = parse_pair(text)
+    upper = {k.upper(): v.upper() for k, v in aliases.items()}
+    back = {v: k for k, v in upper.items()}
+    if quote not in upper:
+        quote = back.get(quote, quote)
+    return f"{base}/{quote}"

@@ -31,7 +31,11 @@ from typing import Any
 
 from pricectl.core.pairs import PAIR_RE, PairMap
 
-__all__ = ["Market", "Universe", "UnknownPair", "decimals_of"]
+__all__ = ["MIN_UNIVERSE_REFRESH", "Market", "Universe", "UnknownPair", "decimals_of"]
+
+#: The shortest ``exchange.universe_refresh`` the config accepts (seconds): one
+#: exchangeInfo read (weight 20) a minute leaves the REST budget to the snapshots.
+MIN_UNIVERSE_REFRESH = 60.0
 
 #: What may separate the base from the quote in user input (``BTC/USD``, ``BTC-USD`` ...).
 _SEPARATORS = re.compile(r"[/\-_: ]")

@@ -47,6 +47,8 @@ class UniverseSource:
         #: Wall-clock time of the last successful fetch.
         self.fetched_at: float | None = None
         self.failures = 0
+        #: The last failed attempt's error (None after a success).
+        self.last_error: str | None = None
         self._ready = asyncio.Event()
 
     async def fetch(self) -> Universe:
@@ -56,10 +58,22 @@ class UniverseSource:
         first = self.universe is None
         self.universe = universe
         self.fetched_at = time.time()
+        self.last_error = None
         self._ready.set()
         if first:
             log.info("exchangeInfo: %d pairs can be served", len(universe))
         return universe
+
+    def missing(self) -> str | None:
+        """Why no list of pairs is known yet (a sentence for health), or None once it is."""
+        if self.universe is not None:
+            return None
+        if not self.failures:
+            return "the exchange's list of pairs is not loaded yet"
+        return (
+            f"the exchange's list of pairs is not loaded: exchangeInfo failed "
+            f"{self.failures} times, last: {self.last_error}; retrying"
+        )
 
     async def ready(self, timeout: float) -> Universe | None:
         """The universe once known, waiting at most ``timeout`` seconds for it."""
@@ -79,11 +93,13 @@ class UniverseSource:
                 await self.fetch()
             except RateLimitedError as exc:
                 self.failures += 1
+                self.last_error = str(exc)
                 log.warning("exchangeInfo: %s", exc)
                 await asyncio.sleep(max(exc.retry_after, 1.0))
                 continue
             except FeedError as exc:
                 self.failures += 1
+                self.last_error = str(exc)
                 delay = backoff.next_delay(time.monotonic())
                 level = logging.WARNING if self.universe is None else logging.INFO
                 log.log(level, "exchangeInfo: %s; retrying in %.1fs", exc, delay)

@@ -57,7 +57,7 @@ async def initial_pairs(
     demand = Demand(settings.pair_map.pairs, settings.demand)
     try:
         async with asyncio.timeout(timeout):
-            wanted = await bus.wanted(time.time(), demand.policy.idle_grace)
+            wanted = await bus.wanted(time.time(), demand.policy.expiry)
     except (BusError, TimeoutError) as exc:
         log.warning("demand: cannot read the wanted pairs yet (%s); pinned pairs first", exc)
         return relay.pairs
@@ -91,7 +91,7 @@ async def follow_demand(
                 wake.clear()
                 wall = time.time()
                 try:
-                    wanted = await bus.wanted(wall, policy.idle_grace)
+                    wanted = await bus.wanted(wall, policy.expiry)
                 except BusError as exc:
                     log.warning("demand: cannot read the wanted pairs: %s", exc)
                     wanted = None
@@ -113,7 +113,7 @@ async def follow_demand(
                 wait = policy.refresh
                 if demand.wanted:
                     oldest = min(demand.wanted.values())
-                    wait = min(wait, max(0.05, oldest + policy.idle_grace - time.time()))
+                    wait = min(wait, max(0.05, oldest + policy.expiry - time.time()))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await wake.wait()

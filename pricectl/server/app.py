@@ -476,6 +476,7 @@ async def serve_forever(
         hub = app[HUB]
         source = await _start_universe(settings, stack)
         hub.universe = lambda: source.universe
+        hub.universe_missing = source.missing
         if holder is not None:
             holder.universe = hub.universe
         runner, bound = await _listen(app, host, port, reuse_port=reuse_port, budget=plan.waiting)

@@ -117,6 +117,7 @@ def health_report(
         leader=lead is None or lead.holder is not None,
         message_age=message_age if lead is not None else None,
         heartbeat_age=lead.heartbeat_age if lead is not None else None,
+        universe_missing=hub.universe_missing(),
     )
     up: dict[str, Any] | None = None
     leader: dict[str, Any] = {"identity": None, "epoch": hub.epoch or None, "since": None}

@@ -57,6 +57,8 @@ log = logging.getLogger("pricectl.server.hub")
 
 #: Seconds between two looks for pairs gone quiet: a Stale marker is at most this late.
 STALE_CHECK = 0.1
+#: Retry-After (seconds) of a 503 ``universe_not_loaded``: about one exchangeInfo retry.
+UNIVERSE_RETRY_AFTER = 5.0
 
 
 #: What a pair typed by a client may look like: one asset code, or two with a separator.
@@ -128,6 +130,9 @@ class Hub:
         self.pairs: tuple[str, ...] = self.pinned
         #: The servable pairs (set by serve from exchangeInfo); None: pinned pairs only.
         self.universe: Callable[[], Universe | None] = lambda: None
+        #: Why serve has no list of pairs yet although it reads one (health says so and a
+        #: pair that is not pinned gets a 503 meanwhile); None: loaded, or none read.
+        self.universe_missing: Callable[[], str | None] = lambda: None
         #: The cluster's wanted set as last read from the bus, and this process's pace.
         self.demand = Demand(self.pinned, settings.demand)
         self.activations = Activations(settings.demand)
@@ -299,7 +304,8 @@ class Hub:
 
         Raises :class:`Refusal` (400 ``unknown_pair``) naming every pair that does not
         exist, with the nearest names. Before exchangeInfo has answered, only the pinned
-        pairs are known.
+        pairs are known: any other is a 503 ``universe_not_loaded`` (retry later), not a
+        400, when serve is still fetching the list.
         """
         universe = self.universe()
         bad = [t for t in texts if _PAIR_INPUT.match(t.strip()) is None]
@@ -329,6 +335,15 @@ class Hub:
                     continue
             if pair not in out:
                 out.append(pair)
+        if unknown and universe is None and (missing := self.universe_missing()) is not None:
+            names = ", ".join(repr(u) for u in unknown)
+            raise Refusal(
+                503,
+                "universe_not_loaded",
+                f"cannot tell yet whether {names} exists: {missing}; only the pinned pairs "
+                f"can be served until then: {', '.join(self.pinned)}",
+                retry_after=UNIVERSE_RETRY_AFTER,
+            )
         if unknown:
             names = ", ".join(repr(u) for u in unknown)
             hint = f"; did you mean {', '.join(suggestions[:5])}?" if suggestions else ""
@@ -378,7 +393,7 @@ class Hub:
         # The cap is the cluster's: judge it on the wanted set as the bus has it now, not
         # as of the last refresh (another serve may have filled the slots since).
         with contextlib.suppress(BusError):
-            self.demand.replace(await self.bus.wanted(wall, self.demand.policy.idle_grace))
+            self.demand.replace(await self.bus.wanted(wall, self.demand.policy.expiry))
         for p in new:
             why = self.demand.admit(p, wall)
             if why is not None:
@@ -467,7 +482,7 @@ class Hub:
         fresh = [p for p, t in self.held.items() if t > wall - policy.busy_window]
         if fresh:
             await self.bus.want(fresh, wall)
-        self.demand.replace(await self.bus.wanted(wall, policy.idle_grace))
+        self.demand.replace(await self.bus.wanted(wall, policy.expiry))
         gone = [p for p, t in self.held.items() if t <= wall - policy.idle_grace]
         if gone:
             await self.deactivate(gone)

@@ -49,10 +49,20 @@ def parse_pairs(hub: Hub, request: web.Request) -> frozenset[str] | web.Response
     limit = hub.settings.server.max_pairs_per_connection
     if text is None or not text.strip():
         return frozenset(hub.pinned)
-    if len(text) > _MAX_PAIRS_PARAM:
-        return bad_request("too_many_pairs", f"at most {limit} pairs per connection")
     parts = [p.strip() for p in text.split(",") if p.strip()]
-    if len(parts) > limit:
+    if not parts:
+        return bad_request(
+            "malformed_pair",
+            f"pairs={text!r} names no pair: expected a comma-separated list such as "
+            "BTC/USD,ETH/USD (or no pairs= at all for the pinned pairs)",
+        )
+    if len(text) > _MAX_PAIRS_PARAM and len(parts) <= limit:
+        return bad_request(
+            "malformed_pair",
+            f"pairs= is too long ({len(text)} characters, at most {_MAX_PAIRS_PARAM}): "
+            "a pair is BASE/QUOTE such as BTC/USD",
+        )
+    if len(parts) > limit or len(text) > _MAX_PAIRS_PARAM:
         return bad_request(
             "too_many_pairs", f"{len(parts)} pairs requested; at most {limit} per connection"
         )

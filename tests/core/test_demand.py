@@ -52,6 +52,23 @@ def test_admit_refuses_only_when_every_slot_is_watched() -> None:
     assert d.admit("B/USD", now=later) is None
 
 
+def test_a_pair_still_renewed_never_drops_out_however_short_idle_grace_is() -> None:
+    """idle_grace shorter than a renewal round: a pair wanted within busy_window stays
+    active (a serve renews it every refresh), and drops out once the renewals stop."""
+    policy = DemandPolicy(idle_grace=0.001, refresh=0.0005)
+    assert policy.expiry == policy.busy_window > policy.idle_grace
+    d = Demand(PINNED, policy)
+    d.want(["ETH/BTC"], now=100.0)
+    # The leader reads the set a whole refresh (and a late one) after the renewal.
+    for later in (0.001, 0.01, 0.5, policy.busy_window - 0.01):
+        assert "ETH/BTC" in d.active(now=100.0 + later)
+        assert d.expire(now=100.0 + later) == []
+    assert "ETH/BTC" not in d.active(now=100.0 + policy.busy_window)
+    assert d.expire(now=100.0 + policy.busy_window) == ["ETH/BTC"]
+    # A long grace is the expiry itself.
+    assert DemandPolicy(idle_grace=60.0, refresh=5.0).expiry == 60.0
+
+
 def test_replace_takes_the_cluster_set_without_pinned() -> None:
     """The bus's whole set replaces ours; pinned pairs are not wanted entries."""
     d = Demand(PINNED, DemandPolicy())

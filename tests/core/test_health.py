@@ -43,6 +43,14 @@ def test_judge_ok_degraded_down() -> None:
     assert judge({"A": live}, bus_connected=True, leader=False)[0] == "degraded"
 
 
+def test_a_missing_pair_list_is_degraded_with_its_reason() -> None:
+    """Live pinned pairs but no exchangeInfo yet: degraded, the reason given as is."""
+    live = pair_state(_u(), 30.0, now=101.0)
+    why = "the exchange's list of pairs is not loaded yet"
+    assert judge({"A": live}, bus_connected=True, universe_missing=why) == ("degraded", [why])
+    assert judge({"A": live}, bus_connected=True, universe_missing=None) == ("ok", [])
+
+
 def test_a_bus_slow_to_ping_is_down() -> None:
     """A bus connected but not answering a PING within 1 s makes health down."""
     live = pair_state(_u(), 30.0, now=101.0)

@@ -125,3 +125,14 @@ def test_decode_rejects(obj: dict[str, object], problem: str) -> None:
     """Malformed updates are refused naming the field."""
     with pytest.raises(ValueError, match=problem):
         decode_update(obj)
+
+
+def test_canonical_pair_shows_the_aliased_quote() -> None:
+    """A quote an alias stands for is named by the alias, as exchangeInfo's names are."""
+    from pricectl.core.pairs import canonical_pair
+
+    aliases = {"USD": "USDT"}
+    assert canonical_pair("vet/usdt", aliases) == "VET/USD"
+    assert canonical_pair("VET/USD", aliases) == "VET/USD"
+    assert canonical_pair("ETH/BTC", aliases) == "ETH/BTC"
+    assert canonical_pair("VET/USDT", {}) == "VET/USDT"

@@ -10,16 +10,22 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from pricectl.bus.base import Update
 from pricectl.bus.redis import RedisBus
 from pricectl.core.pairs import bundled_symbols
 from pricectl.core.universe import Universe
+from pricectl.loadtest.spawn import child_env, free_port
+from pricectl.simulator.server import Simulator
+from tests.ingest.test_candidate import Cluster
 from tests.ingest.test_cluster import Stack, Watcher, stack
 from tests.redis_server import RedisServer
 from tests.server.harness import SSEConn
+from tests.server.serve_process import serve_process
 from tests.waiting import UNIT, until
 
 pytestmark = pytest.mark.timeout(120 * UNIT)
@@ -267,3 +273,102 @@ async def test_tail_any_pair_from_serve_and_from_redis(
             assert proc.returncode == 0, err.decode()
             lines = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
             assert len(lines) >= 3 and {d["pair"] for d in lines} == {pair}, lines
+
+
+async def test_serve_without_the_pair_list_says_try_again_and_loads_it_later(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """serve (Redis bus) whose exchangeInfo does not answer at start: pinned BTC/USD is
+    served, ETH/BTC gets a 503 universe_not_loaded with Retry-After on /prices and
+    /stream, health is degraded saying why, `pricectl tail ETH/BTC` keeps retrying; once
+    exchangeInfo answers (retried with backoff), ETH/BTC is served and tail gets it."""
+    sim = Simulator()
+    await sim.start()
+    late_port = free_port()
+    late_rest: Simulator | None = None
+    env = child_env(
+        {
+            "REDIS_URL": redis_server.url,
+            "BINANCE_WS_URL": sim.ws_url,
+            "BINANCE_REST_URL": sim.rest_url,
+            "PRICECTL_PAIRS": "BTC/USD",
+            "PRICECTL_EXCHANGE__STREAM": "bookTicker",
+            "LOG_LEVEL": "info",
+        }
+    )
+    ingest = Cluster(tmp_path, env)
+    tail: asyncio.subprocess.Process | None = None
+    serve_env = {**env, "BINANCE_REST_URL": f"http://127.0.0.1:{late_port}"}
+    try:
+        ingest.start(1)
+        async with (
+            serve_process(tmp_path / "serve.log", env=serve_env) as serve,
+            aiohttp.ClientSession() as http,
+        ):
+
+            async def health() -> dict[str, Any]:
+                async with http.get(serve.url("/api/market-data/health")) as resp:
+                    doc: dict[str, Any] = await resp.json()
+                return doc
+
+            async def pinned_fresh() -> bool:
+                doc = await health()
+                return "BTC/USD" in doc["pairs"] and not doc["pairs"]["BTC/USD"]["stale"]
+
+            await until(pinned_fresh, 15, "pinned BTC/USD fresh at serve")
+            doc = await health()
+            assert doc["status"] == "degraded", doc["reasons"]
+            assert any("list of pairs is not loaded" in r for r in doc["reasons"]), doc
+            for path in ("/api/market-data/prices", "/api/market-data/stream"):
+                async with http.get(serve.url(f"{path}?pairs=ETH/BTC")) as resp:
+                    assert resp.status == 503, (path, resp.status)
+                    assert int(resp.headers["Retry-After"]) >= 1
+                    body = await resp.json()
+                assert body["error"] == "universe_not_loaded", body
+                assert "'ETH/BTC'" in body["detail"] and "BTC/USD" in body["detail"]
+            async with http.get(serve.url("/api/market-data/prices?pairs=BTC/USD")) as resp:
+                assert resp.status == 200
+            tail = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "pricectl.cli",
+                "tail",
+                "ETH/BTC",
+                "--url",
+                serve.url(),
+                "--json",
+                "--count",
+                "1",
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            assert tail.stderr is not None and tail.stdout is not None
+            said = await asyncio.wait_for(tail.stderr.readline(), 15 * UNIT)
+            assert b"universe_not_loaded" in said or b"not loaded" in said, said
+            assert tail.returncode is None  # retrying, not a usage error
+
+            late_rest = Simulator()
+            await late_rest.start(port=late_port)
+
+            async def loaded() -> bool:
+                doc = await health()
+                return doc["demand"]["universe"] is not None and doc["status"] == "ok"
+
+            await until(loaded, 30, "exchangeInfo loaded by a retry, health ok")
+            line = await asyncio.wait_for(tail.stdout.readline(), 20 * UNIT)
+            assert json.loads(line)["pair"] == "ETH/BTC", line
+            assert await asyncio.wait_for(tail.wait(), 10 * UNIT) == 0
+            async with http.get(serve.url("/api/market-data/prices?pairs=ETH/BTC")) as resp:
+                assert resp.status == 200
+    except BaseException:
+        print(ingest.dump())
+        raise
+    finally:
+        if tail is not None and tail.returncode is None:
+            tail.kill()
+            await tail.wait()
+        ingest.kill_all()
+        if late_rest is not None:
+            await late_rest.stop()
+        await sim.stop()

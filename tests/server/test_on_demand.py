@@ -57,3 +57,48 @@ async def test_embedded_relay_follows_demand_and_reports_it(tmp_path: Path) -> N
 
         await until(gone, 10, "ETH/BTC turned off after idle_grace")
         assert "ETH/BTC no longer wanted here" in serve.log
+
+
+async def test_a_watched_pair_is_never_dropped_at_the_shortest_idle_grace(tmp_path: Path) -> None:
+    """idle_grace at its floor (1s) and one client watching ETH/BTC for 4 graces: the relay
+    never removes it (no stale cache copy, no REST re-snapshot, pairs_removed 0)."""
+    env = {"PRICECTL_EXCHANGE__IDLE_GRACE": "1s", "PRICECTL_PAIRS": "BTC/USD"}
+    async with (
+        serve_process(tmp_path / "serve.log", "--simulate", env=env) as serve,
+        aiohttp.ClientSession() as http,
+    ):
+        await until(lambda: serve.log.count("exchangeInfo:") > 0, 10, "exchangeInfo read")
+        conn = await SSEConn.open(serve.port, "/api/market-data/stream?pairs=ETH/BTC")
+        try:
+            assert conn.status == 200
+
+            # About one update a second: 6 live ones span more than 4 idle graces.
+            events = await conn.wait_events(7, timeout=15)
+            seen = [json.loads(e.data)["source"] for e in events]
+            assert "cache" not in seen, seen
+            assert seen.count("rest") <= 1, seen
+            async with http.get(serve.url("/api/market-data/health")) as resp:
+                health = await resp.json()
+            assert health["upstream"]["pairs_removed"] == 0, health["upstream"]
+            assert "ETH/BTC" in health["demand"]["active"]
+            assert "no longer wanted" not in serve.log
+        finally:
+            conn.close()
+
+
+async def test_pinned_pairs_in_the_exchanges_quote_are_known_as_pinned(tmp_path: Path) -> None:
+    """pairs: VET/USDT, ADA/USDT with USD: USDT are pinned as VET/USD, ADA/USD (the names
+    requests resolve to): asking for them turns nothing on, so no activation limit."""
+    env = {"PRICECTL_PAIRS": "VET/USDT,ADA/USDT", "PRICECTL_SERVER__ACTIVATIONS_PER_IP": "1"}
+    async with (
+        serve_process(tmp_path / "serve.log", "--simulate", env=env) as serve,
+        aiohttp.ClientSession() as http,
+    ):
+        await until(lambda: serve.log.count("exchangeInfo:") > 0, 10, "exchangeInfo read")
+        for asked in ("VET/USDT,ADA/USDT", "vet-usd,adausdt"):
+            async with http.get(serve.url(f"/api/market-data/prices?pairs={asked}")) as resp:
+                assert resp.status == 200, await resp.text()
+        async with http.get(serve.url("/api/market-data/health")) as resp:
+            demand = (await resp.json())["demand"]
+        assert demand["pinned"] == ["VET/USD", "ADA/USD"]
+        assert demand["activated"] == 0 and demand["wanted"] == []

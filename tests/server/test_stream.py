@@ -66,6 +66,15 @@ async def test_bad_requests_are_400_json():
             assert st == 400 and body["error"] == "malformed_pair"
             st, body = await get("?pairs=BTC/USD,ETH/USD,SOL/USD")
             assert st == 400 and body["error"] == "too_many_pairs"
+            for empty in (",", ",%20,"):
+                st, body = await get(f"?pairs={empty}")
+                assert st == 400 and body["error"] == "malformed_pair", (empty, body)
+                assert "names no pair" in body["detail"]
+            st, body = await get("?pairs=" + "A" * 1400)
+            assert st == 400 and body["error"] == "malformed_pair"
+            assert "pairs= is too long (1400 characters, at most 1300)" in body["detail"]
+            st, body = await get("?pairs=" + ",".join(["BTC/USD"] * 200))
+            assert st == 400 and body["error"] == "too_many_pairs"
             st, body = await get("?pairs=BTC/USD", **{"Last-Event-ID": "banana"})
             assert st == 400 and body["error"] == "malformed_event_id"
             st, body = await get("?pairs=BTC/USD&lastEventId=7-")
