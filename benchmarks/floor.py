@@ -9,7 +9,7 @@ transport in one loop. The difference between it and ``pricectl serve`` is what 
 features and structure cost; the rest is the kernel's.
 
 It sends what serve sends, byte for byte in shape: chunked HTTP/1.1, ``id:``/``event:
-price``/``data:`` with a DESIGN 3.2 payload of a real update's size, 10 events a second
+price``/``data:`` with an update payload of a real update's size, 10 events a second
 (the update rate) with ``ingest_ns`` stamped just before the write loop.
 
     python -m benchmarks.floor --port 8001 [--rate 10]

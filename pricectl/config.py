@@ -1,4 +1,5 @@
-"""YAML + environment -> frozen, validated settings holding core's policies (DESIGN 6).
+"""YAML + environment -> frozen, validated settings holding core's policies
+(config/pricectl.yaml).
 
 Every setting is a field of a frozen dataclass, with its default. The sections that are
 core policies are those policies themselves (``leader`` is a
@@ -106,7 +107,8 @@ class BusSettings:
 
 @dataclass(frozen=True)
 class ResilienceSettings:
-    """The shared resilience core (DESIGN 4): the policies of ``pricectl.core``."""
+    """The shared resilience core (docs/architecture.md, "The resilience core"): the
+    policies of ``pricectl.core``."""
 
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
@@ -181,7 +183,8 @@ class Settings:
         default_factory=lambda: types.MappingProxyType({"USD": "USDT"})
     )
     bus: BusSettings = field(default_factory=BusSettings)
-    #: The ingest leader lease (DESIGN 3.4), in the spirit of client-go's defaults.
+    #: The ingest leader lease (docs/architecture.md, "The lease"), in the spirit of
+    #: client-go's defaults.
     leader: LeasePolicy = field(default_factory=LeasePolicy)
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
     server: ServerSettings = field(default_factory=ServerSettings)

@@ -3,7 +3,7 @@
 Keeping rich here (and importing this module only inside commands that draw) keeps
 ``pricectl --help`` fast and lets the text/JSON paths of ``tail`` and ``health`` run
 without it. What is drawn comes from plain data: :class:`pricectl.client.views.Board`
-for the live table, the health dictionary (DESIGN 3.6) for the summary.
+for the live table, the health document (docs/protocol.md, "Health") for the summary.
 """
 
 from __future__ import annotations
@@ -202,7 +202,8 @@ def _section(title: str, value: Any) -> Text:
 
 
 def print_health(health: Mapping[str, Any], console: Console | None = None) -> None:
-    """The DESIGN 3.6 health object as a short summary: status, pairs, then each part."""
+    """The health document (docs/protocol.md) as a short summary: status, pairs, then each
+    part."""
     out = console or Console()
     status = str(health.get("status", "unknown"))
     head = Text("status   ", style="bold")

@@ -1,4 +1,5 @@
-"""The bus between ingest and serve (DESIGN 3.3): one interface, two backends.
+"""The bus between ingest and serve (docs/architecture.md, "The bus"): one interface, two
+backends.
 
 ``memory://`` runs in-process (the embedded default: ``serve`` runs the relay
 itself). ``redis://``, ``rediss://`` and ``unix://`` use Redis, ``redis+sentinel://``

@@ -1,4 +1,4 @@
-"""The bus interface both backends implement (DESIGN 3.3).
+"""The bus interface both backends implement (docs/architecture.md, "The bus").
 
 Consumers iterate a :class:`Subscription` and get :class:`Update` (one price update,
 with the exact JSON text that was published, so a server can forward it without
@@ -6,10 +6,10 @@ re-serialising) or :class:`Gap` (the stream may have lost messages, e.g. after a
 reconnect: call :meth:`Subscription.resync` and resync your clients from what it
 returns).
 
-The consumer's half of fencing (DESIGN 3.3) lives in one place, the subscription: an
-update whose epoch is below the highest seen for its pair is dropped and counted, and a
-re-read snapshot goes through the same filter, so a deposed leader's last write can
-never overwrite the new leader's price, live or on resync.
+The consumer's half of fencing (docs/architecture.md, "The bus") lives in one place, the
+subscription: an update whose epoch is below the highest seen for its pair is dropped and
+counted, and a re-read snapshot goes through the same filter, so a deposed leader's last
+write can never overwrite the new leader's price, live or on resync.
 
 A live update that skips seqs of its pair within its epoch (updates lost on the way,
 e.g. written to a master that a failover was demoting) is held back behind a ``Gap``,
@@ -93,10 +93,11 @@ class EpochFilter:
     """Per pair, the highest epoch seen and the highest seq within it: updates from a lower
     (deposed) epoch are dropped, and so are live repeats of a seq already delivered.
 
-    This is the consumer's half of fencing (DESIGN 3.3): even if a deposed leader's
-    message got through, it never overwrites the new leader's price. The repeat rule
-    makes a publish that was retried after a lost reply (the first attempt did reach
-    Redis) harmless: its updates carry the same ``(epoch, seq)`` as the ones already seen.
+    This is the consumer's half of fencing (docs/architecture.md, "The bus"): even if a
+    deposed leader's message got through, it never overwrites the new leader's price. The
+    repeat rule makes a publish that was retried after a lost reply (the first attempt did
+    reach Redis) harmless: its updates carry the same ``(epoch, seq)`` as the ones already
+    seen.
     """
 
     __slots__ = ("drops", "duplicates", "highest", "seqs")

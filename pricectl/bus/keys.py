@@ -1,4 +1,5 @@
-"""Redis key and channel names (DESIGN 3.3, 3.4), all behind the configurable prefix.
+"""Redis key and channel names (docs/architecture.md, "The bus" and "The lease"), all behind
+the configurable prefix.
 
 The prefix lets several deployments share one Redis (``bus.prefix: "staging:"``).
 
@@ -37,12 +38,14 @@ def slot_prefix(prefix: str) -> str:
 
 
 def channel(prefix: str, pair: str) -> str:
-    """Pub/sub channel of one pair: payload is one DESIGN 3.2 JSON object per message."""
+    """Pub/sub channel of one pair: payload is one update object (docs/protocol.md,
+    "The update object")."""
     return f"{prefix}prices:{pair}"
 
 
 def latest(prefix: str) -> str:
-    """Hash pair -> latest DESIGN 3.2 JSON: the snapshot a consumer reads on (re)connect."""
+    """Hash pair -> latest update object as JSON: the snapshot a consumer reads on
+    (re)connect."""
     return f"{prefix}prices:latest"
 
 
@@ -62,7 +65,7 @@ def epoch(prefix: str) -> str:
 
 def lease_channel(prefix: str) -> str:
     """Channel on which a leader announces ``released`` so standbys take over at once
-    instead of at their next poll (DESIGN 3.4: "about a second, not after the TTL")."""
+    instead of at their next poll (docs/architecture.md, "The lease")."""
     return f"{prefix}pricectl:lease"
 
 
@@ -76,7 +79,8 @@ def presence_channel(prefix: str, token: str) -> str:
 
     Redis drops the subscription the moment the process's connection closes (a crash
     included), so ``PUBSUB NUMSUB`` of the lease holder's channel falling to 0 tells the
-    standbys the leader is dead without waiting for the lease TTL (DESIGN 3.4).
+    standbys the leader is dead without waiting for the lease TTL (docs/architecture.md,
+    "The lease").
     """
     return f"{presence_prefix(prefix)}{token}"
 

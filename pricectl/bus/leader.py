@@ -1,4 +1,5 @@
-"""The ingest leader lease over Redis (DESIGN 3.4): acquire, renew, step down, release.
+"""The ingest leader lease over Redis (docs/architecture.md, "The lease"): acquire, renew,
+step down, release.
 
 Every ``pricectl ingest`` runs :meth:`Leader.run`. One of them wins the lease and runs
 ``on_elected(fence)``; the others stay standbys. Timing decisions live in

@@ -1,10 +1,10 @@
 """The in-process bus (``memory://``): what ``pricectl serve`` uses when it runs ingest itself.
 
-Same contract as the Redis bus (DESIGN 3.3) so serve cannot tell them apart: a fenced
-publish, a per-pair snapshot, subscriptions that start with ``Gap("subscribed")``.
-The lease is in-process too: :meth:`MemoryBus.local_fence` grants the embedded relay
-a fence whose epoch is the wall-clock second (or the previous epoch + 1 if higher),
-so epochs keep growing across restarts of the embedded server and clients that
+Same contract as the Redis bus (docs/architecture.md, "The bus") so serve cannot tell them
+apart: a fenced publish, a per-pair snapshot, subscriptions that start with
+``Gap("subscribed")``. The lease is in-process too: :meth:`MemoryBus.local_fence` grants the
+embedded relay a fence whose epoch is the wall-clock second (or the previous epoch + 1 if
+higher), so epochs keep growing across restarts of the embedded server and clients that
 remember an old epoch see the new one as newer.
 """
 

@@ -1,8 +1,9 @@
-"""The Redis bus (``redis://``, ``rediss://``, ``unix://``): DESIGN 3.3 over redis.asyncio.
+"""The Redis bus (``redis://``, ``rediss://``, ``unix://``): the bus over redis.asyncio
+(docs/architecture.md, "The bus").
 
 Layout (``<prefix>`` is ``bus.prefix``, see :mod:`pricectl.bus.keys`)::
 
-    <prefix>prices:<PAIR>      channel, one DESIGN 3.2 JSON object per message
+    <prefix>prices:<PAIR>      channel, one update object per message
     <prefix>prices:latest      hash PAIR -> latest JSON (the snapshot)
     <prefix>pricectl:leader    the lease token (PX = ttl)         see pricectl.bus.leader
     <prefix>pricectl:epoch     the current leader's epoch

@@ -1,4 +1,4 @@
-"""Reading the price stream the way a careful browser does (DESIGN 5: ``client/``).
+"""Reading the price stream the way a careful browser does (docs/architecture.md, "Layout").
 
 - :class:`~pricectl.client.sse.SSEClient`: the SSE stream with ``retry:``, backoff,
   ``Last-Event-ID`` and per-pair gap/duplicate detection; used by ``tail`` and ``loadtest``.

@@ -2,8 +2,8 @@
 
 - :func:`check_health`: the whole check the command runs (the command only parses its
   options and prints), from a :class:`HealthCheck`, to the document and its exit code.
-- :func:`serve_health`: GET ``/api/market-data/health`` (DESIGN 3.6). serve answers 503
-  with the same JSON when it is down, so both 200 and 503 are read as a report.
+- :func:`serve_health`: GET ``/api/market-data/health`` (docs/protocol.md, "Health"). serve
+  answers 503 with the same JSON when it is down, so both 200 and 503 are read as a report.
 - :func:`redis_health`: the same document built from Redis alone (leader key, epoch, the
   ``prices:latest`` hash and each entry's age), for when no serve is up or to check the
   bus independently of serve. Its status follows the rule serve uses
@@ -106,7 +106,8 @@ class HealthCheck:
 
 @dataclass(frozen=True)
 class HealthReport:
-    """The health document (DESIGN 3.6, plus ``through`` when asked) and its exit code."""
+    """The health document (docs/protocol.md, plus ``through`` when asked) and its exit
+    code."""
 
     doc: dict[str, Any]
     exit_code: int
@@ -286,7 +287,7 @@ async def redis_health(
             bad.append(pair)
     states = pair_states(latest, stale_after, time.time() if now is None else now)
     holder = token is not None
-    # The DESIGN 3.6 rule, the same one serve's health endpoint applies.
+    # The health rule, the same one serve's health endpoint applies.
     status, reasons = judge(states, bus_connected=True, bus_role=role, leader=holder)
     if holder and (heartbeat_age is None or heartbeat_age > QUIET_LIMIT):
         reasons.append(

@@ -7,7 +7,8 @@ serve.
 
 - :func:`bus_events`: reads the snapshot first, then follows the per-pair channels; after a
   Redis reconnect the bus says so (``Gap``) and the snapshot is read again, so the view
-  resyncs instead of silently missing what was published during the outage (DESIGN 3.3).
+  resyncs instead of silently missing what was published during the outage
+  (docs/architecture.md, "The bus").
 - :func:`exchange_events`: one WebSocket to the exchange URL in the config, no server in
   between. Updates carry no leader epoch; they are numbered locally per pair so the
   sequence checks still hold.

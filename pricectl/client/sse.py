@@ -1,6 +1,6 @@
 """An SSE client for ``GET /api/market-data/stream`` that behaves like a careful EventSource.
 
-What it does, and why (DESIGN 3.5, WHATWG HTML 9.2):
+What it does, and why (docs/protocol.md and WHATWG HTML 9.2):
 
 - parses the body with the core :class:`~pricectl.core.sse.SSEDecoder` (bytes in any
   split, events out), so the browser, ``tail`` and ``loadtest`` agree on the wire format;

@@ -4,7 +4,7 @@ Sources: ``serve`` (the SSE stream, :class:`~pricectl.client.sse.SSEClient`), ``
 (the bus, :func:`~pricectl.client.sources.bus_events`), ``binance`` (the exchange,
 :func:`~pricectl.client.sources.exchange_events`). Modes: ``table`` (rich live board,
 the default on a terminal), ``plain`` (one line per update, the default when piped),
-``json`` (one DESIGN 3.2 object per line).
+``json`` (one update object per line, docs/protocol.md, "The update object").
 
 Only new information is printed: duplicates of a replay and snapshot repeats after a
 reconnect are dropped (and counted); a resync or gap is marked on its line. Connection

@@ -79,7 +79,7 @@ def plain_line(price: Price) -> str:
 
 
 def json_line(price: Price) -> str:
-    """The update exactly as DESIGN 3.2 (plus ``gseq``), one compact JSON object."""
+    """The update object exactly as docs/protocol.md, "The update object", compact JSON."""
     return price.update.to_json()
 
 

@@ -24,7 +24,7 @@ __all__ = ["command"]
 @click.option("--url", help="serve address (default: http://server.host:server.port).")
 @click.option("--redis", "redis_url", help="Redis URL for --from redis (default: bus.url).")
 @click.option("--plain", is_flag=True, help="One line per update (the default when piped).")
-@click.option("--json", "as_json", is_flag=True, help="One DESIGN 3.2 JSON object per line.")
+@click.option("--json", "as_json", is_flag=True, help="One update per line (docs/protocol.md).")
 @click.option("--once", is_flag=True, help="Print the current snapshot and exit.")
 @click.option("--count", type=click.IntRange(min=1), help="Exit after N updates.")
 @click.option("--duration", type=DURATION, help="Exit after this long (30s, 2m).")

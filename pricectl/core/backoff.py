@@ -1,4 +1,5 @@
-"""Reconnect delays: exponential, capped, full jitter, reset after a healthy period (DESIGN 4).
+"""Reconnect delays: exponential, capped, full jitter, reset after a healthy period
+(docs/architecture.md, "The resilience core").
 
 Delay ``n`` (counting from 0) is ``rand() * min(max, initial * multiplier**n)``: "full
 jitter" in the AWS Architecture Blog's terms. Spreading each delay over the whole

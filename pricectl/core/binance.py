@@ -2,7 +2,7 @@
 
 One text frame goes in (:meth:`FrameParser.parse`), a list of events comes out:
 
-* :class:`PriceEvent` — a DESIGN 3.2 :class:`~pricectl.core.ticks.PriceUpdate` for a
+* :class:`PriceEvent` — an update (:class:`~pricectl.core.ticks.PriceUpdate`) for a
   configured pair, unstamped (``epoch``/``seq``/``gseq`` are 0: ingest stamps them);
 * :class:`ControlReply` / :class:`ControlError` — answers to SUBSCRIBE & co., keyed by ``id``;
 * :class:`ServerShutdown` — the exchange is about to close the connection;
@@ -82,7 +82,7 @@ __all__ = [
 #: The stream kinds pricectl can turn into prices (``exchange.stream`` in the config).
 KINDS = ("ticker", "miniTicker", "bookTicker", "aggTrade", "trade")
 
-#: The five live control methods (protocol §2).
+#: The five live control methods (docs/binance.md §2).
 CONTROL_METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 
 #: Known event types that carry no price for pricectl; counted as ``ignored:<e>``.
@@ -101,7 +101,7 @@ IGNORED_EVENTS = frozenset(
     }
 )
 
-# ``e`` value of each kind; spot ``bookTicker`` has no ``e`` (protocol §4.5).
+# ``e`` value of each kind; spot ``bookTicker`` has no ``e`` (docs/binance.md §4).
 _EVENT_KIND = {
     "24hrTicker": "ticker",
     "24hrMiniTicker": "miniTicker",
@@ -129,7 +129,7 @@ class ControlReply:
 
 @dataclass(frozen=True, slots=True)
 class ControlError:
-    """``{"error": {"code": 2, "msg": "..."}, "id": 1}`` (codes 0-3, protocol §2.1).
+    """``{"error": {"code": 2, "msg": "..."}, "id": 1}`` (codes 0-3, docs/binance.md §2).
 
     Match on ``code``, never on ``msg``: the messages vary between servers.
     """
@@ -284,7 +284,7 @@ class FrameParser:
     # -- handlers: one per kind, each with its wire sample ----------------------------
 
     def _ticker(self, d: dict[str, Any], pair: str, recv_ns: int) -> PriceUpdate:
-        """``<symbol>@ticker`` (23 fields, every 1000 ms; protocol §4.2)::
+        """``<symbol>@ticker`` (23 fields, every 1000 ms; docs/binance.md §4)::
 
             {"e":"24hrTicker","E":1653812650349,"s":"ETHUSDT","p":"28.23000000",
              "P":"1.600","w":"1781.16275609","x":"1764.61000000","c":"1792.84000000",
@@ -335,7 +335,7 @@ class FrameParser:
         )
 
     def _mini_ticker(self, d: dict[str, Any], pair: str, recv_ns: int) -> PriceUpdate:
-        """``<symbol>@miniTicker`` or an element of ``!miniTicker@arr`` (9 fields; §4.3)::
+        """``<symbol>@miniTicker`` or an element of ``!miniTicker@arr`` (9 fields; §4)::
 
             {"e":"24hrMiniTicker","E":1672515782136,"s":"BNBBTC","c":"0.0025",
              "o":"0.0010","h":"0.0025","l":"0.0010","v":"10000","q":"18"}
@@ -360,7 +360,7 @@ class FrameParser:
         )
 
     def _book_ticker(self, d: dict[str, Any], pair: str, recv_ns: int) -> PriceUpdate:
-        """``<symbol>@bookTicker`` (6 fields, real time; §4.5)::
+        """``<symbol>@bookTicker`` (6 fields, real time; §4)::
 
             {"u":400900217,"s":"BNBUSDT","b":"25.35190000","B":"31.21000000",
              "a":"25.36520000","A":"40.66000000"}
@@ -384,7 +384,7 @@ class FrameParser:
         )
 
     def _agg_trade(self, d: dict[str, Any], pair: str, recv_ns: int) -> PriceUpdate:
-        """``<symbol>@aggTrade`` (11 fields, real time; §4.7)::
+        """``<symbol>@aggTrade`` (11 fields, real time; §4)::
 
             {"e":"aggTrade","E":1616176861895,"s":"BTCUSDT","a":640283266,
              "p":"58942.01000000","q":"0.00035600","f":716849523,"l":716849523,
@@ -403,7 +403,7 @@ class FrameParser:
 
     def _trade(self, d: dict[str, Any], pair: str, recv_ns: int) -> PriceUpdate:
         """``<symbol>@trade`` (9 fields since 2024-06-18, older captures also have
-        ``b``/``a``; §4.6)::
+        ``b``/``a``; §4)::
 
             {"e":"trade","E":1672515782136,"s":"BNBBTC","t":12345,"p":"0.001",
              "q":"100","T":1672515782136,"m":true,"M":true}
@@ -465,14 +465,15 @@ def _preview(text: str | bytes, limit: int = 80) -> str:
 
 
 def stream_names(pair_map: PairMap, kind: str) -> list[str]:
-    """``["btcusdt@ticker", "ethusdt@ticker"]``: lowercase symbol, kind as documented (§1.3)."""
+    """``["btcusdt@ticker", "ethusdt@ticker"]``: lowercase symbol, kind as documented
+    (§1)."""
     if kind not in KINDS:
         raise ValueError(f"unknown stream kind {kind!r}; expected one of {', '.join(KINDS)}")
     return [pair_map.stream_for(p, kind) for p in pair_map.pairs]
 
 
 def combined_url(base: str, names: Sequence[str]) -> str:
-    """``wss://host:9443`` + names -> ``wss://host:9443/stream?streams=a/b`` (§1.2).
+    """``wss://host:9443`` + names -> ``wss://host:9443/stream?streams=a/b`` (§1).
 
     With no names it is the bare ``/stream`` URL, to be followed by ``SUBSCRIBE``.
     """

@@ -1,4 +1,5 @@
-"""Circuit breaker around exchange connects: closed, open, half-open with one probe (DESIGN 4).
+"""Circuit breaker around exchange connects: closed, open, half-open with one probe
+(docs/architecture.md, "The resilience core").
 
 ::
 

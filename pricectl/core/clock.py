@@ -3,7 +3,8 @@
 Used twice: ingest estimates the exchange's clock (REST ``/api/v3/time``) so an update's
 ``event_ms`` can be judged (an event older than ``stale_after`` is not live, whatever
 our own clock says), and clients estimate the server's clock from the time the stream
-sends (DESIGN 3.5) so a browser whose clock is a minute behind still shows the right age.
+sends (docs/protocol.md, "The stream") so a browser whose clock is a minute behind still
+shows the right age.
 
 One sample is ``(sent, remote, received)``: our clock when the request left, the remote
 clock in the reply, our clock when the reply arrived, all in milliseconds. Assuming the

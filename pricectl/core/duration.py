@@ -1,4 +1,5 @@
-"""Durations: seconds as a float, written ``250ms``, ``15s``, ``2m``, ``23h`` (DESIGN 6).
+"""Durations: seconds as a float, written ``250ms``, ``15s``, ``2m``, ``23h``
+(config/pricectl.yaml).
 
 A policy says which of its fields are durations by declaring them with :func:`duration`.
 The config reads those fields with :func:`parse_duration` and writes them back with

@@ -1,6 +1,7 @@
-"""Which source serves each pair now: live WS, REST polling, or the cached value (DESIGN 4).
+"""Which source serves each pair now: live WS, REST polling, or the cached value
+(docs/architecture.md, "The resilience core").
 
-The cascade, per pair (DESIGN 3.2 ``source``: ``ws`` | ``rest`` | ``cache``):
+The cascade, per pair (the update's ``source``: ``ws`` | ``rest`` | ``cache``):
 
 1. ``WS`` while the WebSocket is usable (connected, breaker closed) *and* the pair's last
    WS update is younger than ``stale_after``. A healthy socket that has stopped carrying
@@ -73,7 +74,7 @@ __all__ = ["Cascade", "FallbackPolicy", "Source"]
 
 
 class Source(enum.StrEnum):
-    """Where a pair's price comes from; the value is the DESIGN 3.2 ``source`` field."""
+    """Where a pair's price comes from; the value is the update's ``source`` field."""
 
     WS = "ws"
     REST = "rest"

@@ -1,4 +1,5 @@
-"""The health rule of DESIGN 3.6, shared by serve's endpoint and ``pricectl health --redis``.
+"""The health rule (docs/protocol.md, "Health"), shared by serve's endpoint and
+``pricectl health --redis``.
 
 ``down``: the bus is unreachable, or it did not answer a PING within
 :data:`PING_LIMIT` seconds, or it is a replica (no writable master reachable), or no

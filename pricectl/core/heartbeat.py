@@ -1,4 +1,5 @@
-"""Liveness by silence: an idle connection, a stale pair (DESIGN 4, DESIGN 3.2 ``stale``).
+"""Liveness by silence: an idle connection, a stale pair (docs/architecture.md,
+"The resilience core").
 
 Two different questions, two classes, and :class:`HeartbeatPolicy` holding both limits
 (config ``resilience.heartbeat``):

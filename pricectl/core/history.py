@@ -1,9 +1,9 @@
 """The resume ring: recent events by position, so a reconnecting client misses nothing.
 
 A position is ``(epoch, gseq)``: the leader's fencing epoch and the global
-sequence ingest stamps on every update of that epoch (DESIGN 3.2, 3.5). The SSE
-event id is ``<epoch>-<gseq>``, so a browser's ``Last-Event-ID`` names the last
-position it has. The ring answers "everything after that position for these
+sequence ingest stamps on every update of that epoch (docs/protocol.md, "The update object"
+and "The stream"). The SSE event id is ``<epoch>-<gseq>``, so a browser's ``Last-Event-ID``
+names the last position it has. The ring answers "everything after that position for these
 pairs", or ``None`` when it cannot vouch for completeness, in which case the
 server sends a fresh snapshot instead: a client is never silently skipped ahead.
 

@@ -1,4 +1,5 @@
-"""Leader lease timing: when to renew, when to step down, how long standbys wait (DESIGN 3.4).
+"""Leader lease timing: when to renew, when to step down, how long standbys wait
+(docs/architecture.md, "The lease").
 
 The lease lives in Redis (``SET pricectl:leader <token> NX PX <ttl>``, renewed by
 compare-and-extend); this module only decides *when*. Defaults follow client-go's leader
@@ -9,12 +10,12 @@ election: ``ttl`` 15 s, ``renew_deadline`` 10 s, ``retry`` 2 s.
   clock), it steps down: stop publishing, close the exchange socket. Because
   ``renew_deadline < ttl``, it has stopped before Redis can let the key expire and a
   standby can take over, so two leaders never publish at once by the timers alone (the
-  fenced publish in Redis is the second line of defence, DESIGN 3.3).
+  fenced publish in Redis is the second line of defence: docs/architecture.md, "The bus").
 - A standby tries to acquire every :attr:`LeasePolicy.watch` seconds (0.3 s with the
   defaults), jittered by up to 50% so standbys started together do not hit Redis in
   lock-step. Each attempt also asks Redis whether the holder still has a connection
-  (its presence channel, DESIGN 3.4), so a crashed leader is replaced within about a
-  watch period; after a Redis error the standby waits ``retry`` instead.
+  (its presence channel: docs/architecture.md, "The lease"), so a crashed leader is replaced
+  within about a watch period; after a Redis error the standby waits ``retry`` instead.
 - A leader publishes only while :meth:`LeaseClock.may_publish` holds: its last successful
   renew is younger than ``renew_deadline``. The relay asks before every publish, so a
   process that wakes from a freeze publishes nothing before it notices it must step down.

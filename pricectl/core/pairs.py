@@ -1,4 +1,4 @@
-"""Display pairs and exchange symbols, DESIGN 3.1.
+"""Display pairs and exchange symbols, docs/protocol.md, "Pairs".
 
 A display pair is ``BASE/QUOTE`` in upper case (``BTC/USD``). Binance has no USD
 market, so the exchange symbol goes through ``quote_aliases`` (default

@@ -1,4 +1,5 @@
-"""Gap and duplicate detection per pair from ``(epoch, seq)`` (DESIGN 3.2).
+"""Gap and duplicate detection per pair from ``(epoch, seq)`` (docs/protocol.md,
+"The update object").
 
 Ingest stamps every update with the leader's fencing ``epoch`` and a per-pair ``seq``
 that grows by one for each update of that pair within an epoch. A client watching a few
@@ -14,7 +15,7 @@ over updates on purpose and says so, rather than a silent gap.
 
 A higher epoch means a new leader whose ``seq`` restarts, so it re-bases the pair (no
 gap can be computed across leaders). A lower epoch is a deposed leader's late write and
-is refused, as consumers do on the bus (DESIGN 3.3).
+is refused, as consumers do on the bus (docs/architecture.md, "The bus").
 
 Pure: no clock and no I/O::
 

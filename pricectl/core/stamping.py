@@ -1,4 +1,5 @@
-"""Numbering the stream: each update's ``(epoch, seq, gseq)`` (DESIGN 3.2, 3.5).
+"""Numbering the stream: each update's ``(epoch, seq, gseq)`` (docs/protocol.md,
+"The update object" and "The stream").
 
 Whoever produces the stream stamps every update, in order, with the leader's fencing
 ``epoch``, a ``seq`` that grows by one per pair, and a ``gseq`` that grows by one across

@@ -1,4 +1,4 @@
-"""The price update, DESIGN 3.2: the one JSON shape on the bus, over SSE and in ``tail --json``.
+"""The price update: the one JSON shape on the bus, over SSE and in ``tail --json``.
 
 ::
 
@@ -44,7 +44,7 @@ class PriceUpdate:
     epoch: int = 0
     seq: int = 0
     #: Global sequence of the epoch across all pairs, stamped by ingest with ``seq``;
-    #: the SSE event id is ``<epoch>-<gseq>`` (DESIGN 3.5). An addition to 3.2.
+    #: the SSE event id is ``<epoch>-<gseq>`` (docs/protocol.md, "The stream").
     gseq: int = 0
     source: str = "ws"
     stale: bool = False
@@ -53,7 +53,7 @@ class PriceUpdate:
     order_key: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """The DESIGN 3.2 object, keys in the documented order."""
+        """The update object, keys in the order of docs/protocol.md, "The update object"."""
         return {
             "pair": self.pair,
             "symbol": self.symbol,
@@ -84,7 +84,8 @@ class PriceUpdate:
 
 
 def decode_update(data: str | bytes | dict[str, Any]) -> PriceUpdate:
-    """Parse a DESIGN 3.2 object (JSON text or dict). Raises ``ValueError`` naming the bad field."""
+    """Parse an update object (JSON text or dict). Raises ``ValueError`` naming the bad
+    field."""
     obj = json.loads(data) if isinstance(data, (str, bytes)) else data
     if not isinstance(obj, dict):
         raise ValueError("price update: expected a JSON object")

@@ -45,7 +45,7 @@ __all__ = ["BinanceRest", "RestStatus", "endpoint_for", "request_weight", "updat
 
 log = logging.getLogger("pricectl.exchange.rest")
 
-#: Weight of ``GET /api/v3/exchangeInfo`` (§5.1).
+#: Weight of ``GET /api/v3/exchangeInfo`` (§5).
 EXCHANGE_INFO_WEIGHT = 20
 
 #: Retry-After to assume when a 429/418 comes without a readable header.
@@ -66,7 +66,7 @@ def endpoint_for(kind: str) -> tuple[str, dict[str, str]]:
 
 
 def request_weight(path: str, n_symbols: int) -> int:
-    """Binance's weight for ``path`` with a ``symbols`` list of ``n_symbols`` (§5.1)."""
+    """Binance's weight for ``path`` with a ``symbols`` list of ``n_symbols`` (§5)."""
     if path == "/api/v3/ticker/24hr":
         if n_symbols <= 20:
             return 2

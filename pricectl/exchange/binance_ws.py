@@ -5,7 +5,7 @@ What this adapter does, and which core piece decides (``pricectl.core``):
 - Spreads the pairs' streams over connections of at most
   ``exchange.streams_per_connection`` streams each
   (:class:`~pricectl.core.subscriptions.SubscriptionPlan`). A connection opens
-  ``<ws_url>/stream?streams=...`` (combined streams, docs/binance.md §1.2) naming only
+  ``<ws_url>/stream?streams=...`` (combined streams, docs/binance.md §1) naming only
   the first streams of its shard that fit in :data:`URL_STREAM_CHARS` characters and
   SUBSCRIBEs the rest; a URL never grows past a few thousand characters.
 - Changes the pairs at run time (:meth:`BinanceWS.set_pairs`): UNSUBSCRIBE and SUBSCRIBE
@@ -93,7 +93,7 @@ log = logging.getLogger("pricectl.exchange.ws")
 #: Receives each batch of new, de-duplicated updates (unstamped, ``source="ws"``).
 BatchCallback = Callable[[list[PriceUpdate]], Awaitable[None]]
 
-#: Binance counts connection attempts per IP per 5 minutes (protocol §3).
+#: Binance counts connection attempts per IP per 5 minutes (docs/binance.md §3).
 CONNECT_WINDOW_S = 300.0
 
 #: Streams in one SUBSCRIBE/UNSUBSCRIBE. Binance documents no bound, but requests with

@@ -1,4 +1,5 @@
-"""Ingest, the stage that holds the exchange connections (DESIGN 3.4).
+"""Ingest, the stage that holds the exchange connections (docs/architecture.md,
+"The lease").
 
 - :mod:`pricectl.ingest.relay`: the per-pair source cascade (WebSocket, REST, cache),
   stamping and the fenced publish into the bus.

@@ -1,4 +1,5 @@
-"""``pricectl ingest``: N candidates, one leader holding the exchange connection (DESIGN 3.4).
+"""``pricectl ingest``: N candidates, one leader holding the exchange connection
+(docs/architecture.md, "The lease").
 
 Every instance runs the candidate loop of :class:`~pricectl.bus.leader.Leader`:
 

@@ -3,7 +3,8 @@
 One :class:`Relay` runs where the exchange connection lives: in ``pricectl serve`` with
 ``memory://`` (:func:`run_embedded`), or in the elected leader of ``pricectl ingest``.
 
-Per pair, the source is decided by :class:`~pricectl.core.fallback.Cascade` (DESIGN 4):
+Per pair, the source is decided by :class:`~pricectl.core.fallback.Cascade`
+(docs/architecture.md, "The resilience core"):
 
 1. ``ws``: the live WebSocket (:class:`~pricectl.exchange.binance_ws.BinanceWS`) while
    it is connected with its breaker closed and the pair had a WS update within
@@ -17,9 +18,9 @@ Per pair, the source is decided by :class:`~pricectl.core.fallback.Cascade` (DES
 
 Two checks keep old data from looking live. Before every publish the relay asks its
 ``may_publish`` guard (the lease: a leader whose last renew is older than
-``renew_deadline`` must not publish, DESIGN 3.4); a refusal ends the term with
-:class:`~pricectl.errors.LeaseLost` and the batch is dropped. And a WS update whose
-exchange event time is older than ``stale_after`` on the *exchange's* clock (estimated
+``renew_deadline`` must not publish: docs/architecture.md, "The lease"); a refusal ends the
+term with :class:`~pricectl.errors.LeaseLost` and the batch is dropped. And a WS update
+whose exchange event time is older than ``stale_after`` on the *exchange's* clock (estimated
 from REST ``/api/v3/time`` every :data:`CLOCK_EVERY` seconds,
 :class:`~pricectl.core.clock.ClockOffset`) is published ``stale: true`` and does not
 count as fresh: frames that waited in a socket buffer are not live prices.
@@ -38,11 +39,11 @@ what the exchange confirmed it carries; ``status()`` gives the time from
 ``set_pairs`` to a pair's first update and to its first live one.
 
 Every update leaving the relay is stamped ``(epoch, seq, gseq)``: ``epoch`` from the
-fence, ``seq`` +1 per pair, ``gseq`` +1 across pairs (DESIGN 3.2, 3.5). Publishes are
-serialised (one at a time, in stamping order) and go out in batches, so a Redis bus can
-pipeline everything that arrived together. A :class:`~pricectl.errors.FencedError` from
-the bus stops the relay at once and is re-raised: the caller has lost the lease and
-must step down.
+fence, ``seq`` +1 per pair, ``gseq`` +1 across pairs (docs/protocol.md, "The update object"
+and "The stream"). Publishes are serialised (one at a time, in stamping order) and go out in
+batches, so a Redis bus can pipeline everything that arrived together. A
+:class:`~pricectl.errors.FencedError` from the bus stops the relay at once and is re-raised:
+the caller has lost the lease and must step down.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ log = logging.getLogger("pricectl.relay")
 CLOCK_EVERY = 60.0
 
 #: Seconds between two leader heartbeats on the bus (consumers tell a quiet market from
-#: a dead or frozen leader by them: DESIGN 3.6).
+#: a dead or frozen leader by them: docs/protocol.md, "Health").
 HEARTBEAT_EVERY = 1.0
 
 #: Symbols per REST price request: Binance weighs ``ticker/24hr`` 2 for up to 20

@@ -12,7 +12,7 @@ measurement needs:
 * complete event blocks, split on the blank line that ends each event (lines ending
   in CRLF or CR are normalised to LF first);
 * for each block, its ``event``, ``id``, ``retry`` and ``data`` fields
-  (:func:`parse_block`), and from a DESIGN 3.2 ``data`` payload the four fields the
+  (:func:`parse_block`), and from an update's ``data`` payload the four fields the
   measurement needs without parsing the JSON (:func:`price_fields`).
 
 It is fed whatever ``data_received`` got, in any split::
@@ -279,7 +279,8 @@ def parse_block(block: bytes) -> BlockFields:
 
 
 PriceFields = tuple[str, int, int, int]
-"""``(pair, ingest_ns, epoch, seq)`` of a DESIGN 3.2 payload."""
+"""``(pair, ingest_ns, epoch, seq)`` of an update payload (docs/protocol.md,
+"The update object")."""
 
 
 def _int_after(data: bytes, key: bytes, start: int) -> tuple[int, int]:
@@ -372,11 +373,11 @@ class FrameMemo:
     """:func:`fast_price` remembered by the frame's bytes, for every client of a loader.
 
     ``serve`` serialises an update once and writes the same bytes to every subscriber
-    (DESIGN 1), so one loader process receives each frame thousands of times. The first
-    client to get it parses it; every other one finds it here with one hash and one
-    comparison of the bytes. The answer is a pure function of the bytes, so what is
-    measured does not change, only what it costs. Two tables, because the same bytes
-    mean different things with and without chunked transfer coding.
+    (docs/architecture.md, "The pipeline"), so one loader process receives each frame
+    thousands of times. The first client to get it parses it; every other one finds it here
+    with one hash and one comparison of the bytes. The answer is a pure function of the
+    bytes, so what is measured does not change, only what it costs. Two tables, because the
+    same bytes mean different things with and without chunked transfer coding.
 
     Only the newest ``limit`` frames are kept (the oldest goes first), so a memo stays
     small whatever the run's length: at 10 updates/s a frame stays for ``limit``/10 s,

@@ -1,4 +1,5 @@
-"""``GET /api/market-data/health`` (DESIGN 3.6): is the data people see fresh, and why not.
+"""``GET /api/market-data/health`` (docs/protocol.md, "Health"): is the data people see
+fresh, and why not.
 
 ``status`` is decided from what serve itself holds, not from what ingest claims
 (the rule is :func:`pricectl.core.health.judge`):

@@ -19,10 +19,10 @@ stale marker for each pair serve holds as stale), and so do the decisions around
 streams: admission (draining, ``max_connections``, per-address limit), the jittered
 ``retry:``, and the graceful drain at shutdown.
 
-Staleness is judged here too, by the hop that knows (DESIGN 3.5): the hub keeps, per
-pair, when its last fresh update arrived (monotonic clock), and a pair with nothing
-fresh for ``stale_after`` is sent to its clients as ``event: stale`` (no ``id``: it is
-not a position in the stream, so de-duplication by ``(epoch, seq)`` and resuming by id
+Staleness is judged here too, by the hop that knows (docs/protocol.md, "The stream"): the
+hub keeps, per pair, when its last fresh update arrived (monotonic clock), and a pair with
+nothing fresh for ``stale_after`` is sent to its clients as ``event: stale`` (no ``id``: it
+is not a position in the stream, so de-duplication by ``(epoch, seq)`` and resuming by id
 are untouched; docs/protocol.md). That works with ingest dead, the leader frozen or
 Redis frozen: nothing upstream has to say it. Every heartbeat (and the opening)
 carries ``event: clock`` with the server's wall clock, so clients compute ages

@@ -1,4 +1,5 @@
-"""``GET /api/market-data/stream``: the SSE endpoint, exactly as DESIGN 3.5 (see docs/protocol.md).
+"""``GET /api/market-data/stream``: the SSE endpoint, exactly as documented
+(docs/protocol.md, "The stream").
 
 The handler validates the request, checks the limits, sends the headers and the
 opening (comment, jittered ``retry:``, a snapshot or a replay), then hands the

@@ -25,7 +25,7 @@ from tests.redis_server import RedisServer
 from tests.server.harness import Running, make_settings, running
 from tests.waiting import UNIT, until
 
-#: DESIGN 3.2 keys, plus gseq (the SSE id's global sequence).
+#: The update object's keys (docs/protocol.md, "The update object").
 UPDATE_KEYS = [
     "pair", "symbol", "price", "bid", "ask", "open", "high", "low", "change_pct", "volume",
     "event_ms", "ingest_ns", "epoch", "seq", "gseq", "source", "stale",
@@ -83,7 +83,7 @@ def parse_json_lines(text: str) -> list[dict[str, Any]]:
 
 
 async def test_json_count_yields_valid_updates(tmp_path: Path) -> None:
-    """`tail --json --count 20` prints exactly 20 valid DESIGN 3.2 updates and exits 0."""
+    """`tail --json --count 20` prints exactly 20 valid update objects and exits 0."""
     cfg = write_config(tmp_path)
     async with running() as r, publishing(r, ("BTC/USD", "ETH/USD")):
         code, out, err = await run_cli(

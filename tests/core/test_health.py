@@ -1,4 +1,5 @@
-"""The DESIGN 3.6 health rule shared by serve and `pricectl health --redis`."""
+"""The health rule (docs/protocol.md, "Health") shared by serve and `pricectl health
+--redis`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pairs <-> symbols and the DESIGN 3.2 price update."""
+"""Pairs <-> symbols and the price update (docs/protocol.md, "The update object")."""
 
 from __future__ import annotations
 

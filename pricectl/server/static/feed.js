@@ -9,7 +9,7 @@
  * polled and its values are reported with via "rest" so the page marks them Cached.
  *
  * Messages emitted: {type:"status", state:"connecting"|"live"|"reconnecting"|"offline"}
- *                   {type:"update", kind:"snapshot"|"price", data:{...DESIGN 3.2...}}
+ *                   {type:"update", kind:"snapshot"|"price", data:{...update (docs/protocol.md)...}}
  *                   {type:"stale", data:{pair, epoch, seq, reason, ...}}: serve says the
  *                     pair has had nothing for stale_after (no id: lastEventId is kept)
  *                   {type:"clock", offsetMs}: server clock minus this machine's, from the
