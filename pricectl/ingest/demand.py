@@ -151,8 +151,15 @@ async def run_embedded_on_demand(
     universe: Callable[[], Universe | None] = lambda: None,
     on_relay: Callable[[Relay], None] | None = None,
 ) -> None:
-    """The relay inside ``pricectl serve`` with ``memory://``, following demand: as
-    :func:`~pricectl.ingest.relay.run_embedded`, with the wanted pairs of this process."""
+    """The relay inside ``pricectl serve`` with ``memory://``, following the wanted pairs
+    of this process.
+
+    Takes the in-process lease (``bus.local_fence()``), checks the pairs against the
+    exchange's ``exchangeInfo``, publishes a REST snapshot, then runs the relay (as
+    :func:`~pricectl.ingest.relay.lead` does). An exchange that cannot be reached at start
+    is not fatal: it is logged and checked again in the background while the relay runs
+    (serving cache/stale). ``on_relay(relay)`` hands the relay to serve for ``/health``.
+    """
     local_fence = getattr(bus, "local_fence", None)
     if local_fence is None:
         raise PricectlError(f"the embedded relay needs the memory:// bus, got {bus.url}")

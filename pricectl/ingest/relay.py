@@ -1,7 +1,8 @@
 """Ingest: the exchange feeds, the per-pair source cascade, stamping and the fenced publish.
 
 One :class:`Relay` runs where the exchange connection lives: in ``pricectl serve`` with
-``memory://`` (:func:`run_embedded`), or in the elected leader of ``pricectl ingest``.
+``memory://`` (:func:`pricectl.ingest.demand.run_embedded_on_demand`), or in the elected
+leader of ``pricectl ingest``.
 
 Per pair, the source is decided by :class:`~pricectl.core.fallback.Cascade`
 (docs/architecture.md, "The resilience core"):
@@ -57,7 +58,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pricectl.bus.base import Bus, Fence
-from pricectl.config import ExchangeSettings, ResilienceSettings, Settings
+from pricectl.config import ExchangeSettings, ResilienceSettings
 from pricectl.core.backoff import Backoff, BackoffPolicy
 from pricectl.core.clock import ClockOffset
 from pricectl.core.fallback import Cascade, Source
@@ -86,7 +87,6 @@ __all__ = [
     "Relay",
     "RelayStatus",
     "lead",
-    "run_embedded",
 ]
 
 log = logging.getLogger("pricectl.relay")
@@ -728,34 +728,6 @@ async def _validate_until_ok(rest: BinanceRest, policy: BackoffPolicy, first_err
             await asyncio.sleep(exc.retry_after)
         except FeedError as exc:
             error = str(exc)
-
-
-async def run_embedded(
-    settings: Settings, bus: Bus, on_relay: Callable[[Relay], None] | None = None
-) -> None:
-    """Ingest inside ``pricectl serve`` with a ``memory://`` bus; runs until cancelled.
-
-    Takes the in-process lease (``bus.local_fence()``), checks the pairs against the
-    exchange's ``exchangeInfo`` (an unknown or non-trading pair stops start-up with
-    :class:`~pricectl.errors.UnknownPairError`), publishes a REST snapshot, then runs the
-    relay. An exchange that cannot be reached at start is not fatal: it is logged and
-    checked again in the background while the relay runs (serving cache/stale).
-    ``on_relay(relay)`` hands the relay to serve for ``/health``.
-    """
-    local_fence = getattr(bus, "local_fence", None)
-    if local_fence is None:
-        raise PricectlError(f"run_embedded needs the memory:// bus, got {bus.url}")
-    fence: Fence = local_fence()
-    relay = Relay(
-        bus,
-        fence,
-        exchange=settings.exchange,
-        pair_map=settings.pair_map,
-        resilience=settings.resilience,
-    )
-    if on_relay is not None:
-        on_relay(relay)
-    await lead(relay)
 
 
 async def lead(relay: Relay, *, validate: bool = True) -> None:

@@ -24,7 +24,8 @@ from pricectl.core.heartbeat import HeartbeatPolicy
 from pricectl.core.pairs import PAIR_RE, PairMap, bundled_symbols
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import FencedError, UnknownPairError
-from pricectl.ingest.relay import Relay, run_embedded
+from pricectl.ingest.demand import run_embedded_on_demand
+from pricectl.ingest.relay import Relay
 from pricectl.loadtest.spawn import free_port
 from pricectl.simulator import Simulator
 from tests.recordings import RECORDING_PAIRS
@@ -354,7 +355,9 @@ async def test_run_embedded_validates_snapshots_and_goes_live(start_sim: StartSi
     settings = sim_settings(sim)
     rec = Recorder(bus, settings.pair_map.pairs)
     got: list[Relay] = []
-    task = asyncio.get_running_loop().create_task(run_embedded(settings, bus, got.append))
+    task = asyncio.get_running_loop().create_task(
+        run_embedded_on_demand(settings, bus, on_relay=got.append)
+    )
     try:
         await until(lambda: rec.count("ws") >= 2, 10, "live updates")
         assert [u.source for u in rec.all[:2]] == ["rest", "rest"]
@@ -372,7 +375,7 @@ async def test_run_embedded_unknown_pair_stops_startup(start_sim: StartSim):
     sim = await start_sim()
     settings = sim_settings(sim, pairs=("BTC/USD", "NOPE/USD"))
     with pytest.raises(UnknownPairError, match=r"NOPE/USD.*NOPEUSDT"):
-        await asyncio.wait_for(run_embedded(settings, MemoryBus()), 10 * UNIT)
+        await asyncio.wait_for(run_embedded_on_demand(settings, MemoryBus()), 10 * UNIT)
 
 
 async def test_run_embedded_survives_an_unreachable_exchange(start_sim: StartSim):
@@ -382,7 +385,9 @@ async def test_run_embedded_survives_an_unreachable_exchange(start_sim: StartSim
     bus = MemoryBus()
     rec = Recorder(bus, settings.pair_map.pairs)
     got: list[Relay] = []
-    task = asyncio.get_running_loop().create_task(run_embedded(settings, bus, got.append))
+    task = asyncio.get_running_loop().create_task(
+        run_embedded_on_demand(settings, bus, on_relay=got.append)
+    )
     try:
         await until(lambda: got and got[0].ws.connect_attempts >= 3, 10, "connect retries")
         assert not task.done()
