@@ -33,6 +33,7 @@ import tempfile
 import time
 from typing import Any
 
+from benchmarks.waiting import until
 from pricectl.bus import keys
 from pricectl.bus.base import Gap
 from pricectl.bus.redis import RedisBus, connect_redis
@@ -98,18 +99,18 @@ async def run_failovers(
             for _ in range(candidates):
                 spawn()
             for i in range(runs):
-                await _until(lambda: len(seen) > 20, 60)
+                await until(lambda: len(seen) > 20, 60)
                 token = None
                 while token is None:
                     token = await client.get(keys.leader(""))
                     await asyncio.sleep(0.05)
                 victim = next(p for p in procs if p.poll() is None and f"-{p.pid}-" in token)
                 mark = len(seen)
-                await _until(lambda m=mark: len(seen) > m + 10, 30)  # flowing right now
+                await until(lambda m=mark: len(seen) > m + 10, 30)  # flowing right now
                 old = seen[-1][1]
                 victim.send_signal(sig)
                 victim.wait()
-                await _until(lambda o=old: seen[-1][1] > o, 60)
+                await until(lambda o=old: seen[-1][1] > o, 60)
                 last_old = max(t for t, e in seen if e == old)
                 first_new = min(t for t, e in seen if e > old)
                 gaps.append(first_new - last_old)
@@ -146,14 +147,6 @@ async def _ready(
             return
         await asyncio.sleep(0.05)
     raise SystemExit(f"ingest-{index} did not become a ready standby")
-
-
-async def _until(predicate: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout:g}s")
-        await asyncio.sleep(0.01)
 
 
 def main(argv: list[str] | None = None) -> None:

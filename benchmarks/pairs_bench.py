@@ -38,6 +38,7 @@ from typing import Any
 
 import aiohttp
 
+from benchmarks.waiting import until
 from pricectl.bus import keys
 from pricectl.bus.base import Fence, Update
 from pricectl.bus.leader import ACQUIRE_SCRIPT
@@ -225,14 +226,6 @@ class _Serve:
         self.proc.wait(timeout=10)
 
 
-async def _until(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -269,7 +262,7 @@ async def _latency(
                 asked[pair] = time.monotonic()
                 relay.set_pairs(PairMap.build(pairs, settings.quote_aliases))
                 await asyncio.sleep(interval)
-            await _until(lambda: len(live) == len(new), 30, "every new pair live")
+            await until(lambda: len(live) == len(new), 30, "every new pair live")
             reader.cancel()
             status = relay.status()
     finally:
@@ -307,7 +300,7 @@ async def _cpu(
     async with _Running(settings, url, fence) as relay:
         started = time.monotonic()
         relay.set_pairs(PairMap.build(pairs, settings.quote_aliases))
-        await _until(lambda: len(relay.active_pairs) == len(pairs), 60, "every pair subscribed")
+        await until(lambda: len(relay.active_pairs) == len(pairs), 60, "every pair subscribed")
         subscribed_s = time.monotonic() - started
         await asyncio.sleep(warmup)
         s0 = sample_process_tree(serve.pid) if serve else None

@@ -40,6 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.waiting import until
 from pricectl.bus import keys
 from pricectl.bus.base import Gap
 from pricectl.bus.redis import RedisBus
@@ -114,14 +115,14 @@ async def _run(
         for i in range(runs):
             # Sentinel starts no new failover of a service within 2 x failover-timeout
             # of the last one: a run must not measure that wait.
-            await _until(lambda t=last: time.monotonic() - t > SPACING, 60)
+            await until(lambda t=last: time.monotonic() - t > SPACING, 60)
             old = await _victim(deployment)
             mark = len(seen)
-            await _until(lambda m=mark: len(seen) > m + 20, 60)  # flowing right now
+            await until(lambda m=mark: len(seen) > m + 20, 60)  # flowing right now
             fault_at = time.monotonic()
             await _fail(deployment, fault, old)
             promoted_at = last = time.monotonic()
-            await _until(lambda p=promoted_at: bool(seen) and seen[-1] > p, 60)
+            await until(lambda p=promoted_at: bool(seen) and seen[-1] > p, 60)
             resumed_at = next(t for t in seen if t > promoted_at)
             window = [t for t in seen if fault_at - 1.0 <= t <= resumed_at]
             silence = max(b - a for a, b in itertools.pairwise(window))
@@ -153,9 +154,9 @@ async def _victim(deployment: SentinelDeployment | RedisClusterNodes) -> int:
     """Once the deployment is whole again, the port of the primary to fail: Sentinel's
     master, or the cluster primary that owns the lease's slot."""
     if isinstance(deployment, RedisClusterNodes):
-        await _until(lambda: deployment.healthy() and deployment.replicas_in_sync(), 60)
+        await until(lambda: deployment.healthy() and deployment.replicas_in_sync(), 60)
         return deployment.owner(keys.leader(keys.slot_prefix("")))
-    await _until(deployment.whole, 60)
+    await until(deployment.whole, 60)
     port = deployment.master_port()
     assert port is not None
     return port
@@ -165,13 +166,13 @@ async def _fail(deployment: SentinelDeployment | RedisClusterNodes, fault: str, 
     """Fail the primary on ``old`` over; return once a replica has been promoted."""
     if isinstance(deployment, RedisClusterNodes):
         deployment.kill(old)
-        await _until(lambda: deployment.promoted(old), 60)
+        await until(lambda: deployment.promoted(old), 60)
         return
     if fault == "kill":
         deployment.kill(old)
     else:
-        await _until(lambda: _failover(deployment), 30)
-    await _until(lambda: deployment.promoted(old) is not None, 60)
+        await until(lambda: _failover(deployment), 30)
+    await until(lambda: deployment.promoted(old) is not None, 60)
 
 
 def _failover(deployment: SentinelDeployment) -> bool:
@@ -181,14 +182,6 @@ def _failover(deployment: SentinelDeployment) -> bool:
     except RuntimeError:
         return False
     return True
-
-
-async def _until(predicate: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout:g}s")
-        await asyncio.sleep(0.01)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,20 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from pricectl.bus import Gap, Update, keys
-from pricectl.bus.base import Fence, Subscription
+from pricectl.bus.base import Fence
 from pricectl.bus.leader import Leader
-from pricectl.bus.redis import RedisBus
 from pricectl.client.health import redis_health
 from pricectl.core.lease import LeasePolicy
 from pricectl.core.ticks import PriceUpdate
 from pricectl.errors import BusError
+from tests.bus.support import collect, running_bus
 from tests.redis_cluster import RedisClusterNodes, redis_cluster
 from tests.waiting import UNIT, until, wait_for
 
@@ -52,21 +52,6 @@ def _update(pair: str, seq: int, epoch: int) -> PriceUpdate:
     return PriceUpdate(
         pair=pair, symbol=pair.replace("/", "") + "T", price="1", epoch=epoch, seq=seq, gseq=seq
     )
-
-
-@contextlib.asynccontextmanager
-async def _bus(url: str) -> AsyncIterator[RedisBus]:
-    bus = RedisBus(url, probe_interval=0.2)
-    await bus.start()
-    try:
-        yield bus
-    finally:
-        await bus.close()
-
-
-async def _collect(sub: Subscription, into: list[Update | Gap]) -> None:
-    async for event in sub:
-        into.append(event)
 
 
 @pytest.mark.parametrize("prefix", ["", "staging:"])
@@ -124,11 +109,11 @@ async def test_every_node_delivers_every_pair_and_a_failover_is_followed(
     fence = await _lease(cluster.url)
     seeds = cluster.primaries()
     async with contextlib.AsyncExitStack() as stack:
-        publisher = await stack.enter_async_context(_bus(cluster.url))
-        subs = [await stack.enter_async_context(_bus(cluster.url_via(p))) for p in seeds]
+        publisher = await stack.enter_async_context(running_bus(cluster.url))
+        subs = [await stack.enter_async_context(running_bus(cluster.url_via(p))) for p in seeds]
         events: list[list[Update | Gap]] = [[] for _ in subs]
         readers = [
-            asyncio.ensure_future(_collect(b.subscribe(PAIRS), into))
+            asyncio.ensure_future(collect(b.subscribe(PAIRS), into))
             for b, into in zip(subs, events, strict=True)
         ]
         try:
@@ -184,7 +169,10 @@ async def test_a_busy_shard_is_not_held_back_by_quiet_ones(cluster: RedisCluster
     owner = cluster.owner(keys.channel("", PAIRS[0]))
     busy = [p for p in PAIRS if cluster.owner(keys.channel("", p)) == owner]
     fence = await _lease(cluster.url)
-    async with _bus(cluster.url) as publisher, _bus(cluster.url_via(owner)) as sub_bus:
+    async with (
+        running_bus(cluster.url) as publisher,
+        running_bus(cluster.url_via(owner)) as sub_bus,
+    ):
         events: list[Update | Gap] = []
         arrivals: list[float] = []
 
@@ -220,10 +208,13 @@ async def test_pairs_added_at_run_time_on_any_shard(cluster: RedisClusterNodes) 
     first = PAIRS[0]
     owner = cluster.owner(keys.channel("", first))
     others = [p for p in PAIRS if cluster.owner(keys.channel("", p)) != owner][:3]
-    async with _bus(cluster.url) as publisher, _bus(cluster.url_via(owner)) as sub_bus:
+    async with (
+        running_bus(cluster.url) as publisher,
+        running_bus(cluster.url_via(owner)) as sub_bus,
+    ):
         sub = sub_bus.subscribe([first])
         events: list[Update | Gap] = []
-        reader = asyncio.ensure_future(_collect(sub, events))
+        reader = asyncio.ensure_future(collect(sub, events))
         try:
             await until(lambda: events, 10, "subscribed")
             added = await sub.add(others)
@@ -264,7 +255,10 @@ async def test_a_wanted_pair_wakes_the_leader_on_a_cluster(cluster: RedisCluster
     """serve's ``want`` (ZADD GT and the wake-up PUBLISH) works on a cluster, and a
     listener of the wake-up channel connected through another node hears it."""
     first, last = cluster.primaries()[0], cluster.primaries()[-1]
-    async with _bus(cluster.url_via(first)) as serve_bus, _bus(cluster.url_via(last)) as leader:
+    async with (
+        running_bus(cluster.url_via(first)) as serve_bus,
+        running_bus(cluster.url_via(last)) as leader,
+    ):
         wakes = 0
 
         async def listen() -> None:
@@ -291,7 +285,7 @@ async def test_a_shard_gone_whole_is_named_cluster_down(cluster: RedisClusterNod
     and a bus reports cluster_state fail."""
     owner = cluster.owner(keys.leader(keys.slot_prefix("")))
     seed = next(p for p in cluster.primaries() if p != owner)
-    async with _bus(cluster.url_via(seed)) as bus:
+    async with running_bus(cluster.url_via(seed)) as bus:
         await until(lambda: bus.cluster_state == "ok", 10, "the bus's probe")
         for port in [owner, *cluster.replicas_of(owner)]:
             cluster.kill(port)

@@ -11,19 +11,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pricectl.bus import Gap, Update, keys
-from pricectl.bus.base import Fence, Subscription
+from pricectl.bus.base import Fence
 from pricectl.bus.leader import Leader
 from pricectl.bus.redis import RedisBus, connect_redis
 from pricectl.client.health import redis_health
 from pricectl.core.lease import LeasePolicy
 from pricectl.core.ticks import PriceUpdate, decode_update
 from pricectl.errors import BusError
+from tests.bus.support import collect, running_bus
 from tests.redis_sentinel import SERVICE, SentinelDeployment, sentinel_command, sentinel_deployment
 from tests.waiting import UNIT, until, wait_for
 
@@ -61,21 +62,6 @@ async def _lease(url: str, token: str = "t1") -> Fence:
     return Fence(token=token, epoch=int(epoch))
 
 
-@contextlib.asynccontextmanager
-async def _bus(url: str) -> AsyncIterator[RedisBus]:
-    bus = RedisBus(url, probe_interval=0.2)
-    await bus.start()
-    try:
-        yield bus
-    finally:
-        await bus.close()
-
-
-async def _collect(sub: Subscription, into: list[Update | Gap]) -> None:
-    async for event in sub:
-        into.append(event)
-
-
 async def test_the_bus_follows_a_sentinel_failover(sentinels: SentinelDeployment) -> None:
     """SENTINEL FAILOVER while a subscriber listens and a publisher publishes: both move to
     the new master by themselves (the subscriber says so with a Gap), the publisher's
@@ -83,10 +69,10 @@ async def test_the_bus_follows_a_sentinel_failover(sentinels: SentinelDeployment
     fence = await _lease(sentinels.url)
     old = sentinels.master_port()
     assert old is not None
-    async with _bus(sentinels.url) as pub, _bus(sentinels.url) as sub_bus:
+    async with running_bus(sentinels.url) as pub, running_bus(sentinels.url) as sub_bus:
         events: list[Update | Gap] = []
         sub = sub_bus.subscribe(["BTC/USD"])
-        reader = asyncio.ensure_future(_collect(sub, events))
+        reader = asyncio.ensure_future(collect(sub, events))
         try:
             await until(lambda: events, 5, "subscribed")
             await until(lambda: pub.role == "master" and sub_bus.role == "master", 5, "roles")
@@ -241,7 +227,7 @@ async def test_every_sentinel_gone_is_said_once_and_plainly(
     watch, never that it watches again while none is up, and health says no sentinel is
     reachable, naming them, in one short line."""
     caplog.set_level(logging.INFO, logger="pricectl.bus")
-    async with _bus(sentinels.url) as bus:
+    async with running_bus(sentinels.url) as bus:
         await until(lambda: bus.role == "master", 5, "connected")
         for port in sentinels.sentinel_ports:
             sentinels.procs[port].kill()
