@@ -31,6 +31,15 @@ def _cluster_port() -> int:
             return port
 
 
+def _covers(ranges: object, slot: int) -> bool:
+    """Whether redis-py's parsed ``slots`` of a node (``[["0", "5460"], ["5461"]]``: a
+    lone slot has no upper bound) hold ``slot``."""
+    return any(
+        int(r[0]) <= slot <= int(r[-1])
+        for r in ranges  # type: ignore[attr-defined]
+    )
+
+
 class RedisClusterNodes:
     """The processes of one cluster in ``folder``; ``url`` is its ``redis+cluster://`` URL
     (every node listed), :meth:`url_via` one that names a single node."""
@@ -120,6 +129,47 @@ class RedisClusterNodes:
         self.procs[port].kill()
         self.procs[port].wait(timeout=10)
 
+    def migrate_slot(self, slot: int, target: int) -> int:
+        """Move hash slot ``slot`` to the primary on ``target`` as a resharding does
+        (https://redis.io/docs/latest/commands/cluster-setslot/): the target IMPORTING, the
+        owner MIGRATING, its keys MIGRATEd, then ``SETSLOT NODE`` on the target, the old
+        owner and every other primary. Returns the old owner's port; waits until every
+        node agrees."""
+        nodes = self._nodes(target)
+        ids = {port: str(info["node_id"]) for port, info in nodes.items()}
+        source = next(
+            port
+            for port, info in nodes.items()
+            if "master" in str(info["flags"]) and _covers(info["slots"], slot)
+        )
+        assert source != target, f"slot {slot} already lives on {target}"
+        clients = {p: redis.Redis(port=p, socket_timeout=5.0) for p in self.primaries(target)}
+        try:
+            clients[target].execute_command("CLUSTER SETSLOT", slot, "IMPORTING", ids[source])
+            clients[source].execute_command("CLUSTER SETSLOT", slot, "MIGRATING", ids[target])
+            while names := clients[source].execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+                clients[source].execute_command(
+                    "MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *names
+                )
+            for port in [target, source, *(p for p in clients if p not in (target, source))]:
+                clients[port].execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target])
+        finally:
+            for client in clients.values():
+                client.close()
+        wait_for(lambda: self._slot_owner_everywhere(slot) == target, 10, f"slot {slot} moved")
+        return source
+
+    def _slot_owner_everywhere(self, slot: int) -> int | None:
+        """The port every live node names as ``slot``'s owner, None while they differ."""
+        owners = set()
+        for port, proc in self.procs.items():
+            if proc.poll() is not None:
+                continue
+            for node, info in self._nodes(port).items():
+                if "master" in str(info["flags"]) and _covers(info["slots"], slot):
+                    owners.add(node)
+        return owners.pop() if len(owners) == 1 else None
+
     # --- what the cluster says ------------------------------------------------------
 
     def _ping(self, port: int) -> bool:
@@ -196,9 +246,8 @@ class RedisClusterNodes:
         for node, info in self._nodes(port).items():
             if "master" not in str(info["flags"]) or "fail" in str(info["flags"]):
                 continue
-            for lo, hi in info["slots"]:  # type: ignore[attr-defined]
-                if int(lo) <= slot <= int(hi):
-                    return node
+            if _covers(info["slots"], slot):
+                return node
         raise AssertionError(f"no live primary owns slot {slot} of {key!r}")
 
 

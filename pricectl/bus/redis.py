@@ -73,6 +73,7 @@ __all__ = [
     "PUBLISH_SCRIPT",
     "BoundedCluster",
     "BoundedRedis",
+    "ChannelMoved",
     "RedisBus",
     "RedisClient",
     "SentinelsUnreachable",
@@ -462,6 +463,16 @@ def connect_any(url: str, *, timeout: float = 5.0) -> RedisClient:
     return client
 
 
+class ChannelMoved(RedisError):
+    """A shard dropped a sharded subscription we still want: its slot moved to another
+    primary (a resharding), and Redis 7 tells the subscribers of a moved slot with a
+    ``sunsubscribe`` (https://redis.io/docs/latest/commands/ssubscribe/)."""
+
+    def __init__(self, channel: str) -> None:
+        super().__init__(f"the slot of {channel} moved to another shard (resharding)")
+        self.channel = channel
+
+
 class _ShardReader:
     """Every shard's messages of one cluster subscription, as they come.
 
@@ -470,11 +481,18 @@ class _ShardReader:
     per message, and a busy one falls behind for good. One reader task per shard instead,
     all feeding one queue; a reader's error (its node died) is raised by :meth:`get`, so
     the subscription reconnects as it does for one Redis.
+
+    A ``sunsubscribe`` for a channel still in ``wanted`` is a slot moved away by a
+    resharding (ours, from :meth:`_Channels.remove`, come after the channel left
+    ``wanted``): it is raised as :class:`ChannelMoved`, so the subscription subscribes
+    again where the slot map now says, after a Gap. redis-py would swallow it and the
+    channel would go silent for good.
     """
 
-    def __init__(self, pubsub: Any, poll: float) -> None:
+    def __init__(self, pubsub: Any, poll: float, wanted: dict[str, None]) -> None:
         self._queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue()
         self._poll = poll
+        self._wanted = wanted
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.sync(pubsub)
 
@@ -489,8 +507,14 @@ class _ShardReader:
     async def _read(self, node: Any, poll: float) -> None:
         try:
             while True:
-                message = await node.get_message(ignore_subscribe_messages=True, timeout=poll)
-                if message is not None:
+                message = await node.get_message(timeout=poll)
+                if message is None:
+                    continue
+                if message["type"] == "sunsubscribe":
+                    if message["channel"] in self._wanted:
+                        raise ChannelMoved(str(message["channel"]))
+                    continue
+                if message["type"] == "smessage":
                     self._queue.put_nowait(message)
         except (RedisError, *_UNREACHABLE) as exc:
             self._queue.put_nowait(exc)
@@ -778,7 +802,7 @@ class RedisBus:
                         await self._client.initialize()
                     if channels.names:
                         await pubsub.ssubscribe(*channels.names)
-                    shards = _ShardReader(pubsub, self._probe_interval)
+                    shards = _ShardReader(pubsub, self._probe_interval, channels.names)
                     channels.shards = shards
                 else:
                     # A placeholder keeps a subscription with no pairs (yet) a subscribed
@@ -814,6 +838,9 @@ class RedisBus:
                         continue
                     yield Update(update, raw)
                 return
+            except ChannelMoved as exc:
+                # Not a failure of the bus: subscribe again at once, on a fresh slot map.
+                log.info("redis subscription at %s: %s: subscribing again", self._where, exc)
             except (RedisError, *_UNREACHABLE) as exc:
                 if self._closed:
                     return

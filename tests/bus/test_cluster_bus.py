@@ -4,7 +4,8 @@ with a replica each, started by the test (``redis-server --cluster-enabled yes``
 
 The lease keys share one slot whatever the prefix; price channels are sharded
 (SSUBSCRIBE/SPUBLISH) and spread over the shards; a subscriber that knows only one node
-gets every pair; a primary SIGKILLed with its replica promoted: delivery resumes.
+gets every pair; a primary SIGKILLed with its replica promoted: delivery resumes; a
+slot moved by a resharding: the subscription and the publisher follow it.
 """
 
 from __future__ import annotations
@@ -295,3 +296,93 @@ async def test_a_shard_gone_whole_is_named_cluster_down(cluster: RedisClusterNod
         assert doc["status"] == "down" and doc["bus"]["cluster_state"] == "fail", doc
         (reason,) = doc["reasons"]
         assert "is down (cluster_state fail)" in reason, reason
+
+
+async def test_a_resharding_is_followed(cluster: RedisClusterNodes) -> None:
+    """A pair's channel slot moved to another primary with the resharding commands
+    (SETSLOT IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE) while it is published every
+    20 ms: Redis drops the subscription on the old owner (``sunsubscribe``) and the
+    subscriber subscribes on the new one, after a Gap. Then a new leader (a higher
+    epoch) and the lease's slot moved, snapshot and lease keys with it: publishing
+    follows the MOVED replies, the subscriber still gets every update it should, never
+    an older epoch after a newer one, and every hole in the seqs comes after a Gap."""
+    pair = PAIRS[0]
+    channel = keys.channel("", pair)
+    lease_key = keys.leader(keys.slot_prefix(""))
+    with redis.Redis(port=cluster.ports[0]) as client:
+        channel_slot = int(client.execute_command("CLUSTER KEYSLOT", channel))
+        lease_slot = int(client.execute_command("CLUSTER KEYSLOT", lease_key))
+    fence = await _lease(cluster.url)
+    source = cluster.owner(channel)
+    async with (
+        running_bus(cluster.url) as publisher,
+        running_bus(cluster.url_via(source)) as sub_bus,
+    ):
+        events: list[Update | Gap] = []
+        reader = asyncio.ensure_future(collect(sub_bus.subscribe([pair]), events))
+        seq = 1
+        failures: list[str] = []
+
+        async def publish_forever() -> None:
+            nonlocal seq
+            while True:
+                try:
+                    await publisher.publish([_update(pair, seq, fence.epoch)], fence)
+                    seq += 1
+                except BusError as exc:
+                    failures.append(str(exc))
+                started = time.monotonic()
+                await until(lambda s=started: time.monotonic() - s >= 0.02, 1, "pace")
+
+        def received_after(mark: int, epoch: int) -> bool:
+            return any(
+                isinstance(e, Update) and e.update.epoch == epoch and e.update.seq > mark
+                for e in events
+            )
+
+        writer = asyncio.ensure_future(publish_forever())
+        try:
+            await until(lambda: received_after(1, fence.epoch), 10, "updates before the move")
+            target = next(p for p in cluster.primaries() if p != source)
+            assert await asyncio.to_thread(cluster.migrate_slot, channel_slot, target) == source
+            moved_at, mark = time.monotonic(), seq
+            await until(
+                lambda: received_after(mark, fence.epoch), 10, "updates after the channel moved"
+            )
+            channel_resumed = time.monotonic() - moved_at
+            # A new leader (the old lease expired), then the lease's slot (lease, epoch,
+            # heartbeat, snapshot) moved.
+            old_epoch = fence.epoch
+            with redis.Redis(port=cluster.owner(lease_key)) as client:
+                client.delete(lease_key)
+            fence, seq = await _lease(cluster.url), 1
+            assert fence.epoch > old_epoch
+            await until(lambda: received_after(1, fence.epoch), 10, "the new epoch's updates")
+            lease_owner = cluster.owner(lease_key)
+            lease_target = next(p for p in cluster.primaries() if p != lease_owner)
+            await asyncio.to_thread(cluster.migrate_slot, lease_slot, lease_target)
+            moved_at, mark = time.monotonic(), seq
+            await until(
+                lambda: received_after(mark + 10, fence.epoch), 10, "updates after the lease moved"
+            )
+            lease_resumed = time.monotonic() - moved_at
+            latest = (await sub_bus.snapshot([pair]))[pair]
+            assert latest.epoch == fence.epoch and latest.seq > mark
+        finally:
+            writer.cancel()
+            reader.cancel()
+            await asyncio.gather(writer, reader, return_exceptions=True)
+    assert channel_resumed < 5 and lease_resumed < 5, (channel_resumed, lease_resumed, failures)
+    last: tuple[int, int] | None = None
+    gap_since_last = False
+    for event in events:
+        if isinstance(event, Gap):
+            gap_since_last = True
+            continue
+        here = (event.update.epoch, event.update.seq)
+        if last is not None:
+            assert here[0] >= last[0], f"epoch {here[0]} after epoch {last[0]}"
+            if here[0] == last[0] and here[1] > last[1] + 1:
+                assert gap_since_last, f"seqs {last[1]} -> {here[1]} with no Gap between"
+        last, gap_since_last = here, False
+    assert sum(isinstance(e, Gap) for e in events) >= 2, "the move's resubscription is a Gap"
