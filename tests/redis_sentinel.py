@@ -11,6 +11,7 @@ import contextlib
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,7 +20,14 @@ from pathlib import Path
 from pricectl.loadtest.spawn import free_port
 from tests.waiting import UNIT, wait_for
 
-__all__ = ["SERVICE", "SentinelDeployment", "sentinel_command", "sentinel_deployment"]
+__all__ = [
+    "SERVICE",
+    "SentinelDeployment",
+    "TlsFiles",
+    "make_tls_files",
+    "sentinel_command",
+    "sentinel_deployment",
+]
 
 #: The Sentinel service (master) name the tests use.
 SERVICE = "mymaster"
@@ -31,9 +39,60 @@ def _resp(*args: str) -> bytes:
     )
 
 
-def _command(port: int, *args: str, timeout: float = 2.0, password: str | None = None) -> bytes:
-    """One RESP command to 127.0.0.1:port; the raw reply (enough for the checks here)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+class TlsFiles:
+    """A test CA and a server certificate for 127.0.0.1 signed by it (PEM files)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.ca = folder / "ca.crt"
+        self.cert = folder / "server.crt"
+        self.key = folder / "server.key"
+
+    def context(self) -> ssl.SSLContext:
+        """A client context trusting the CA."""
+        return ssl.create_default_context(cafile=str(self.ca))
+
+    def server_args(self) -> list[str]:
+        """redis-server / redis-sentinel options for TLS only, clients not checked."""
+        return [
+            "--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
+            "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "no",
+            "--tls-replication", "yes",
+        ]  # fmt: skip
+
+
+def make_tls_files(folder: Path) -> TlsFiles:
+    """Make a CA and a server certificate (subjectAltName IP:127.0.0.1) with ``openssl``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = TlsFiles(folder)
+    ca_key = folder / "ca.key"
+    csr = folder / "server.csr"
+    ext = folder / "server.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    for cmd in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key),
+         "-out", str(files.ca), "-days", "1", "-subj", "/CN=pricectl test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(files.key),
+         "-out", str(csr), "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", str(csr), "-CA", str(files.ca), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-out", str(files.cert), "-days", "1", "-extfile", str(ext)],
+    ):  # fmt: skip
+        subprocess.run(["openssl", *cmd], check=True, capture_output=True)
+    return files
+
+
+def _command(
+    port: int,
+    *args: str,
+    timeout: float = 2.0,
+    password: str | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> bytes:
+    """One RESP command to 127.0.0.1:port (over TLS with ``tls``); the raw reply (enough
+    for the checks here)."""
+    with contextlib.ExitStack() as stack:
+        s = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=timeout))
+        if tls is not None:
+            s = stack.enter_context(tls.wrap_socket(s, server_hostname="127.0.0.1"))
         if password:
             s.sendall(_resp("AUTH", password))
             if not s.recv(64).startswith(b"+OK"):
@@ -54,18 +113,25 @@ def sentinel_command(port: int, *args: str) -> bytes:
     return _command(port, *args)
 
 
-def _ping(port: int, password: str | None = None) -> bool:
+def _ping(port: int, password: str | None = None, tls: ssl.SSLContext | None = None) -> bool:
     try:
-        return _command(port, "PING", timeout=0.5, password=password).startswith(b"+PONG")
+        return _command(port, "PING", timeout=0.5, password=password, tls=tls).startswith(b"+PONG")
     except OSError:
         return False
 
 
 class SentinelDeployment:
     """The processes of one deployment, started in ``folder``; ``url`` is the
-    ``redis+sentinel://`` URL of the service."""
+    ``redis+sentinel://`` URL of the service (``rediss+sentinel://`` with ``tls``: every
+    process then listens on TLS only and replicates over it)."""
 
-    def __init__(self, folder: Path, sentinels: int = 3, password: str | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        sentinels: int = 3,
+        password: str | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
         exe = shutil.which("redis-server")
         sentinel_exe = shutil.which("redis-sentinel")
         if exe is None or sentinel_exe is None:
@@ -83,7 +149,14 @@ class SentinelDeployment:
         #: With ``password``, the data nodes require it (and replicate with it).
         self.password = password
         auth = f":{password}@" if password else ""
-        self.url = f"redis+sentinel://{auth}{hosts}/{SERVICE}/0"
+        self.tls = tls
+        self._context = tls.context() if tls else None
+        scheme = "rediss+sentinel" if tls else "redis+sentinel"
+        query = f"?ssl_ca_certs={tls.ca}" if tls else ""
+        self.url = f"{scheme}://{auth}{hosts}/{SERVICE}/0{query}"
+
+    def _cmd(self, port: int, *args: str, password: str | None = None) -> bytes:
+        return _command(port, *args, password=password, tls=self._context)
 
     # --- processes -------------------------------------------------------------
 
@@ -95,18 +168,21 @@ class SentinelDeployment:
         """Start (or restart) the data node on ``port``, a replica of ``replica_of``."""
         folder = self.folder / f"data-{port}"
         folder.mkdir(exist_ok=True)
+        listen = ["--port", "0", "--tls-port", str(port)] if self.tls else ["--port", str(port)]
         args = [
-            "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", str(folder), "--daemonize", "no",
             "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
         ]  # fmt: skip
+        if self.tls:
+            args += self.tls.server_args()
         if self.password:
             args += ["--requirepass", self.password, "--masterauth", self.password]
         if replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(replica_of)]
         self._spawn(port, args, self.exe)
         deadline = time.monotonic() + 10 * UNIT
-        while not _ping(port, self.password):
+        while not _ping(port, self.password, self._context):
             if self.procs[port].poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server on {port} did not start: see {self.folder}")
             time.sleep(0.02)
@@ -119,8 +195,15 @@ class SentinelDeployment:
         wait_for(lambda: self.link_up(replica), 10, "the replica in sync")
         for port in self.sentinel_ports:
             conf = self.folder / f"sentinel-{port}.conf"
+            tls = ""
+            if self.tls:
+                opts = self.tls.server_args()
+                tls = "port 0\n" + "".join(
+                    f"{opts[i][2:]} {opts[i + 1]}\n" for i in range(0, len(opts), 2)
+                )
             conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndaemonize no\ndir {self.folder}\n"
+                (f"tls-port {port}\n{tls}" if self.tls else f"port {port}\n")
+                + f"bind 127.0.0.1\ndaemonize no\ndir {self.folder}\n"
                 f"sentinel monitor {SERVICE} 127.0.0.1 {primary} 2\n"
                 + (f"sentinel auth-pass {SERVICE} {self.password}\n" if self.password else "")
                 + f"sentinel down-after-milliseconds {SERVICE} 1000\n"
@@ -151,7 +234,7 @@ class SentinelDeployment:
 
     def info(self, port: int, section: str = "replication") -> dict[str, str]:
         try:
-            raw = _command(port, "INFO", section, password=self.password).decode(errors="replace")
+            raw = self._cmd(port, "INFO", section, password=self.password).decode(errors="replace")
         except OSError:
             return {}
         out: dict[str, str] = {}
@@ -172,7 +255,7 @@ class SentinelDeployment:
         """The primary's port as the sentinel on ``sentinel`` (default: the first) names it."""
         port = self.sentinel_ports[0] if sentinel is None else sentinel
         try:
-            raw = _command(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+            raw = self._cmd(port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
         except OSError:
             return None
         parts = raw.split(b"\r\n")
@@ -181,7 +264,7 @@ class SentinelDeployment:
 
     def _master_field(self, sentinel: int, name: str) -> str | None:
         try:
-            raw = _command(sentinel, "SENTINEL", "MASTER", SERVICE).split(b"\r\n")
+            raw = self._cmd(sentinel, "SENTINEL", "MASTER", SERVICE).split(b"\r\n")
         except OSError:
             return None
         values = [raw[i].decode() for i in range(2, len(raw), 2)]
@@ -221,7 +304,10 @@ class SentinelDeployment:
             if self.master_port(port) != primary:
                 return False
             try:
-                with redis.Redis(port=port, socket_timeout=1.0) as client:
+                tls: dict[str, object] = (
+                    {"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls else {}
+                )
+                with redis.Redis(port=port, socket_timeout=1.0, **tls) as client:  # type: ignore[arg-type]
                     replicas = client.sentinel_slaves(SERVICE)
             except redis.RedisError:
                 return False
@@ -232,7 +318,7 @@ class SentinelDeployment:
 
     def failover(self) -> None:
         """``SENTINEL FAILOVER``: promote the replica now, no agreement needed."""
-        reply = _command(self.sentinel_ports[0], "SENTINEL", "FAILOVER", SERVICE)
+        reply = self._cmd(self.sentinel_ports[0], "SENTINEL", "FAILOVER", SERVICE)
         if not reply.startswith(b"+OK"):
             raise RuntimeError(f"SENTINEL FAILOVER answered {reply!r}")
 
@@ -249,10 +335,12 @@ class SentinelDeployment:
 
 
 @contextlib.contextmanager
-def sentinel_deployment(folder: Path, password: str | None = None) -> Iterator[SentinelDeployment]:
-    """A started deployment (its data nodes requiring ``password`` if given); every
-    process killed when the block ends."""
-    deployment = SentinelDeployment(folder, password=password)
+def sentinel_deployment(
+    folder: Path, password: str | None = None, tls: TlsFiles | None = None
+) -> Iterator[SentinelDeployment]:
+    """A started deployment (its data nodes requiring ``password`` if given, TLS only with
+    ``tls``); every process killed when the block ends."""
+    deployment = SentinelDeployment(folder, password=password, tls=tls)
     try:
         deployment.start()
         yield deployment

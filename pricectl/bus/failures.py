@@ -219,6 +219,11 @@ def explain(url: str, exc: BaseException) -> str:
     where = redact(url)
     scheme = url.partition("://")[0].lower()
     tls = scheme.startswith("rediss")
+    # The scheme to suggest instead: rediss+sentinel:// <-> redis+sentinel://, ...
+    plain = (scheme.replace("rediss", "redis", 1) if tls else "redis") + "://"
+    secure = (
+        scheme.replace("redis", "rediss", 1) if not tls and scheme.startswith("redis") else "rediss"
+    ) + "://"
     chain = _chain(exc)
     kinds = [classify(e) for e in chain]
     texts = " ".join(_text(e) for e in chain).lower()
@@ -285,11 +290,11 @@ def explain(url: str, exc: BaseException) -> str:
         if tls:
             return (
                 f"TLS with Redis at {where} failed ({_text(chain[-1])}): check its "
-                "certificate, or use redis:// if it does not speak TLS"
+                f"certificate, or use {plain} if it does not speak TLS"
             )
         return (
             f"Redis at {where} answered with TLS, or not as Redis ({_text(chain[-1])}): "
-            "if it only speaks TLS, use rediss://"
+            f"if it only speaks TLS, use {secure}"
         )
     if any(isinstance(e, socket.gaierror) for e in chain):
         return f"cannot resolve the Redis host {host or where!r}: check the host in {_WHERE}"
@@ -302,7 +307,7 @@ def explain(url: str, exc: BaseException) -> str:
         if tls:
             return (
                 f"no TLS answer from Redis at {where} (timed out): TLS mismatch? if this "
-                "Redis does not speak TLS, use redis:// instead of rediss://"
+                f"Redis does not speak TLS, use {plain} instead of {scheme}://"
             )
         return (
             f"no answer from Redis at {where} (timed out): is it paused, overloaded, or "
@@ -311,7 +316,7 @@ def explain(url: str, exc: BaseException) -> str:
     if not tls and "closed by server" in texts:
         return (
             f"Redis at {where} closed the connection at once: TLS mismatch? if it only "
-            "speaks TLS, use rediss://"
+            f"speaks TLS, use {secure}"
         )
     if any(isinstance(e, ResponseError) for e in chain):
         return f"Redis at {where} refused a command: {_text(chain[-1])}"

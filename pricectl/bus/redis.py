@@ -433,8 +433,8 @@ def connect_any(url: str, *, timeout: float = 5.0) -> RedisClient:
             "username": target.sentinel_username,
             "password": target.sentinel_password,
         }
-        if target.tls:
-            sentinel_kwargs["ssl"] = True
+        tls: dict[str, Any] = {"ssl": True, **dict(target.tls_options)} if target.tls else {}
+        sentinel_kwargs.update(tls)
         sentinel = _Sentinels(target.hosts, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
         # Sentinel makes plain clients for the sentinels; bounded ones instead.
         nodes: list[aioredis.Redis] = []
@@ -450,7 +450,7 @@ def connect_any(url: str, *, timeout: float = 5.0) -> RedisClient:
             username=target.username,
             password=target.password,
             db=target.db,
-            ssl=target.tls,
+            **tls,
             **common,
         )
         assert isinstance(client, BoundedRedis)

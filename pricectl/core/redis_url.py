@@ -4,14 +4,18 @@ Three shapes, each also with TLS (``rediss``)::
 
     redis://[[user]:password@]host[:port][/db]                  one server (also unix://)
     redis+sentinel://[[user]:password@]h1:p1,h2:p2,.../service[/db][?sentinel_password=...]
+    rediss+sentinel://...?ssl_ca_certs=/path/ca.crt[&ssl_certfile=...&ssl_keyfile=...]
     redis+cluster://[[user]:password@]h1:p1[,h2:p2,...]
 
 A Sentinel URL lists the sentinels (port 26379 when left out) and names the service
 (``sentinel monitor <service> ...``); the password in the userinfo is the data nodes'
 (``requirepass``), ``sentinel_password`` (and ``sentinel_username``) the sentinels' own
-if they have one. A Cluster URL lists any nodes of the cluster (port 6379 when left out);
-the client learns the rest from them. Plain URLs are left to redis-py's own parser:
-:func:`parse_redis_url` only sorts them out.
+if they have one. ``rediss+sentinel`` speaks TLS to the sentinels and to the data nodes;
+``ssl_ca_certs`` (a PEM file of the CA that signed their certificates) and, for servers
+that check clients (``tls-auth-clients yes``), ``ssl_certfile`` and ``ssl_keyfile`` go in
+its query, under redis-py's names for them. A Cluster URL lists any nodes of the cluster
+(port 6379 when left out); the client learns the rest from them. Plain URLs are left to
+redis-py's own parser: :func:`parse_redis_url` only sorts them out.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ CLUSTER_FORM = "redis+cluster://[[user]:password@]host:port[,host:port...]"
 
 #: Query arguments a Sentinel URL may carry.
 _SENTINEL_QUERY = ("sentinel_username", "sentinel_password")
+#: TLS query arguments a ``rediss+sentinel`` URL may carry (redis-py's keyword names).
+_TLS_QUERY = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,8 @@ class RedisTarget:
     password: str | None = None
     sentinel_username: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
+    #: TLS options from the query (``ssl_ca_certs``, ...), as redis-py keywords.
+    tls_options: tuple[tuple[str, str], ...] = ()
 
 
 def _hosts(text: str, default_port: int, shown: str) -> tuple[tuple[str, int], ...]:
@@ -113,11 +121,18 @@ def parse_redis_url(url: str) -> RedisTarget:
     hosts = _hosts(hostlist, 26379 if sentinel else 6379, shown)
     options = dict(parse_qsl(query, keep_blank_values=True))
     if sentinel:
-        unknown = sorted(set(options) - set(_SENTINEL_QUERY))
+        tls = scheme.startswith("rediss")
+        unknown = sorted(set(options) - set(_SENTINEL_QUERY) - set(_TLS_QUERY))
         if unknown:
             raise ValueError(
                 f"unknown option {unknown[0]!r} in {shown!r}: a Sentinel URL takes "
-                + ", ".join(_SENTINEL_QUERY)
+                + ", ".join(_SENTINEL_QUERY + _TLS_QUERY)
+            )
+        tls_options = tuple((k, options[k]) for k in _TLS_QUERY if options.get(k))
+        if tls_options and not tls:
+            raise ValueError(
+                f"{tls_options[0][0]} in {shown!r} is a TLS option: use rediss+sentinel:// "
+                "for TLS to the sentinels and the data nodes"
             )
         parts = [p for p in path.split("/")] if slash else []
         if parts and parts[-1] == "":
@@ -137,7 +152,7 @@ def parse_redis_url(url: str) -> RedisTarget:
         return RedisTarget(
             "sentinel",
             url,
-            tls=scheme.startswith("rediss"),
+            tls=tls,
             hosts=hosts,
             service=unquote(parts[0]),
             db=db,
@@ -145,6 +160,7 @@ def parse_redis_url(url: str) -> RedisTarget:
             password=password,
             sentinel_username=options.get("sentinel_username") or None,
             sentinel_password=options.get("sentinel_password") or None,
+            tls_options=tls_options,
         )
     if options:
         raise ValueError(f"unknown option {sorted(options)[0]!r} in {shown!r}: expected {form}")

@@ -29,6 +29,19 @@ def test_a_sentinel_url_lists_the_sentinels_and_names_the_service() -> None:
     assert plain.password is None and plain.username is None
 
 
+def test_a_tls_sentinel_url_carries_the_ca_and_client_certificate() -> None:
+    target = parse_redis_url(
+        "rediss+sentinel://h1,h2/mymaster?ssl_ca_certs=/etc/ca.pem"
+        "&ssl_certfile=/etc/me.pem&ssl_keyfile=/etc/me.key&sentinel_password=s3"
+    )
+    assert target.tls and target.sentinel_password == "s3"
+    assert target.tls_options == (
+        ("ssl_ca_certs", "/etc/ca.pem"),
+        ("ssl_certfile", "/etc/me.pem"),
+        ("ssl_keyfile", "/etc/me.key"),
+    )
+
+
 def test_a_cluster_url_lists_seed_nodes() -> None:
     target = parse_redis_url("redis+cluster://:pw@h1:7000,h2")
     assert target.kind == "cluster" and target.hosts == (("h1", 7000), ("h2", 6379))
@@ -52,6 +65,8 @@ def test_plain_urls_are_left_to_redis_py(url: str) -> None:
         ("redis+sentinel://h1/mymaster/zero", "database 'zero' is not a number"),
         ("redis+sentinel://h1/mymaster/0/extra", "too many path parts"),
         ("redis+sentinel://h1/mymaster?db=1", "unknown option 'db'"),
+        ("rediss+sentinel://h1/mymaster?ssl_ca_cert=/ca", "unknown option 'ssl_ca_cert'"),
+        ("redis+sentinel://h1/mymaster?ssl_ca_certs=/ca", "is a TLS option: use rediss.sentinel"),
         ("redis+cluster://h1:7000/3", "a Redis Cluster has only database 0"),
         ("redis+cluster://h1:7000?password=x", "unknown option 'password'"),
     ],
