@@ -20,8 +20,8 @@ __all__ = ["command"]
 @click.option(
     "--redis",
     "redis_url",
-    help="Ask Redis directly instead (redis://, rediss://, unix://, redis+sentinel:// or "
-    "redis+cluster://): leader, heartbeat, epoch, role, snapshot.",
+    help="Ask Redis directly instead (redis://, rediss://, unix://, redis+sentinel://, "
+    "rediss+sentinel:// or redis+cluster://): leader, heartbeat, epoch, role, snapshot.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the health document as JSON.")
 @click.option(
